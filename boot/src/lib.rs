@@ -1,0 +1,17 @@
+//! Host-side boot support: everything between a kernel ELF and a running VM.
+//!
+//! - [`image`]: BIOS and UEFI disk images from the kernel ELF (bootloader crate).
+//! - [`qemu`]: the QEMU command line, built from typed options.
+//! - [`accel`]: choosing between hardware KVM and TCG.
+//! - [`outcome`]: what QEMU's exit status means.
+//! - [`prereq`]: finding (or installing) QEMU and OVMF.
+//! - [`runner`]: starting QEMU, streaming its serial console, timeouts, stop requests.
+
+pub mod accel;
+pub mod image;
+pub mod outcome;
+pub mod prereq;
+pub mod qemu;
+pub mod runner;
+
+pub use kernel::abi;

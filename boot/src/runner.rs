@@ -1,0 +1,191 @@
+//! Runs QEMU: streams the guest's serial console line by line, enforces a
+//! timeout, honours a stop request (Ctrl-C) and interprets the exit.
+//!
+//! QEMU runs in a process group of its own, so a Ctrl-C in the terminal
+//! reaches only the runner, which then ends QEMU itself (SIGTERM, then
+//! SIGKILL after a grace period) and can clean up whatever it set up around
+//! it. Only the process the runner started is ever signalled.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::outcome::{Outcome, StopReason};
+use crate::qemu::{QemuConfig, QEMU};
+
+/// How long QEMU gets to exit after SIGTERM before it is killed.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// One line of serial output and when it arrived (since QEMU started).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    pub at: Duration,
+    pub text: String,
+}
+
+#[derive(Default)]
+pub struct RunOptions {
+    /// Stop QEMU after this long.
+    pub timeout: Option<Duration>,
+    /// Print each serial line to stdout as it arrives.
+    pub echo: bool,
+    /// Set by someone else (a Ctrl-C handler) to stop QEMU.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub lines: Vec<Line>,
+    /// QEMU's own diagnostics.
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// The first line containing `needle`.
+    pub fn find(&self, needle: &str) -> Option<&Line> {
+        self.lines.iter().find(|l| l.text.contains(needle))
+    }
+}
+
+/// Boots `config` and waits for the VM to end (or be ended).
+pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> {
+    let mut child = Command::new(QEMU)
+        .args(config.args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("could not start {QEMU}: {e}"))?;
+    let started = Instant::now();
+
+    let (tx, rx) = mpsc::channel::<Line>();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let reader = thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            let text = strip_terminal_controls(&String::from_utf8_lossy(&buf));
+            buf.clear();
+            if tx.send(Line { at: started.elapsed(), text }).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+    let stderr_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr_pipe.read_to_string(&mut s);
+        s
+    });
+
+    let deadline = opts.timeout.map(|t| started + t);
+    let mut lines = Vec::new();
+    let mut stopped = None;
+    let status = loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                if opts.echo {
+                    println!("{}", line.text);
+                }
+                lines.push(line);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
+            break status;
+        }
+        let reason = if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            Some(StopReason::Interrupted)
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            Some(StopReason::Timeout)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            stopped = Some(reason);
+            break terminate(&mut child)?;
+        }
+    };
+    // QEMU is gone: its stdout reaches EOF, so the reader finishes.
+    let _ = reader.join();
+    for line in rx.try_iter() {
+        if opts.echo {
+            println!("{}", line.text);
+        }
+        lines.push(line);
+    }
+    let stderr = stderr_reader.join().unwrap_or_default();
+    use std::os::unix::process::ExitStatusExt;
+    let outcome = Outcome::from_exit(status.code(), status.signal(), stopped);
+    Ok(RunReport { outcome, lines, stderr, elapsed: started.elapsed() })
+}
+
+/// SIGTERM, then SIGKILL if QEMU has not exited within [`GRACE`].
+fn terminate(child: &mut Child) -> Result<std::process::ExitStatus, String> {
+    signal(child, libc::SIGTERM);
+    let until = Instant::now() + GRACE;
+    while Instant::now() < until {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(status);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().map_err(|e| e.to_string())
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own
+    // child, which has not been reaped yet (try_wait returned None), so the
+    // PID cannot have been reused by another process.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Removes terminal control sequences (OVMF clears the screen) and trailing
+/// line ends, so lines can be matched and echoed without side effects.
+pub fn strip_terminal_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI: ESC [ params final-byte(0x40..=0x7e); other escapes: skip one char.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('\u{40}'..='\u{7e}').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\r' | '\n' => {}
+            c if c.is_control() && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_controls_are_stripped() {
+        assert_eq!(strip_terminal_controls("\u{1b}[2J\u{1b}[01;01H\u{1b}[=3hBdsDxe: ok\r\n"), "BdsDxe: ok");
+        assert_eq!(strip_terminal_controls("[    0.1] cpu0 INFO  x\n"), "[    0.1] cpu0 INFO  x");
+        assert_eq!(strip_terminal_controls("a\u{7}b\tc"), "ab\tc");
+    }
+}

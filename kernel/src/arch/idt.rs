@@ -1,0 +1,128 @@
+//! The interrupt descriptor table: every CPU exception gets a handler that
+//! reports the vector, the decoded error code and the CPU state, then stops
+//! the kernel with a failure status.
+
+
+use kernel::abi;
+use kernel::exceptions::{self, PageFaultCode, SelectorCode};
+use spin::Once;
+use x86_64::registers::control::{Cr0, Cr2, Cr3, Cr4};
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+
+use super::gdt;
+
+static IDT: Once<InterruptDescriptorTable> = Once::new();
+
+macro_rules! handlers {
+    ($($name:ident = $vector:literal;)*) => {$(
+        extern "x86-interrupt" fn $name(frame: InterruptStackFrame) {
+            fatal($vector, &frame, None)
+        }
+    )*};
+}
+macro_rules! handlers_with_code {
+    ($($name:ident = $vector:literal;)*) => {$(
+        extern "x86-interrupt" fn $name(frame: InterruptStackFrame, code: u64) {
+            fatal($vector, &frame, Some(code))
+        }
+    )*};
+}
+
+handlers! {
+    divide_error = 0; debug = 1; nmi = 2; breakpoint = 3; overflow = 4;
+    bound_range = 5; invalid_opcode = 6; device_not_available = 7;
+    x87_floating_point = 16; simd_floating_point = 19; virtualization = 20;
+    hv_injection = 28;
+}
+handlers_with_code! {
+    invalid_tss = 10; segment_not_present = 11; stack_segment = 12;
+    general_protection = 13; alignment_check = 17; cp_protection = 21;
+    vmm_communication = 29; security = 30;
+}
+
+extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
+    fatal(14, &frame, Some(code.bits()))
+}
+
+extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {
+    fatal(8, &frame, Some(code))
+}
+
+extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
+    fatal(18, &frame, None)
+}
+
+pub fn init() {
+    let idt = IDT.call_once(|| {
+        let mut idt = InterruptDescriptorTable::new();
+        idt.divide_error.set_handler_fn(divide_error);
+        idt.debug.set_handler_fn(debug);
+        idt.breakpoint.set_handler_fn(breakpoint);
+        idt.overflow.set_handler_fn(overflow);
+        idt.bound_range_exceeded.set_handler_fn(bound_range);
+        idt.invalid_opcode.set_handler_fn(invalid_opcode);
+        idt.device_not_available.set_handler_fn(device_not_available);
+        idt.invalid_tss.set_handler_fn(invalid_tss);
+        idt.segment_not_present.set_handler_fn(segment_not_present);
+        idt.stack_segment_fault.set_handler_fn(stack_segment);
+        idt.general_protection_fault.set_handler_fn(general_protection);
+        idt.page_fault.set_handler_fn(page_fault);
+        idt.x87_floating_point.set_handler_fn(x87_floating_point);
+        idt.alignment_check.set_handler_fn(alignment_check);
+        idt.simd_floating_point.set_handler_fn(simd_floating_point);
+        idt.virtualization.set_handler_fn(virtualization);
+        idt.cp_protection_exception.set_handler_fn(cp_protection);
+        idt.hv_injection_exception.set_handler_fn(hv_injection);
+        idt.vmm_communication_exception.set_handler_fn(vmm_communication);
+        idt.security_exception.set_handler_fn(security);
+        // SAFETY: the stack indices name IST slots that gdt::init filled with
+        // stacks of their own before this table is loaded.
+        unsafe {
+            idt.double_fault.set_handler_fn(double_fault).set_stack_index(gdt::DOUBLE_FAULT_IST);
+            idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(gdt::NMI_IST);
+            idt.machine_check.set_handler_fn(machine_check).set_stack_index(gdt::MACHINE_CHECK_IST);
+        }
+        idt
+    });
+    idt.load();
+}
+
+/// Reports an exception and stops the kernel with a failure status.
+fn fatal(vector: u8, frame: &InterruptStackFrame, code: Option<u64>) -> ! {
+    let cpu = super::current_cpu();
+    crate::serial::emergency(|w| {
+        let (mnemonic, name) = exceptions::info(vector).map_or(("?", "unknown"), |i| (i.mnemonic, i.name));
+        let _ = writeln!(w, "{} {mnemonic} {name} (vector {vector}) on cpu{cpu}", abi::EXCEPTION);
+        match (vector, code) {
+            (14, Some(c)) => {
+                let _ = writeln!(w, "  error code {c:#x}: {}", PageFaultCode(c));
+                let _ = writeln!(w, "  faulting address (cr2) {:#018x}", Cr2::read_raw());
+            }
+            (10..=13, Some(c)) => {
+                let _ = writeln!(w, "  error code {c:#x}: {}", SelectorCode(c));
+            }
+            (_, Some(c)) => {
+                let _ = writeln!(w, "  error code {c:#x}");
+            }
+            (_, None) => {}
+        }
+        let _ = writeln!(
+            w,
+            "  rip {:#018x}  cs {:#06x}  rflags {:#010x}",
+            frame.instruction_pointer.as_u64(),
+            frame.code_segment.0,
+            frame.cpu_flags.bits()
+        );
+        let _ = writeln!(w, "  rsp {:#018x}  ss {:#06x}", frame.stack_pointer.as_u64(), frame.stack_segment.0);
+        let (cr3, _) = Cr3::read_raw();
+        let _ = writeln!(
+            w,
+            "  cr0 {:#x}  cr3 {:#x}  cr4 {:#x}",
+            Cr0::read_raw(),
+            cr3.start_address().as_u64(),
+            Cr4::read_raw()
+        );
+        let _ = writeln!(w, "  the kernel cannot continue: halting");
+    });
+    super::qemu::exit(super::qemu::ExitCode::Failure)
+}

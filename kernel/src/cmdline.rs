@@ -1,0 +1,186 @@
+//! Boot options: a whitespace-separated `key=value` list that the host passes
+//! in the fw_cfg file [`crate::abi::FW_CFG_CMDLINE`].
+//!
+//! Parsing never fails as a whole: an unknown key or a bad value is recorded
+//! as a [`Problem`] that the kernel logs, and the default stays in force.
+
+use core::fmt;
+
+/// What the kernel does once it has booted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterBoot {
+    /// Halt and wait for interrupts forever (interactive runs).
+    Idle,
+    /// Report success to the host and leave QEMU (boot tests).
+    Exit,
+}
+
+/// A failure the kernel provokes on purpose after booting, so the boot tests
+/// can check that failures are reported and turned into a failure status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Panic,
+    PageFault,
+    InvalidOpcode,
+    DivideError,
+    GeneralProtection,
+    Breakpoint,
+    /// Unbounded recursion into the stack guard page: the page fault cannot
+    /// be delivered on the broken stack, so the CPU raises a double fault,
+    /// which only works because it runs on its own IST stack.
+    StackOverflow,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 7] = [
+        Fault::Panic,
+        Fault::PageFault,
+        Fault::InvalidOpcode,
+        Fault::DivideError,
+        Fault::GeneralProtection,
+        Fault::Breakpoint,
+        Fault::StackOverflow,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Fault::Panic => "panic",
+            Fault::PageFault => "page-fault",
+            Fault::InvalidOpcode => "invalid-opcode",
+            Fault::DivideError => "divide-error",
+            Fault::GeneralProtection => "general-protection",
+            Fault::Breakpoint => "breakpoint",
+            Fault::StackOverflow => "stack-overflow",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// Maximum log level, as in the `log` crate.
+pub type LogLevel = log::LevelFilter;
+
+/// The options the kernel understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootOptions {
+    pub after_boot: AfterBoot,
+    pub fault: Option<Fault>,
+    pub log_level: LogLevel,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions { after_boot: AfterBoot::Idle, fault: None, log_level: LogLevel::Info }
+    }
+}
+
+/// Something in the command line that was ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem<'a> {
+    UnknownKey(&'a str),
+    BadValue { key: &'a str, value: &'a str },
+    MissingValue(&'a str),
+}
+
+impl fmt::Display for Problem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::UnknownKey(k) => write!(f, "unknown boot option `{k}` ignored"),
+            Problem::BadValue { key, value } => {
+                write!(f, "bad value `{value}` for boot option `{key}` ignored")
+            }
+            Problem::MissingValue(k) => write!(f, "boot option `{k}` has no `=value`; ignored"),
+        }
+    }
+}
+
+impl BootOptions {
+    /// Parses `text`, calling `on_problem` for every ignored word.
+    pub fn parse<'a>(text: &'a str, mut on_problem: impl FnMut(Problem<'a>)) -> BootOptions {
+        let mut opts = BootOptions::default();
+        for word in text.split_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                on_problem(Problem::MissingValue(word));
+                continue;
+            };
+            let ok = match key {
+                "exit" => match value {
+                    "never" => Some(opts.after_boot = AfterBoot::Idle),
+                    "after-boot" => Some(opts.after_boot = AfterBoot::Exit),
+                    _ => None,
+                },
+                "fault" => match value {
+                    "none" => Some(opts.fault = None),
+                    _ => Fault::from_name(value).map(|f| opts.fault = Some(f)),
+                },
+                "log" => value.parse::<LogLevel>().ok().map(|l| opts.log_level = l),
+                _ => {
+                    on_problem(Problem::UnknownKey(key));
+                    continue;
+                }
+            };
+            if ok.is_none() {
+                on_problem(Problem::BadValue { key, value });
+            }
+        }
+        opts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (BootOptions, Vec<String>) {
+        let mut problems = Vec::new();
+        let opts = BootOptions::parse(text, |p| problems.push(p.to_string()));
+        (opts, problems)
+    }
+
+    #[test]
+    fn empty_command_line_gives_defaults() {
+        assert_eq!(parse("  \n"), (BootOptions::default(), vec![]));
+        assert_eq!(BootOptions::default().after_boot, AfterBoot::Idle);
+    }
+
+    #[test]
+    fn all_options_are_understood() {
+        let (o, p) = parse("exit=after-boot fault=stack-overflow log=debug");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(o.after_boot, AfterBoot::Exit);
+        assert_eq!(o.fault, Some(Fault::StackOverflow));
+        assert_eq!(o.log_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn every_fault_name_round_trips() {
+        for f in Fault::ALL {
+            assert_eq!(Fault::from_name(f.name()), Some(f));
+        }
+        assert_eq!(Fault::from_name("meltdown"), None);
+    }
+
+    #[test]
+    fn bad_words_are_reported_and_defaults_kept() {
+        let (o, p) = parse("exit=sometimes colour=blue fault log=loud exit=after-boot");
+        assert_eq!(o.after_boot, AfterBoot::Exit, "later valid word still applies");
+        assert_eq!(o.log_level, LogLevel::Info);
+        assert_eq!(
+            p,
+            vec![
+                "bad value `sometimes` for boot option `exit` ignored",
+                "unknown boot option `colour` ignored",
+                "boot option `fault` has no `=value`; ignored",
+                "bad value `loud` for boot option `log` ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn last_word_wins() {
+        let (o, _) = parse("fault=panic fault=none");
+        assert_eq!(o.fault, None);
+    }
+}

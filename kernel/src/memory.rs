@@ -1,0 +1,79 @@
+//! Physical memory and the heap.
+//!
+//! The frame allocator is built from the bootloader's memory map. The heap is
+//! one physically contiguous run of frames, used through the bootloader's
+//! direct map of physical memory, so heap buffers can be handed to devices:
+//! [`virt_to_phys`] turns a heap pointer into the address a device needs.
+
+use bootloader_api::info::{MemoryRegionKind, Optional};
+use bootloader_api::BootInfo;
+use kernel::directmap::{self, DirectMap};
+use kernel::frames::{FrameAllocator, MemoryStats, PhysRange, FRAME_SIZE};
+use spin::{Mutex, Once};
+use talc::source::Manual;
+use talc::TalcLock;
+
+/// More usable regions than any PC firmware reports.
+const MAX_REGIONS: usize = 128;
+
+#[global_allocator]
+static HEAP: TalcLock<spinning_top::RawSpinlock, Manual> = TalcLock::new(Manual);
+
+static FRAMES: Mutex<Option<FrameAllocator<MAX_REGIONS>>> = Mutex::new(None);
+static DIRECT_MAP: Once<DirectMap> = Once::new();
+
+/// What memory set-up found, for the banner.
+pub struct MemorySummary {
+    pub stats: MemoryStats,
+    pub heap_phys: u64,
+    pub heap_bytes: u64,
+    pub frames_free: u64,
+    pub direct_map_offset: u64,
+    pub uefi: bool,
+}
+
+pub fn init(boot_info: &BootInfo) -> MemorySummary {
+    let Optional::Some(offset) = boot_info.physical_memory_offset else {
+        panic!("the bootloader did not map physical memory (BootloaderConfig::mappings.physical_memory)");
+    };
+    let usable = boot_info
+        .memory_regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable)
+        .map(|r| PhysRange::new(r.start, r.end));
+    let mut frames = FrameAllocator::<MAX_REGIONS>::new(usable);
+    let stats = frames.stats();
+    let uefi = boot_info.memory_regions.iter().any(|r| matches!(r.kind, MemoryRegionKind::UnknownUefi(_)));
+    // The direct map covers every region of the map, usable or not.
+    let phys_end = boot_info.memory_regions.iter().map(|r| r.end).max().unwrap_or(0);
+    let map = DirectMap::new(offset, phys_end).expect("direct map wraps the address space");
+    DIRECT_MAP.call_once(|| map);
+
+    let heap_bytes = directmap::heap_size(stats.usable, frames.largest_free_run());
+    let heap_phys = frames
+        .allocate(heap_bytes / FRAME_SIZE)
+        .unwrap_or_else(|e| panic!("no {} MiB run for the heap: {e:?} ({stats})", heap_bytes >> 20));
+    let heap_virt = map.phys_to_virt(heap_phys).expect("heap frames are direct-mapped");
+    // SAFETY: the frames were just taken from the allocator, so nothing else
+    // uses them, and the bootloader maps them read-write at `heap_virt`.
+    let claimed = unsafe { HEAP.lock().claim(heap_virt as *mut u8, heap_bytes as usize) };
+    if claimed.is_none() {
+        panic!("the allocator refused a {} MiB heap", heap_bytes >> 20);
+    }
+    let frames_free = frames.free_bytes();
+    *FRAMES.lock() = Some(frames);
+    MemorySummary { stats, heap_phys, heap_bytes, frames_free, direct_map_offset: offset, uefi }
+}
+
+/// Physical address of `len` bytes at `ptr`, for DMA. `None` unless the
+/// whole buffer is direct-mapped memory (heap buffers always are).
+#[allow(dead_code)] // the virtio driver is its first user
+pub fn virt_to_phys(ptr: *const u8, len: usize) -> Option<u64> {
+    DIRECT_MAP.get()?.virt_range_to_phys(ptr as u64, len as u64)
+}
+
+/// One physical frame at or above 1 MiB, for page tables and the like.
+#[allow(dead_code)] // page tables for MMIO mappings are its first user
+pub fn allocate_frame() -> Option<u64> {
+    FRAMES.lock().as_mut()?.allocate_frame().ok()
+}

@@ -1,0 +1,86 @@
+//! Time-stamp-counter arithmetic: calibration against a reference clock and
+//! conversion of TSC ticks to nanoseconds.
+
+/// Input clock of the 8254 PIT in Hz.
+pub const PIT_HZ: u64 = 1_193_182;
+
+/// Frequency implied by `tsc_ticks` elapsed while the PIT counted
+/// `pit_ticks`. `None` when the measurement is unusable (nothing counted).
+pub fn tsc_hz_from_pit(tsc_ticks: u64, pit_ticks: u64) -> Option<u64> {
+    if tsc_ticks == 0 || pit_ticks == 0 {
+        return None;
+    }
+    u64::try_from(tsc_ticks as u128 * PIT_HZ as u128 / pit_ticks as u128).ok()
+}
+
+/// The median of a few calibration runs, so one run disturbed by the host
+/// (a preempted vCPU) does not skew the clock. Sorts `samples` in place.
+pub fn median(samples: &mut [u64]) -> Option<u64> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    Some(samples[samples.len() / 2])
+}
+
+/// A calibrated TSC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TscClock {
+    hz: u64,
+}
+
+impl TscClock {
+    /// `hz` must be non-zero; zero is replaced by 1 GHz so the clock still
+    /// runs (the kernel logs a warning when calibration failed).
+    pub const fn new(hz: u64) -> Self {
+        TscClock { hz: if hz == 0 { 1_000_000_000 } else { hz } }
+    }
+
+    pub const fn hz(&self) -> u64 {
+        self.hz
+    }
+
+    /// Ticks to nanoseconds without overflow for any `u64` tick count.
+    pub const fn ticks_to_nanos(&self, ticks: u64) -> u64 {
+        let ns = ticks as u128 * 1_000_000_000 / self.hz as u128;
+        if ns > u64::MAX as u128 { u64::MAX } else { ns as u64 }
+    }
+
+    pub const fn nanos_to_ticks(&self, nanos: u64) -> u64 {
+        let t = nanos as u128 * self.hz as u128 / 1_000_000_000;
+        if t > u64::MAX as u128 { u64::MAX } else { t as u64 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pit_calibration_arithmetic() {
+        // 10 ms of PIT (11932 ticks) during which a 3 GHz TSC advanced 30 M ticks.
+        let hz = tsc_hz_from_pit(30_000_000, 11_932).unwrap();
+        assert!((2_999_000_000..=3_001_000_000).contains(&hz), "{hz}");
+        assert_eq!(tsc_hz_from_pit(0, 11_932), None);
+        assert_eq!(tsc_hz_from_pit(5, 0), None);
+        assert_eq!(tsc_hz_from_pit(u64::MAX, 1), None, "overflow is not a frequency");
+    }
+
+    #[test]
+    fn median_ignores_one_outlier() {
+        assert_eq!(median(&mut [3_000, 9_000_000, 3_001]), Some(3_001));
+        assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn tick_conversion_is_exact_and_does_not_overflow() {
+        let c = TscClock::new(2_500_000_000);
+        assert_eq!(c.ticks_to_nanos(2_500_000_000), 1_000_000_000);
+        assert_eq!(c.ticks_to_nanos(5), 2);
+        assert_eq!(c.nanos_to_ticks(1_000), 2_500);
+        // ~234 years of ticks at 2.5 GHz still converts.
+        assert_eq!(c.ticks_to_nanos(u64::MAX), 7_378_697_629_483_820_646);
+        assert_eq!(TscClock::new(0).hz(), 1_000_000_000);
+        assert_eq!(TscClock::new(1).nanos_to_ticks(u64::MAX), u64::MAX / 1_000_000_000);
+    }
+}

@@ -1,0 +1,284 @@
+//! Boot tests: the real kernel image under QEMU, judged by what it prints on
+//! the serial console and by QEMU's exit status.
+
+use std::time::Duration;
+
+use boot::abi;
+use boot::accel::Accel;
+use boot::image::Firmware;
+use boot::outcome::{Outcome, StopReason};
+use boot::runner::RunReport;
+
+/// What a boot must show.
+#[derive(Clone, Debug)]
+pub enum Expect {
+    /// Banner, memory, boot time, then exit=after-boot's success status.
+    CleanExit,
+    /// Banner, then an idle kernel that the runner stops at the timeout.
+    IdleUntilStopped,
+    /// A failure report containing every one of these lines (substrings, in
+    /// order) and the failure status.
+    Failure(&'static [&'static str]),
+}
+
+#[derive(Clone, Debug)]
+pub struct BootCase {
+    pub name: &'static str,
+    pub firmware: Firmware,
+    pub cpus: u16,
+    pub memory_mib: u32,
+    pub cmdline: &'static str,
+    pub expect: Expect,
+    /// Lines (substrings) that must appear besides what `expect` implies.
+    pub also: &'static [&'static str],
+}
+
+const fn case(name: &'static str, firmware: Firmware, cpus: u16, memory_mib: u32, cmdline: &'static str, expect: Expect) -> BootCase {
+    BootCase { name, firmware, cpus, memory_mib, cmdline, expect, also: &[] }
+}
+
+pub fn cases() -> Vec<BootCase> {
+    use Firmware::{Bios, Uefi};
+    const EXIT: &str = "exit=after-boot";
+    vec![
+        case("bios-smp1", Bios, 1, 256, EXIT, Expect::CleanExit),
+        case("bios-smp2", Bios, 2, 1024, EXIT, Expect::CleanExit),
+        case("uefi-smp1", Uefi, 1, 256, EXIT, Expect::CleanExit),
+        case("uefi-smp2", Uefi, 2, 512, EXIT, Expect::CleanExit),
+        case("bios-idles-until-stopped", Bios, 2, 256, "", Expect::IdleUntilStopped),
+        BootCase {
+            also: &["WARN  unknown boot option `colour` ignored", "WARN  bad value `loud` for boot option `log` ignored"],
+            ..case("bad-boot-options-are-reported", Bios, 1, 256, "colour=blue log=loud exit=after-boot", Expect::CleanExit)
+        },
+        case(
+            "exception-page-fault",
+            Bios,
+            1,
+            256,
+            "exit=after-boot fault=page-fault",
+            Expect::Failure(&[
+                "CPU EXCEPTION #PF page fault (vector 14) on cpu0",
+                "error code 0x0: page not present, read, kernel mode",
+                "faulting address (cr2) 0x000003fffffff000",
+                "rip 0x",
+                "the kernel cannot continue: halting",
+            ]),
+        ),
+        case(
+            "exception-invalid-opcode-uefi",
+            Uefi,
+            2,
+            256,
+            "exit=after-boot fault=invalid-opcode",
+            Expect::Failure(&["CPU EXCEPTION #UD invalid opcode (vector 6) on cpu0", "rip 0x"]),
+        ),
+        case(
+            "exception-general-protection",
+            Bios,
+            1,
+            256,
+            "exit=after-boot fault=general-protection",
+            Expect::Failure(&["CPU EXCEPTION #GP general protection fault (vector 13) on cpu0", "error code 0x0: no selector"]),
+        ),
+        case(
+            "exception-double-fault-on-ist-stack",
+            Bios,
+            1,
+            256,
+            "exit=after-boot fault=stack-overflow",
+            Expect::Failure(&["CPU EXCEPTION #DF double fault (vector 8) on cpu0", "error code 0x0"]),
+        ),
+        case(
+            "panic",
+            Bios,
+            2,
+            256,
+            "exit=after-boot fault=panic",
+            Expect::Failure(&["KERNEL PANIC on cpu0: provoked by boot option fault=panic at kernel/src/faults.rs:"]),
+        ),
+    ]
+}
+
+/// How long a case may take with `accel`.
+pub fn time_limit(case: &BootCase, accel: Accel) -> Duration {
+    match (accel, &case.expect) {
+        (_, Expect::IdleUntilStopped) => idle_window(accel),
+        (Accel::Tcg, _) => Duration::from_secs(60),
+        // kvm_pvm: ~50 s BIOS boots measured; hardware KVM is far faster.
+        (Accel::Kvm { .. }, _) => Duration::from_secs(240),
+    }
+}
+
+/// How long an idle kernel is left running before the runner stops it.
+pub fn idle_window(accel: Accel) -> Duration {
+    match accel {
+        Accel::Tcg => Duration::from_secs(6),
+        Accel::Kvm { pvm: false } => Duration::from_secs(6),
+        Accel::Kvm { pvm: true } => Duration::from_secs(120),
+    }
+}
+
+/// Checks a finished run against the case; `Err` says what was wrong.
+pub fn check(case: &BootCase, report: &RunReport) -> Result<(), String> {
+    let banner = format!("{} v{}", abi::BANNER, env!("CARGO_PKG_VERSION"));
+    let must_see = |needle: &str| -> Result<usize, String> {
+        report
+            .lines
+            .iter()
+            .position(|l| l.text.contains(needle))
+            .ok_or_else(|| format!("no line containing `{needle}`"))
+    };
+    let banner_at = must_see(&banner)?;
+    let firmware = match case.firmware {
+        Firmware::Bios => "(BIOS)",
+        Firmware::Uefi => "(UEFI)",
+    };
+    if !report.lines[banner_at].text.contains(firmware) {
+        return Err(format!("banner does not say {firmware}: {}", report.lines[banner_at].text));
+    }
+    check_memory(report, case.memory_mib)?;
+    let ready_at = must_see(abi::READY)?;
+    if ready_at < banner_at || !report.lines[ready_at].text.contains("ms since power-on") {
+        return Err(format!("bad boot-complete line: {}", report.lines[ready_at].text));
+    }
+    for needle in case.also {
+        must_see(needle)?;
+    }
+    match &case.expect {
+        Expect::CleanExit => {
+            expect_outcome(report, Outcome::Success)?;
+            if case.also.is_empty() {
+                if let Some(l) = report.lines.iter().find(|l| l.text.contains(" WARN ") || l.text.contains(" ERROR ")) {
+                    return Err(format!("unexpected warning: {}", l.text));
+                }
+            }
+        }
+        Expect::IdleUntilStopped => {
+            must_see("idle: all work done")?;
+            expect_outcome(report, Outcome::Stopped(StopReason::Timeout))?;
+        }
+        Expect::Failure(lines) => {
+            let mut from = ready_at;
+            for needle in *lines {
+                let at = report.lines[from..]
+                    .iter()
+                    .position(|l| l.text.contains(needle))
+                    .ok_or_else(|| format!("failure report lacks `{needle}` (after line {from})"))?;
+                from += at;
+            }
+            expect_outcome(report, Outcome::KernelFailure)?;
+        }
+    }
+    Ok(())
+}
+
+fn expect_outcome(report: &RunReport, want: Outcome) -> Result<(), String> {
+    if report.outcome == want {
+        Ok(())
+    } else {
+        Err(format!("expected \"{want}\", got \"{}\"", report.outcome))
+    }
+}
+
+/// The kernel's `memory: N MiB usable` must match what QEMU was given: at
+/// most the configured size, and no more than 10% lost to firmware.
+fn check_memory(report: &RunReport, configured_mib: u32) -> Result<(), String> {
+    let line = report.find("memory: ").ok_or("no memory line")?;
+    let mib = parse_usable_mib(&line.text).ok_or_else(|| format!("cannot read memory line: {}", line.text))?;
+    let low = configured_mib as u64 * 9 / 10;
+    if mib > configured_mib as u64 || mib < low {
+        return Err(format!("kernel found {mib} MiB usable with {configured_mib} MiB configured"));
+    }
+    Ok(())
+}
+
+fn parse_usable_mib(line: &str) -> Option<u64> {
+    let rest = &line[line.find("memory: ")? + "memory: ".len()..];
+    rest.split_once(" MiB usable")?.0.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boot::runner::Line;
+
+    fn report(outcome: Outcome, lines: &[&str]) -> RunReport {
+        RunReport {
+            outcome,
+            lines: lines.iter().map(|t| Line { at: Duration::ZERO, text: t.to_string() }).collect(),
+            stderr: String::new(),
+            elapsed: Duration::from_secs(1),
+        }
+    }
+
+    fn good_boot() -> Vec<String> {
+        vec![
+            format!("[    0.9] cpu0 INFO  mqnet kernel v{} (release build), x86_64, booted by bootloader 0.11 (BIOS)", env!("CARGO_PKG_VERSION")),
+            "[    0.9] cpu0 INFO  memory: 251 MiB usable in 3 regions, highest address 0xffdf000".into(),
+            "[    1.0] cpu0 INFO  boot complete: 1008.144 ms since power-on, 38.778 ms in the kernel".into(),
+        ]
+    }
+
+    fn lines(v: &[String]) -> Vec<&str> {
+        v.iter().map(|s| s.as_str()).collect()
+    }
+
+    fn bios256() -> BootCase {
+        cases().into_iter().find(|c| c.name == "bios-smp1").unwrap()
+    }
+
+    #[test]
+    fn a_good_boot_passes() {
+        assert_eq!(check(&bios256(), &report(Outcome::Success, &lines(&good_boot()))), Ok(()));
+    }
+
+    #[test]
+    fn the_exit_status_matters() {
+        let err = check(&bios256(), &report(Outcome::GuestReset, &lines(&good_boot()))).unwrap_err();
+        assert!(err.contains("expected \"the kernel reported success\""), "{err}");
+    }
+
+    #[test]
+    fn missing_banner_or_wrong_firmware_fails() {
+        let mut l = good_boot();
+        l.remove(0);
+        assert!(check(&bios256(), &report(Outcome::Success, &lines(&l))).unwrap_err().contains("mqnet kernel v"));
+        let l: Vec<String> = good_boot().into_iter().map(|s| s.replace("(BIOS)", "(UEFI)")).collect();
+        assert!(check(&bios256(), &report(Outcome::Success, &lines(&l))).unwrap_err().contains("(BIOS)"));
+    }
+
+    #[test]
+    fn memory_must_match_the_configuration() {
+        let l: Vec<String> = good_boot().into_iter().map(|s| s.replace("251 MiB", "90 MiB")).collect();
+        let err = check(&bios256(), &report(Outcome::Success, &lines(&l))).unwrap_err();
+        assert_eq!(err, "kernel found 90 MiB usable with 256 MiB configured");
+        assert_eq!(parse_usable_mib("x memory: 1019 MiB usable in 4 regions"), Some(1019));
+    }
+
+    #[test]
+    fn warnings_fail_a_clean_boot() {
+        let mut l = good_boot();
+        l.push("[    1.0] cpu0 WARN  something odd".into());
+        assert!(check(&bios256(), &report(Outcome::Success, &lines(&l))).unwrap_err().contains("unexpected warning"));
+    }
+
+    #[test]
+    fn failure_reports_must_be_complete_and_in_order() {
+        let pf = cases().into_iter().find(|c| c.name == "exception-page-fault").unwrap();
+        let Expect::Failure(needles) = pf.expect else { panic!() };
+        let mut l = good_boot();
+        l.extend(needles.iter().map(|n| format!("  {n}")));
+        assert_eq!(check(&pf, &report(Outcome::KernelFailure, &lines(&l))), Ok(()));
+        assert!(check(&pf, &report(Outcome::Success, &lines(&l))).is_err(), "status must be failure");
+        l.swap(3, 4);
+        assert!(check(&pf, &report(Outcome::KernelFailure, &lines(&l))).unwrap_err().contains("lacks"));
+    }
+
+    #[test]
+    fn case_names_are_unique() {
+        let mut names: Vec<_> = cases().iter().map(|c| c.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), cases().len());
+    }
+}

@@ -1,0 +1,35 @@
+//! `cargo xtask`: build, run and test the mqnet kernel. See README.md.
+
+mod boot_tests;
+mod cli;
+mod kbuild;
+mod libtest;
+mod run;
+mod test;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Cmd};
+use crate::run::say;
+
+fn main() {
+    // Usage errors (unknown option, bad value) exit with status 2 here.
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Build(args) => {
+            kbuild::build(args.release, &[boot::image::Firmware::Bios, boot::image::Firmware::Uefi]).map(|b| {
+                say!("kernel: {}", b.kernel.display());
+                0
+            })
+        }
+        Cmd::Run(args) => run::run(args),
+        Cmd::Test(args) => test::test(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            say!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}

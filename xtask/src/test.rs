@@ -1,0 +1,184 @@
+//! `cargo xtask test`: host unit tests of every host-buildable crate, then
+//! boot tests of the real kernel, then one summary line over both.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use boot::image::Firmware;
+use boot::qemu::QemuConfig;
+use boot::runner::{self, RunOptions};
+
+use crate::boot_tests::{self, BootCase};
+use crate::cli::TestArgs;
+use crate::kbuild;
+use crate::libtest::{self, TestResult};
+use crate::run::{say, stop_flag};
+
+/// Crates whose unit tests run on the host (the kernel's portable library included).
+pub const HOST_CRATES: [&str; 5] = ["kernel", "drivers", "net", "boot", "xtask"];
+
+#[derive(Default)]
+pub struct Tally {
+    pub passed: usize,
+    pub failed: Vec<String>,
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Tally {
+    /// `N passed, N failed[, N skipped]`.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{} passed, {} failed", self.passed, self.failed.len());
+        if !self.skipped.is_empty() {
+            s.push_str(&format!(", {} skipped", self.skipped.len()));
+        }
+        s
+    }
+}
+
+pub fn test(args: TestArgs) -> Result<i32, String> {
+    let mut tally = Tally::default();
+    if !args.boot_only {
+        host_tests(&mut tally)?;
+    }
+    if !args.host_only {
+        boot_tests(&args, &mut tally);
+    }
+    println!();
+    for (name, why) in &tally.skipped {
+        println!("skipped: {name}: {why}");
+    }
+    for name in &tally.failed {
+        println!("failed: {name}");
+    }
+    println!("{}", tally.summary());
+    Ok(if tally.failed.is_empty() { 0 } else { 1 })
+}
+
+fn host_tests(tally: &mut Tally) -> Result<(), String> {
+    say!("host unit tests: {}", HOST_CRATES.join(", "));
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(kbuild::workspace_root()).args(["test", "--no-fail-fast"]);
+    for c in HOST_CRATES {
+        cmd.args(["--package", c]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("could not run cargo test: {e}"))?;
+    let before = tally.passed + tally.failed.len();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        println!("{line}");
+        match libtest::parse_line(&line) {
+            Some((_, TestResult::Passed)) => tally.passed += 1,
+            Some((name, TestResult::Failed)) => tally.failed.push(format!("host: {name}")),
+            Some((name, TestResult::Ignored)) => tally.skipped.push((format!("host: {name}"), "ignored".into())),
+            None => {}
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let failed_before = tally.failed.iter().filter(|f| f.starts_with("host:")).count();
+    if !status.success() && failed_before == 0 {
+        // cargo failed without a failing test: the build broke.
+        tally.failed.push("host: cargo test did not build or run (see the errors above)".into());
+    }
+    say!("host unit tests: {} ran", tally.passed + tally.failed.len() - before);
+    Ok(())
+}
+
+fn boot_tests(args: &TestArgs, tally: &mut Tally) {
+    let cases: Vec<BootCase> = boot_tests::cases()
+        .into_iter()
+        .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)))
+        .collect();
+    if cases.is_empty() {
+        say!("boot tests: none match the filter");
+        return;
+    }
+    // Everything the boot tests need; a failure here fails every case, by name.
+    let setup = (|| {
+        let uefi = cases.iter().any(|c| c.firmware == Firmware::Uefi);
+        let choice = crate::run::prepare(if uefi { Firmware::Uefi } else { Firmware::Bios }, args.accel.into())?;
+        let built = kbuild::build(true, &[Firmware::Bios, Firmware::Uefi])?;
+        Ok::<_, String>((choice, built))
+    })();
+    let (choice, built) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            say!("boot tests cannot run: {e}");
+            tally.failed.extend(cases.iter().map(|c| format!("boot: {} (setup failed: {e})", c.name)));
+            return;
+        }
+    };
+    say!("boot tests: {} cases, accelerator {} ({})", cases.len(), choice.accel, choice.reason);
+    let stop = stop_flag();
+    for case in &cases {
+        let name = format!("boot: {}", case.name);
+        if stop.load(Ordering::SeqCst) {
+            tally.skipped.push((name, "interrupted by Ctrl-C".into()));
+            continue;
+        }
+        let started = Instant::now();
+        let result = run_case(case, choice.accel, &built, &stop);
+        let secs = started.elapsed().as_secs_f64();
+        match result {
+            Ok(note) => {
+                println!("PASS {name} ({secs:.1} s{note})");
+                tally.passed += 1;
+            }
+            Err((why, tail)) => {
+                println!("FAIL {name} ({secs:.1} s): {why}");
+                for l in tail {
+                    println!("    | {l}");
+                }
+                tally.failed.push(name);
+            }
+        }
+    }
+}
+
+/// Runs one case; `Ok` carries a note for the PASS line, `Err` the reason
+/// and the last lines of output.
+fn run_case(
+    case: &BootCase,
+    accel: boot::accel::Accel,
+    built: &kbuild::Built,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<String, (String, Vec<String>)> {
+    let boot = crate::run::boot_for(case.firmware, built).map_err(|e| (e, vec![]))?;
+    let mut config = QemuConfig::new(accel, boot).with_kernel_cmdline(case.cmdline);
+    config.cpus = case.cpus;
+    config.memory_mib = case.memory_mib;
+    let opts = RunOptions { timeout: Some(boot_tests::time_limit(case, accel)), echo: false, stop: Some(stop.clone()) };
+    let report = runner::run(&config, &opts).map_err(|e| (e, vec![]))?;
+    match boot_tests::check(case, &report) {
+        Ok(()) => {
+            let ready = report.find(boot::abi::READY).map(|l| l.at.as_secs_f64()).unwrap_or_default();
+            Ok(format!(", boot complete at {ready:.2} s"))
+        }
+        Err(why) => {
+            let mut tail: Vec<String> = report.lines.iter().rev().take(15).map(|l| l.text.clone()).collect();
+            tail.reverse();
+            tail.extend(report.stderr.lines().map(|l| format!("qemu: {l}")));
+            tail.insert(0, format!("$ {}", config.command_line()));
+            Err((why, tail))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_format() {
+        let mut t = Tally { passed: 3, ..Default::default() };
+        assert_eq!(t.summary(), "3 passed, 0 failed");
+        t.failed.push("x".into());
+        t.skipped.push(("y".into(), "why".into()));
+        assert_eq!(t.summary(), "3 passed, 1 failed, 1 skipped");
+    }
+}

@@ -1,0 +1,42 @@
+//! The xtask binary itself: bad input gives a clear error and status 2.
+
+use std::process::Command;
+
+fn xtask(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("xtask runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn unknown_option_exits_2_and_names_it() {
+    let (code, err) = xtask(&["run", "--frobnicate"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unexpected argument '--frobnicate'"), "{err}");
+}
+
+#[test]
+fn bad_value_exits_2_and_lists_the_choices() {
+    let (code, err) = xtask(&["run", "--accel", "hvf"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid value 'hvf'") && err.contains("auto, kvm, tcg"), "{err}");
+    let (code, err) = xtask(&["run", "--memory", "lots"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("`lots` is not a size"), "{err}");
+}
+
+#[test]
+fn unknown_command_exits_2() {
+    let (code, err) = xtask(&["launch"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unrecognized subcommand 'launch'"), "{err}");
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["build", "run", "test"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+}
