@@ -95,9 +95,10 @@ pub fn choose(request: AccelRequest, host: HostFacts, uefi: bool) -> Result<Acce
             accel: Accel::Kvm { pvm: false },
             reason: format!("requested with --accel kvm ({module} loaded)"),
         }),
-        AccelRequest::Kvm if host.kvm_pvm && uefi => Err(
-            "--accel kvm: /dev/kvm is kvm_pvm, under which OVMF (UEFI) cannot boot; use --bios or --accel tcg".into(),
-        ),
+        AccelRequest::Kvm if host.kvm_pvm && uefi => {
+            Err("--accel kvm: /dev/kvm is kvm_pvm, under which OVMF (UEFI) cannot boot; use --bios or --accel tcg"
+                .into())
+        }
         AccelRequest::Kvm => Ok(AccelChoice {
             accel: Accel::Kvm { pvm: host.kvm_pvm },
             reason: if host.kvm_pvm {

@@ -67,9 +67,7 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Success => f.write_str("the kernel reported success"),
             Outcome::KernelFailure => f.write_str("the kernel reported a failure"),
-            Outcome::GuestReset => {
-                f.write_str("the guest reset or powered off without reporting (triple fault?)")
-            }
+            Outcome::GuestReset => f.write_str("the guest reset or powered off without reporting (triple fault?)"),
             Outcome::Stopped(StopReason::Timeout) => f.write_str("stopped at the timeout"),
             Outcome::Stopped(StopReason::Interrupted) => f.write_str("stopped by Ctrl-C"),
             Outcome::QemuError(c) => write!(f, "QEMU failed with exit status {c}"),

@@ -44,12 +44,8 @@ impl Tool {
 }
 
 /// Where Debian's and other distributions' OVMF packages put a combined image.
-const OVMF_CANDIDATES: [&str; 4] = [
-    "/usr/share/ovmf/OVMF.fd",
-    "/usr/share/OVMF/OVMF.fd",
-    "/usr/share/qemu/OVMF.fd",
-    "/usr/share/edk2/ovmf/OVMF.fd",
-];
+const OVMF_CANDIDATES: [&str; 4] =
+    ["/usr/share/ovmf/OVMF.fd", "/usr/share/OVMF/OVMF.fd", "/usr/share/qemu/OVMF.fd", "/usr/share/edk2/ovmf/OVMF.fd"];
 
 pub fn find_ovmf() -> Option<PathBuf> {
     if let Some(p) = env::var_os("MQNET_OVMF") {

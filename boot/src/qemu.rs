@@ -147,11 +147,7 @@ impl QemuConfig {
         if self.debug_exit {
             a.pair(
                 "-device",
-                format!(
-                    "isa-debug-exit,iobase={:#x},iosize={:#x}",
-                    abi::DEBUG_EXIT_IOBASE,
-                    abi::DEBUG_EXIT_IOSIZE
-                ),
+                format!("isa-debug-exit,iobase={:#x},iosize={:#x}", abi::DEBUG_EXIT_IOBASE, abi::DEBUG_EXIT_IOSIZE),
             );
         }
         match self.network {

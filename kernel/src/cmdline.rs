@@ -107,14 +107,16 @@ impl BootOptions {
             };
             let ok = match key {
                 "exit" => match value {
-                    "never" => Some(opts.after_boot = AfterBoot::Idle),
-                    "after-boot" => Some(opts.after_boot = AfterBoot::Exit),
+                    "never" => Some(AfterBoot::Idle),
+                    "after-boot" => Some(AfterBoot::Exit),
                     _ => None,
-                },
+                }
+                .map(|v| opts.after_boot = v),
                 "fault" => match value {
-                    "none" => Some(opts.fault = None),
-                    _ => Fault::from_name(value).map(|f| opts.fault = Some(f)),
-                },
+                    "none" => Some(None),
+                    _ => Fault::from_name(value).map(Some),
+                }
+                .map(|v| opts.fault = v),
                 "log" => value.parse::<LogLevel>().ok().map(|l| opts.log_level = l),
                 _ => {
                     on_problem(Problem::UnknownKey(key));

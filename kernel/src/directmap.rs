@@ -50,7 +50,11 @@ pub fn heap_size(usable: u64, largest_run: u64) -> u64 {
     const MIB: u64 = 1 << 20;
     let want = (usable / 2).clamp(8 * MIB, 1024 * MIB);
     let size = want.min(largest_run);
-    if size >= 2 * MIB { size & !(2 * MIB - 1) } else { size & !0xfff }
+    if size >= 2 * MIB {
+        size & !(2 * MIB - 1)
+    } else {
+        size & !0xfff
+    }
 }
 
 #[cfg(test)]

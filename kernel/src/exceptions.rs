@@ -109,8 +109,7 @@ mod tests {
         for w in EXCEPTIONS.windows(2) {
             assert!(w[0].vector < w[1].vector);
         }
-        let with_code: Vec<u8> =
-            EXCEPTIONS.iter().filter(|x| x.has_error_code).map(|x| x.vector).collect();
+        let with_code: Vec<u8> = EXCEPTIONS.iter().filter(|x| x.has_error_code).map(|x| x.vector).collect();
         assert_eq!(with_code, [8, 10, 11, 12, 13, 14, 17, 21, 29, 30]);
         assert_eq!(info(14).unwrap().name, "page fault");
         assert!(info(9).is_none() && info(15).is_none() && info(32).is_none());
@@ -119,10 +118,7 @@ mod tests {
     #[test]
     fn page_fault_codes_decode() {
         assert_eq!(PageFaultCode(0b10).to_string(), "page not present, write, kernel mode");
-        assert_eq!(
-            PageFaultCode(0b10101).to_string(),
-            "protection violation, read, instruction fetch, user mode"
-        );
+        assert_eq!(PageFaultCode(0b10101).to_string(), "protection violation, read, instruction fetch, user mode");
     }
 
     #[test]

@@ -192,13 +192,7 @@ impl<const N: usize> FrameAllocator<N> {
 
 impl fmt::Display for MemoryStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} MiB usable in {} regions, highest address {:#x}",
-            self.usable >> 20,
-            self.regions,
-            self.highest
-        )?;
+        write!(f, "{} MiB usable in {} regions, highest address {:#x}", self.usable >> 20, self.regions, self.highest)?;
         if self.dropped_regions > 0 {
             write!(f, " ({} regions dropped: table full)", self.dropped_regions)?;
         }
@@ -224,10 +218,10 @@ mod tests {
     /// bootloader took its share.
     fn qemu_like_map() -> Vec<PhysRange> {
         vec![
-            PhysRange::new(0x0, 0x9_f000),           // low memory incl. frame 0
-            PhysRange::new(0x10_0000, 0x40_0000),    // 1..4 MiB
-            PhysRange::new(0x80_0000, 0x7fe_0000),   // 8 MiB..~128 MiB
-            PhysRange::new(0x40_0000, 0x40_0800),    // less than a frame: ignored
+            PhysRange::new(0x0, 0x9_f000),         // low memory incl. frame 0
+            PhysRange::new(0x10_0000, 0x40_0000),  // 1..4 MiB
+            PhysRange::new(0x80_0000, 0x7fe_0000), // 8 MiB..~128 MiB
+            PhysRange::new(0x40_0000, 0x40_0800),  // less than a frame: ignored
         ]
     }
 
@@ -275,7 +269,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..(3 * MIB / FRAME_SIZE) {
             let f = fa.allocate_frame().unwrap();
-            assert!(f >= LOW_MEMORY_END && f % FRAME_SIZE == 0);
+            assert!(f >= LOW_MEMORY_END && f.is_multiple_of(FRAME_SIZE));
             assert!(seen.insert(f), "frame {f:#x} handed out twice");
         }
         // The 1..4 MiB region is used up; the next comes from 8 MiB.

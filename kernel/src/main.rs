@@ -73,7 +73,11 @@ mod boot {
             if cfg!(debug_assertions) { "debug" } else { "release" },
             if mem.uefi { "UEFI" } else { "BIOS" },
         );
-        info!("boot options: `{}`", cmdline.trim());
+        if cmdline.trim().is_empty() {
+            info!("boot options: none");
+        } else {
+            info!("boot options: {}", cmdline.trim());
+        }
         info!("memory: {}", mem.stats);
         info!(
             "heap: {} MiB at physical {:#x} (DMA-able, direct map at {:#x}); {} MiB left for frames",
@@ -83,8 +87,14 @@ mod boot {
             mem.frames_free >> 20,
         );
         match calibration {
-            Ok(hz) => info!("clock: TSC at {}.{:03} GHz, calibrated against the PIT", hz / 1_000_000_000, hz / 1_000_000 % 1000),
-            Err(hz) => warn!("clock: TSC calibration failed, assuming {} MHz: timestamps are approximate", hz / 1_000_000),
+            Ok(hz) => info!(
+                "clock: TSC at {}.{:03} GHz, calibrated against the PIT",
+                hz / 1_000_000_000,
+                hz / 1_000_000 % 1000
+            ),
+            Err(hz) => {
+                warn!("clock: TSC calibration failed, assuming {} MHz: timestamps are approximate", hz / 1_000_000)
+            }
         }
         let now = arch::time::rdtsc();
         let since_power_on = clock.ticks_to_nanos(now);

@@ -43,12 +43,20 @@ impl TscClock {
     /// Ticks to nanoseconds without overflow for any `u64` tick count.
     pub const fn ticks_to_nanos(&self, ticks: u64) -> u64 {
         let ns = ticks as u128 * 1_000_000_000 / self.hz as u128;
-        if ns > u64::MAX as u128 { u64::MAX } else { ns as u64 }
+        if ns > u64::MAX as u128 {
+            u64::MAX
+        } else {
+            ns as u64
+        }
     }
 
     pub const fn nanos_to_ticks(&self, nanos: u64) -> u64 {
         let t = nanos as u128 * self.hz as u128 / 1_000_000_000;
-        if t > u64::MAX as u128 { u64::MAX } else { t as u64 }
+        if t > u64::MAX as u128 {
+            u64::MAX
+        } else {
+            t as u64
+        }
     }
 }
 

@@ -33,7 +33,14 @@ pub struct BootCase {
     pub also: &'static [&'static str],
 }
 
-const fn case(name: &'static str, firmware: Firmware, cpus: u16, memory_mib: u32, cmdline: &'static str, expect: Expect) -> BootCase {
+const fn case(
+    name: &'static str,
+    firmware: Firmware,
+    cpus: u16,
+    memory_mib: u32,
+    cmdline: &'static str,
+    expect: Expect,
+) -> BootCase {
     BootCase { name, firmware, cpus, memory_mib, cmdline, expect, also: &[] }
 }
 
@@ -47,8 +54,18 @@ pub fn cases() -> Vec<BootCase> {
         case("uefi-smp2", Uefi, 2, 512, EXIT, Expect::CleanExit),
         case("bios-idles-until-stopped", Bios, 2, 256, "", Expect::IdleUntilStopped),
         BootCase {
-            also: &["WARN  unknown boot option `colour` ignored", "WARN  bad value `loud` for boot option `log` ignored"],
-            ..case("bad-boot-options-are-reported", Bios, 1, 256, "colour=blue log=loud exit=after-boot", Expect::CleanExit)
+            also: &[
+                "WARN  unknown boot option `colour` ignored",
+                "WARN  bad value `loud` for boot option `log` ignored",
+            ],
+            ..case(
+                "bad-boot-options-are-reported",
+                Bios,
+                1,
+                256,
+                "colour=blue log=loud exit=after-boot",
+                Expect::CleanExit,
+            )
         },
         case(
             "exception-page-fault",
@@ -78,7 +95,10 @@ pub fn cases() -> Vec<BootCase> {
             1,
             256,
             "exit=after-boot fault=general-protection",
-            Expect::Failure(&["CPU EXCEPTION #GP general protection fault (vector 13) on cpu0", "error code 0x0: no selector"]),
+            Expect::Failure(&[
+                "CPU EXCEPTION #GP general protection fault (vector 13) on cpu0",
+                "error code 0x0: no selector",
+            ]),
         ),
         case(
             "exception-double-fault-on-ist-stack",
@@ -213,7 +233,10 @@ mod tests {
 
     fn good_boot() -> Vec<String> {
         vec![
-            format!("[    0.9] cpu0 INFO  mqnet kernel v{} (release build), x86_64, booted by bootloader 0.11 (BIOS)", env!("CARGO_PKG_VERSION")),
+            format!(
+                "[    0.9] cpu0 INFO  mqnet kernel v{} (release build), x86_64, booted by bootloader 0.11 (BIOS)",
+                env!("CARGO_PKG_VERSION")
+            ),
             "[    0.9] cpu0 INFO  memory: 251 MiB usable in 3 regions, highest address 0xffdf000".into(),
             "[    1.0] cpu0 INFO  boot complete: 1008.144 ms since power-on, 38.778 ms in the kernel".into(),
         ]

@@ -179,8 +179,23 @@ mod tests {
     #[test]
     fn run_with_every_option() {
         let cli = parse(&[
-            "run", "--release", "--uefi", "--smp", "4", "--memory", "1G", "--accel", "tcg", "--timeout", "2.5",
-            "--machine", "pc", "--net", "user", "--cmdline", "log=debug",
+            "run",
+            "--release",
+            "--uefi",
+            "--smp",
+            "4",
+            "--memory",
+            "1G",
+            "--accel",
+            "tcg",
+            "--timeout",
+            "2.5",
+            "--machine",
+            "pc",
+            "--net",
+            "user",
+            "--cmdline",
+            "log=debug",
         ])
         .unwrap();
         let Cmd::Run(r) = cli.command else { panic!() };

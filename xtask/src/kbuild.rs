@@ -1,8 +1,8 @@
 //! Building the kernel (for x86_64-unknown-none) and its disk images.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::io::{BufRead, BufReader};
 
 use boot::image::{self, Firmware};
 
@@ -40,11 +40,8 @@ pub fn build(release: bool, firmwares: &[Firmware]) -> Result<Built, String> {
     if release {
         cmd.arg("--release");
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("could not run cargo: {e}"))?;
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().map_err(|e| format!("could not run cargo: {e}"))?;
     let mut kernel = None;
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line.map_err(|e| e.to_string())?;

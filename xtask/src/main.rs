@@ -16,12 +16,11 @@ fn main() {
     // Usage errors (unknown option, bad value) exit with status 2 here.
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Build(args) => {
-            kbuild::build(args.release, &[boot::image::Firmware::Bios, boot::image::Firmware::Uefi]).map(|b| {
+        Cmd::Build(args) => kbuild::build(args.release, &[boot::image::Firmware::Bios, boot::image::Firmware::Uefi])
+            .map(|b| {
                 say!("kernel: {}", b.kernel.display());
                 0
-            })
-        }
+            }),
         Cmd::Run(args) => run::run(args),
         Cmd::Test(args) => test::test(args),
     };

@@ -72,8 +72,10 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     }
     let opts = RunOptions { timeout: args.timeout, echo: true, stop: Some(stop_flag()) };
     let report = runner::run(&config, &opts)?;
-    if !report.stderr.trim().is_empty() {
-        say!("QEMU said:\n{}", report.stderr.trim_end());
+    // QEMU's note that it got our SIGTERM is expected, not news.
+    let stderr: Vec<&str> = report.stderr.lines().filter(|l| !l.contains("terminating on signal")).collect();
+    if !stderr.is_empty() {
+        say!("QEMU said:\n{}", stderr.join("\n"));
     }
     say!("{} after {:.1} s", report.outcome, report.elapsed.as_secs_f64());
     Ok(report.outcome.exit_code())

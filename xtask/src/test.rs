@@ -90,10 +90,8 @@ fn host_tests(tally: &mut Tally) -> Result<(), String> {
 }
 
 fn boot_tests(args: &TestArgs, tally: &mut Tally) {
-    let cases: Vec<BootCase> = boot_tests::cases()
-        .into_iter()
-        .filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f)))
-        .collect();
+    let cases: Vec<BootCase> =
+        boot_tests::cases().into_iter().filter(|c| args.filter.as_deref().is_none_or(|f| c.name.contains(f))).collect();
     if cases.is_empty() {
         say!("boot tests: none match the filter");
         return;

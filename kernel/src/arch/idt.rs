@@ -2,7 +2,6 @@
 //! reports the vector, the decoded error code and the CPU state, then stops
 //! the kernel with a failure status.
 
-
 use kernel::abi;
 use kernel::exceptions::{self, PageFaultCode, SelectorCode};
 use spin::Once;
