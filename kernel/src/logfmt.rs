@@ -1,15 +1,15 @@
 //! The kernel's log line format: `[   12.345678] cpu3 INFO  message`.
 //!
-//! Seconds since power-on (from the TSC) with microseconds, the CPU that
+//! Seconds since kernel entry (from the TSC) with microseconds, the CPU that
 //! wrote the line, the level padded to five characters. The host tools and
 //! people reading a serial log rely on it, so it is fixed here and tested.
 
 use core::fmt::{self, Write};
 
 /// Writes the prefix of one log line.
-pub fn write_prefix(out: &mut impl Write, nanos_since_boot: u64, cpu: u32, level: log::Level) -> fmt::Result {
-    let secs = nanos_since_boot / 1_000_000_000;
-    let micros = (nanos_since_boot % 1_000_000_000) / 1_000;
+pub fn write_prefix(out: &mut impl Write, nanos_since_entry: u64, cpu: u32, level: log::Level) -> fmt::Result {
+    let secs = nanos_since_entry / 1_000_000_000;
+    let micros = (nanos_since_entry % 1_000_000_000) / 1_000;
     write!(out, "[{secs:5}.{micros:06}] cpu{cpu} {:<5} ", level.as_str())
 }
 

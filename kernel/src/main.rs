@@ -32,6 +32,7 @@ mod boot {
     use bootloader_api::{entry_point, BootInfo};
     use kernel::abi;
     use kernel::cmdline::{AfterBoot, BootOptions};
+    use kernel::time::BootTimes;
     use log::{info, warn};
 
     use crate::{arch, faults, memory, serial};
@@ -51,7 +52,7 @@ mod boot {
         let entry_tsc = arch::time::rdtsc();
         serial::init();
         arch::pic::mask_legacy_pics();
-        let calibration = arch::time::init();
+        let calibration = arch::time::init(entry_tsc);
         serial::init_logger();
 
         let mut cmdline_buf = [0u8; 1024];
@@ -96,17 +97,8 @@ mod boot {
                 warn!("clock: TSC calibration failed, assuming {} MHz: timestamps are approximate", hz / 1_000_000)
             }
         }
-        let now = arch::time::rdtsc();
-        let since_power_on = clock.ticks_to_nanos(now);
-        let in_kernel = clock.ticks_to_nanos(now.wrapping_sub(entry_tsc));
-        info!(
-            "{} {}.{:03} ms since power-on, {}.{:03} ms in the kernel",
-            abi::READY,
-            since_power_on / 1_000_000,
-            since_power_on / 1_000 % 1000,
-            in_kernel / 1_000_000,
-            in_kernel / 1_000 % 1000,
-        );
+        let times = BootTimes::measure(clock, entry_tsc, arch::time::rdtsc());
+        info!("{} {times}", abi::READY);
 
         if let Some(fault) = options.fault {
             faults::provoke(fault);

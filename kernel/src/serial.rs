@@ -54,7 +54,7 @@ pub fn emergency(f: impl FnOnce(&mut dyn Write)) {
         core::hint::spin_loop();
     };
     let mut w = PortWriter(&mut guard);
-    let _ = logfmt::write_prefix(&mut w, arch::time::nanos_since_boot(), arch::current_cpu(), Level::Error);
+    let _ = logfmt::write_prefix(&mut w, arch::time::nanos_since_entry(), arch::current_cpu(), Level::Error);
     f(&mut w);
 }
 
@@ -69,7 +69,7 @@ impl Log for SerialLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let now = arch::time::nanos_since_boot();
+        let now = arch::time::nanos_since_entry();
         let cpu = arch::current_cpu();
         let mut guard = PORT.lock();
         let mut w = PortWriter(&mut guard);

@@ -60,6 +60,47 @@ impl TscClock {
     }
 }
 
+/// A duration in nanoseconds, shown as milliseconds with microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Millis(pub u64);
+
+impl core::fmt::Display for Millis {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}.{:03} ms", self.0 / 1_000_000, self.0 / 1_000 % 1_000)
+    }
+}
+
+/// A TSC value at kernel entry above this many seconds means the TSC did not
+/// start at power-on (some hypervisors pass the host's counter through), so
+/// it says nothing about how long firmware and bootloader took.
+pub const MAX_PLAUSIBLE_PRE_KERNEL_SECS: u64 = 600;
+
+/// How long booting took: in the kernel, and before it when the TSC tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootTimes {
+    pub in_kernel: Millis,
+    /// Power-on to now, if the TSC started at power-on.
+    pub since_power_on: Option<Millis>,
+}
+
+impl BootTimes {
+    pub fn measure(clock: TscClock, entry_tsc: u64, now_tsc: u64) -> BootTimes {
+        let in_kernel = Millis(clock.ticks_to_nanos(now_tsc.wrapping_sub(entry_tsc)));
+        let plausible = clock.ticks_to_nanos(entry_tsc) <= MAX_PLAUSIBLE_PRE_KERNEL_SECS * 1_000_000_000;
+        BootTimes { in_kernel, since_power_on: plausible.then(|| Millis(clock.ticks_to_nanos(now_tsc))) }
+    }
+}
+
+impl core::fmt::Display for BootTimes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} in the kernel, ", self.in_kernel)?;
+        match self.since_power_on {
+            Some(t) => write!(f, "{t} since power-on"),
+            None => f.write_str("time since power-on unknown (the TSC did not start at zero)"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +113,19 @@ mod tests {
         assert_eq!(tsc_hz_from_pit(0, 11_932), None);
         assert_eq!(tsc_hz_from_pit(5, 0), None);
         assert_eq!(tsc_hz_from_pit(u64::MAX, 1), None, "overflow is not a frequency");
+    }
+
+    #[test]
+    fn boot_times_distrust_a_tsc_that_did_not_start_at_zero() {
+        let c = TscClock::new(1_000_000_000);
+        let t = BootTimes::measure(c, 900_000_000, 939_500_000);
+        assert_eq!(t.to_string(), "39.500 ms in the kernel, 939.500 ms since power-on");
+        let t = BootTimes::measure(c, 1_637_000_000_000, 1_637_089_000_000);
+        assert_eq!(t.since_power_on, None);
+        assert_eq!(
+            t.to_string(),
+            "89.000 ms in the kernel, time since power-on unknown (the TSC did not start at zero)"
+        );
     }
 
     #[test]

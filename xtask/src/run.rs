@@ -77,6 +77,9 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     if !stderr.is_empty() {
         say!("QEMU said:\n{}", stderr.join("\n"));
     }
+    if let Some(ready) = report.find(boot::abi::READY) {
+        say!("the kernel finished booting {:.2} s after QEMU started", ready.at.as_secs_f64());
+    }
     say!("{} after {:.1} s", report.outcome, report.elapsed.as_secs_f64());
     Ok(report.outcome.exit_code())
 }

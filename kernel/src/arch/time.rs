@@ -5,6 +5,8 @@ use spin::Once;
 use x86_64::instructions::port::Port;
 
 static CLOCK: Once<TscClock> = Once::new();
+/// TSC at kernel entry: log timestamps count from here.
+static ENTRY_TSC: Once<u64> = Once::new();
 
 /// Frequency assumed when calibration fails.
 const FALLBACK_HZ: u64 = 1_000_000_000;
@@ -22,9 +24,11 @@ pub fn rdtsc() -> u64 {
     }
 }
 
-/// Calibrates the TSC. `Ok(hz)` when calibrated, `Err(fallback_hz)` when the
-/// PIT did not behave and the fallback is in use.
-pub fn init() -> Result<u64, u64> {
+/// Calibrates the TSC; `entry_tsc` (read first thing at kernel entry) becomes
+/// time zero. `Ok(hz)` when calibrated, `Err(fallback_hz)` when the PIT did
+/// not behave and the fallback is in use.
+pub fn init(entry_tsc: u64) -> Result<u64, u64> {
+    ENTRY_TSC.call_once(|| entry_tsc);
     let mut samples = [0u64; RUNS];
     let mut n = 0;
     for _ in 0..RUNS {
@@ -44,11 +48,11 @@ pub fn clock() -> TscClock {
     CLOCK.get().copied().unwrap_or(TscClock::new(FALLBACK_HZ))
 }
 
-/// Nanoseconds since power-on (the TSC starts at zero when the VM starts).
-pub fn nanos_since_boot() -> u64 {
-    match CLOCK.get() {
-        Some(c) => c.ticks_to_nanos(rdtsc()),
-        None => 0,
+/// Nanoseconds since kernel entry (0 before calibration).
+pub fn nanos_since_entry() -> u64 {
+    match (CLOCK.get(), ENTRY_TSC.get()) {
+        (Some(c), Some(&entry)) => c.ticks_to_nanos(rdtsc().wrapping_sub(entry)),
+        _ => 0,
     }
 }
 
