@@ -8,7 +8,7 @@ use kernel::abi;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     Timeout,
-    /// The user asked (Ctrl-C).
+    /// The user asked (Ctrl-C, SIGTERM, SIGHUP).
     Interrupted,
 }
 
@@ -69,7 +69,7 @@ impl fmt::Display for Outcome {
             Outcome::KernelFailure => f.write_str("the kernel reported a failure"),
             Outcome::GuestReset => f.write_str("the guest reset or powered off without reporting (triple fault?)"),
             Outcome::Stopped(StopReason::Timeout) => f.write_str("stopped at the timeout"),
-            Outcome::Stopped(StopReason::Interrupted) => f.write_str("stopped by Ctrl-C"),
+            Outcome::Stopped(StopReason::Interrupted) => f.write_str("stopped on request (Ctrl-C or SIGTERM)"),
             Outcome::QemuError(c) => write!(f, "QEMU failed with exit status {c}"),
             Outcome::Killed(s) => write!(f, "QEMU was killed by signal {s}"),
         }
@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(Outcome::from_exit(Some(0), None, t), Outcome::Stopped(StopReason::Timeout));
         assert_eq!(Outcome::from_exit(Some(35), None, t), Outcome::KernelFailure, "report wins the race");
         let i = Some(StopReason::Interrupted);
-        assert_eq!(Outcome::from_exit(None, Some(2), i).to_string(), "stopped by Ctrl-C");
+        assert_eq!(Outcome::from_exit(None, Some(2), i).to_string(), "stopped on request (Ctrl-C or SIGTERM)");
     }
 
     #[test]

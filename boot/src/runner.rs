@@ -4,7 +4,9 @@
 //! QEMU runs in a process group of its own, so a Ctrl-C in the terminal
 //! reaches only the runner, which then ends QEMU itself (SIGTERM, then
 //! SIGKILL after a grace period) and can clean up whatever it set up around
-//! it. Only the process the runner started is ever signalled.
+//! it. Only the process the runner started is ever signalled. Should the
+//! runner itself be killed outright, the kernel sends QEMU SIGTERM
+//! (PR_SET_PDEATHSIG), so no VM outlives the command that started it.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -55,14 +57,20 @@ impl RunReport {
 
 /// Boots `config` and waits for the VM to end (or be ended).
 pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> {
-    let mut child = Command::new(QEMU)
-        .args(config.args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("could not start {QEMU}: {e}"))?;
+    let mut command = Command::new(QEMU);
+    command.args(config.args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl(2), which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            // If the runner dies without cleaning up (SIGKILL), QEMU follows.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| format!("could not start {QEMU}: {e}"))?;
     let started = Instant::now();
 
     let (tx, rx) = mpsc::channel::<Line>();
