@@ -62,17 +62,33 @@ impl Fault {
 /// Maximum log level, as in the `log` crate.
 pub type LogLevel = log::LevelFilter;
 
+/// Most CPUs the kernel will run on.
+pub const MAX_CPUS: usize = 256;
+
 /// The options the kernel understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootOptions {
     pub after_boot: AfterBoot,
     pub fault: Option<Fault>,
+    /// Which CPU provokes `fault` (index; 0 is the boot CPU).
+    pub fault_cpu: u32,
     pub log_level: LogLevel,
+    /// Use at most this many CPUs (`cpus=`).
+    pub max_cpus: usize,
+    /// Run the SMP self-tests (per-CPU timers, IPI round trips) after boot.
+    pub smp_selftest: bool,
 }
 
 impl Default for BootOptions {
     fn default() -> Self {
-        BootOptions { after_boot: AfterBoot::Idle, fault: None, log_level: LogLevel::Info }
+        BootOptions {
+            after_boot: AfterBoot::Idle,
+            fault: None,
+            fault_cpu: 0,
+            log_level: LogLevel::Info,
+            max_cpus: MAX_CPUS,
+            smp_selftest: false,
+        }
     }
 }
 
@@ -117,7 +133,17 @@ impl BootOptions {
                     _ => Fault::from_name(value).map(Some),
                 }
                 .map(|v| opts.fault = v),
+                "fault-cpu" => {
+                    value.parse::<u32>().ok().filter(|&c| (c as usize) < MAX_CPUS).map(|c| opts.fault_cpu = c)
+                }
                 "log" => value.parse::<LogLevel>().ok().map(|l| opts.log_level = l),
+                "cpus" => value.parse::<usize>().ok().filter(|n| (1..=MAX_CPUS).contains(n)).map(|n| opts.max_cpus = n),
+                "selftest" => match value {
+                    "smp" => Some(true),
+                    "none" => Some(false),
+                    _ => None,
+                }
+                .map(|v| opts.smp_selftest = v),
                 _ => {
                     on_problem(Problem::UnknownKey(key));
                     continue;
@@ -149,11 +175,12 @@ mod tests {
 
     #[test]
     fn all_options_are_understood() {
-        let (o, p) = parse("exit=after-boot fault=stack-overflow log=debug");
+        let (o, p) = parse("exit=after-boot fault=stack-overflow log=debug cpus=3 fault-cpu=2 selftest=smp");
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(o.after_boot, AfterBoot::Exit);
         assert_eq!(o.fault, Some(Fault::StackOverflow));
         assert_eq!(o.log_level, LogLevel::Debug);
+        assert_eq!((o.max_cpus, o.fault_cpu, o.smp_selftest), (3, 2, true));
     }
 
     #[test]
@@ -178,6 +205,14 @@ mod tests {
                 "bad value `loud` for boot option `log` ignored",
             ]
         );
+    }
+
+    #[test]
+    fn cpu_counts_are_range_checked() {
+        let (o, p) = parse("cpus=0 cpus=257 cpus=many fault-cpu=999");
+        assert_eq!(o.max_cpus, MAX_CPUS);
+        assert_eq!(o.fault_cpu, 0);
+        assert_eq!(p.len(), 4);
     }
 
     #[test]

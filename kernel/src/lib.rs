@@ -7,11 +7,16 @@
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
+extern crate alloc;
+
 pub mod abi;
+pub mod apic;
 pub mod cmdline;
 pub mod directmap;
 pub mod exceptions;
 pub mod frames;
 pub mod fwcfg;
 pub mod logfmt;
+pub mod madt;
 pub mod time;
+pub mod timers;

@@ -1,8 +1,11 @@
 //! The mqnet kernel binary.
 //!
-//! Boot order: serial → legacy PICs masked → TSC calibrated → logger → boot
-//! options (fw_cfg) → memory (frames, heap) → GDT/TSS with IST stacks → IDT
-//! → banner. Then either idle (halted) or, for boot tests, exit QEMU.
+//! Boot order on the boot CPU: serial → legacy PICs masked → TSC calibrated
+//! → logger → boot options (fw_cfg) → memory (frames, heap) → page tables →
+//! GDT/TSS/IDT → ACPI (MADT, MCFG) → local APIC → per-CPU data → APIC timer
+//! → banner → application processors → boot complete. Then every CPU runs
+//! its own event loop (`runloop`); the boot CPU's loop also watches the
+//! self-tests and, for boot tests, exits QEMU.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
 
@@ -18,6 +21,10 @@ mod memory;
 #[cfg(target_os = "none")]
 mod panic;
 #[cfg(target_os = "none")]
+mod runloop;
+#[cfg(target_os = "none")]
+mod selftest;
+#[cfg(target_os = "none")]
 mod serial;
 
 #[cfg(not(target_os = "none"))]
@@ -28,16 +35,26 @@ fn main() {
 
 #[cfg(target_os = "none")]
 mod boot {
+    use core::sync::atomic::{AtomicBool, Ordering};
+
     use bootloader_api::config::{BootloaderConfig, Mapping};
+    use bootloader_api::info::Optional;
     use bootloader_api::{entry_point, BootInfo};
     use kernel::abi;
     use kernel::cmdline::{AfterBoot, BootOptions};
-    use kernel::time::BootTimes;
-    use log::{info, warn};
+    use kernel::madt::{CpuPlan, Skip};
+    use kernel::time::{BootTimes, Millis};
+    use log::{error, info, warn};
+    use spin::Once;
 
-    use crate::{arch, faults, memory, serial};
+    use crate::arch::apic::{self, TimerKind};
+    use crate::arch::percpu::{self, PerCpu};
+    use crate::runloop::{self, Local, Poll};
+    use crate::{arch, faults, memory, selftest, serial};
 
     const KERNEL_STACK_SIZE: u64 = 256 * 1024;
+    /// How long the boot CPU waits for the self-tests before giving up.
+    const SELFTEST_TIMEOUT_NS: u64 = 20_000_000_000;
 
     static BOOTLOADER_CONFIG: BootloaderConfig = {
         let mut config = BootloaderConfig::new_default();
@@ -47,6 +64,17 @@ mod boot {
     };
 
     entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
+
+    /// What every CPU needs to know, fixed before the APs start.
+    struct Config {
+        options: BootOptions,
+        timer: TimerKind,
+        tsc_hz: u64,
+    }
+
+    static CONFIG: Once<Config> = Once::new();
+    /// Set once every CPU that could start is online.
+    static ALL_ONLINE: AtomicBool = AtomicBool::new(false);
 
     fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         let entry_tsc = arch::time::rdtsc();
@@ -63,8 +91,9 @@ mod boot {
         log::set_max_level(options.log_level);
 
         let mem = memory::init(boot_info);
+        arch::paging::init(mem.direct_map_offset);
         arch::gdt::init();
-        arch::idt::init();
+        arch::idt::init_this_cpu();
 
         let clock = arch::time::clock();
         info!(
@@ -97,21 +126,218 @@ mod boot {
                 warn!("clock: TSC calibration failed, assuming {} MHz: timestamps are approximate", hz / 1_000_000)
             }
         }
+
+        // Processors, from the MADT.
+        let madt = match boot_info.rsdp_addr {
+            Optional::Some(rsdp) => match arch::acpi::init(rsdp, memory::direct_map()) {
+                Ok(acpi) => {
+                    for r in &acpi.ecam {
+                        info!(
+                            "acpi: PCI ECAM segment {} buses {}-{} at {:#x}",
+                            r.segment, r.bus_start, r.bus_end, r.physical_address
+                        );
+                    }
+                    Some(&acpi.madt)
+                }
+                Err(e) => {
+                    warn!("acpi: {e}: running on the boot CPU only");
+                    None
+                }
+            },
+            Optional::None => {
+                warn!("acpi: the bootloader found no RSDP: running on the boot CPU only");
+                None
+            }
+        };
+        let apic_base = madt.map_or(0xfee0_0000, |m| m.local_apic_address);
+        let (mode, tsc_deadline) = match apic::init_global(apic_base) {
+            Ok(m) => m,
+            Err(e) => panic!("local APIC: {e}"),
+        };
+        apic::enable_this_cpu();
+        let bsp_apic_id = apic::id();
+        let processors = madt.map_or(&[][..], |m| &m.processors[..]);
+        let plan = CpuPlan::new(processors, bsp_apic_id, options.max_cpus);
+        report_plan(&plan, processors.len(), &options);
+
+        let cpus = percpu::init(&plan.apic_ids);
+        percpu::install(&cpus[0]);
+        cpus[0].online.store(true, Ordering::Release);
+
+        let tsc_hz = clock.hz();
+        let timer = if tsc_deadline {
+            TimerKind::TscDeadline
+        } else {
+            match apic::calibrate_timer(clock.nanos_to_ticks(10_000_000), tsc_hz) {
+                Some(hz) => TimerKind::OneShot { hz },
+                None => panic!("the local APIC timer does not count"),
+            }
+        };
+        info!(
+            "apic: {:?} mode, boot CPU APIC id {bsp_apic_id}, timer {}",
+            mode,
+            match timer {
+                TimerKind::TscDeadline => alloc::format!("TSC-deadline"),
+                TimerKind::OneShot { hz } => alloc::format!("one-shot at {} kHz", hz / 1000),
+            }
+        );
+        CONFIG.call_once(|| Config { options, timer, tsc_hz });
+
+        match arch::smp::start_aps(cpus, ap_main, mem.direct_map_offset) {
+            Ok(started) => {
+                let online = 1 + started.online;
+                let at = Millis(clock.ticks_to_nanos(arch::time::rdtsc().wrapping_sub(entry_tsc)));
+                if started.failed.is_empty() {
+                    info!("smp: all {online} CPUs online, {at} after kernel entry");
+                } else {
+                    error!(
+                        "smp: {online} of {} CPUs online, {at} after kernel entry; failed: {:?}",
+                        cpus.len(),
+                        started.failed
+                    );
+                }
+            }
+            Err(e) => error!("smp: cannot start application processors: {e}; running on the boot CPU only"),
+        }
+        ALL_ONLINE.store(true, Ordering::Release);
+
         let times = BootTimes::measure(clock, entry_tsc, arch::time::rdtsc());
         info!("{} {times}", abi::READY);
 
-        if let Some(fault) = options.fault {
-            faults::provoke(fault);
+        let mut local = Local::new(&cpus[0], timer, tsc_hz);
+        add_common_work(&mut local);
+        if options.smp_selftest {
+            selftest::start_ipi_test(&mut local);
         }
+        local.add_work(boot_monitor);
+        runloop::run(local)
+    }
+
+    fn report_plan(plan: &CpuPlan, listed: usize, options: &BootOptions) {
+        let using = plan.apic_ids.len();
+        let ids = plan.apic_ids.iter().map(|id| alloc::format!("{id}")).collect::<alloc::vec::Vec<_>>().join(", ");
+        info!("cpus: using {using} (APIC ids {ids}); the MADT lists {listed} processors");
+        let over = plan.count(Skip::OverLimit);
+        if over > 0 {
+            info!("cpus: {over} enabled processors not used: limited to {} by cpus={}", using, options.max_cpus);
+        }
+        let disabled = plan.count(Skip::Disabled) + plan.count(Skip::OnlineCapable);
+        if disabled > 0 {
+            info!("cpus: {disabled} processor slots not enabled by the firmware (hot-plug slots): not started");
+        }
+        let dup = plan.count(Skip::Duplicate);
+        if dup > 0 {
+            warn!("cpus: {dup} duplicate MADT entries ignored");
+        }
+        if plan.bsp_missing_from_table && listed > 0 {
+            warn!("cpus: the boot CPU's APIC id is not in the MADT");
+        }
+    }
+
+    /// Work every CPU runs, and the self-test timer when enabled.
+    fn add_common_work(local: &mut Local) {
+        let config = CONFIG.get().expect("config set before any loop runs");
+        local.add_work(selftest::answer_pings);
+        if config.options.smp_selftest {
+            selftest::start_timer_test(local);
+        }
+        if config.options.fault.is_some() {
+            local.add_work(provoke_fault);
+        }
+    }
+
+    /// Provokes the configured fault on the configured CPU once all are up.
+    fn provoke_fault(local: &mut Local) -> Poll {
+        let options = &CONFIG.get().expect("config").options;
+        if !ALL_ONLINE.load(Ordering::Acquire) {
+            return Poll::Idle;
+        }
+        if local.cpu.index == 0 && options.fault_cpu as usize >= percpu::all().len() {
+            warn!("fault-cpu={}: there is no such CPU; provoking nothing", options.fault_cpu);
+        }
+        if local.cpu.index == options.fault_cpu {
+            if let Some(fault) = options.fault {
+                faults::provoke(fault);
+            }
+        }
+        Poll::Done
+    }
+
+    /// The boot CPU's watch over the self-tests and the end of a boot test.
+    fn boot_monitor(local: &mut Local) -> Poll {
+        let options = &CONFIG.get().expect("config").options;
+        if options.smp_selftest && !selftest::finished(local) {
+            static STARTED: Once<u64> = Once::new();
+            let started = *STARTED.call_once(arch::time::rdtsc);
+            let waited = arch::time::clock().ticks_to_nanos(arch::time::rdtsc() - started);
+            if waited < SELFTEST_TIMEOUT_NS {
+                // Poll again after the next interrupt (the tests' own timers
+                // and IPIs wake this CPU).
+                return Poll::Idle;
+            }
+            warn!("selftest: not finished after {}", Millis(SELFTEST_TIMEOUT_NS));
+        }
+        if options.smp_selftest {
+            selftest::report(local);
+        }
+        report_utilisation();
         match options.after_boot {
             AfterBoot::Exit => {
                 info!("exit=after-boot: reporting success to the host");
                 arch::qemu::exit(arch::qemu::ExitCode::Success)
             }
             AfterBoot::Idle => {
-                info!("idle: all work done, halting until the host stops the VM");
-                arch::halt_forever()
+                info!("idle: all work done, every CPU halts until an interrupt");
+                Poll::Done
             }
         }
+    }
+
+    fn report_utilisation() {
+        let clock = arch::time::clock();
+        for c in percpu::all().iter().filter(|c| c.online.load(Ordering::Acquire)) {
+            let s = &c.stats;
+            let busy = s.busy_tsc.load(Ordering::Relaxed);
+            let halted = s.halted_tsc.load(Ordering::Relaxed);
+            let permille = (busy * 1000).checked_div(busy + halted).unwrap_or(0);
+            info!(
+                "cpu{}: busy {}.{}% ({} busy, {} halted), {} loop iterations, {} interrupts ({} timer, {} wake)",
+                c.index,
+                permille / 10,
+                permille % 10,
+                Millis(clock.ticks_to_nanos(busy)),
+                Millis(clock.ticks_to_nanos(halted)),
+                s.loop_iterations.load(Ordering::Relaxed),
+                s.interrupts.load(Ordering::Relaxed),
+                s.timer_interrupts.load(Ordering::Relaxed),
+                s.wake_ipis.load(Ordering::Relaxed),
+            );
+            if s.apic_errors.load(Ordering::Relaxed) > 0 {
+                warn!(
+                    "cpu{}: {} local APIC errors, status bits {:#x}",
+                    c.index,
+                    s.apic_errors.load(Ordering::Relaxed),
+                    s.apic_error_bits.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+
+    /// An application processor, from the trampoline.
+    fn ap_main(cpu: &'static PerCpu) -> ! {
+        arch::gdt::init();
+        arch::idt::init_this_cpu();
+        percpu::install(cpu);
+        apic::enable_this_cpu();
+        let id = apic::id();
+        if id != cpu.apic_id {
+            warn!("APIC id {id} differs from the MADT's {}", cpu.apic_id);
+        }
+        let config = CONFIG.get().expect("config set before APs start");
+        let mut local = Local::new(cpu, config.timer, config.tsc_hz);
+        add_common_work(&mut local);
+        info!("online: APIC id {id}");
+        cpu.online.store(true, Ordering::Release);
+        runloop::run(local)
     }
 }

@@ -73,7 +73,18 @@ pub fn virt_to_phys(ptr: *const u8, len: usize) -> Option<u64> {
 }
 
 /// One physical frame at or above 1 MiB, for page tables and the like.
-#[allow(dead_code)] // page tables for MMIO mappings are its first user
 pub fn allocate_frame() -> Option<u64> {
     FRAMES.lock().as_mut()?.allocate_frame().ok()
+}
+
+/// One frame below 1 MiB (real-mode code such as the AP trampoline), reserved
+/// for good.
+pub fn allocate_low_frame() -> Option<u64> {
+    let window = PhysRange::new(0, kernel::frames::LOW_MEMORY_END);
+    FRAMES.lock().as_mut()?.allocate_in(1, FRAME_SIZE, window).ok()
+}
+
+/// The direct map of physical memory.
+pub fn direct_map() -> DirectMap {
+    *DIRECT_MAP.get().expect("memory::init not called")
 }

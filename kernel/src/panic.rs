@@ -1,21 +1,22 @@
 //! The panic handler: report, then leave QEMU with a failure status.
 
 use core::panic::PanicInfo;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use kernel::abi;
 
 use crate::arch;
-
-static PANICKING: AtomicBool = AtomicBool::new(false);
+use crate::arch::smp::{self, StopRole};
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
     x86_64::instructions::interrupts::disable();
-    if PANICKING.swap(true, Ordering::SeqCst) {
-        // A panic while reporting a panic: say nothing more.
-        arch::qemu::exit(arch::qemu::ExitCode::Failure);
-    }
+    let (stopped, asked) = match smp::begin_stop() {
+        StopRole::Reporter { stopped, asked } => (stopped, asked),
+        // A panic while reporting a failure: say nothing more.
+        StopRole::Nested => arch::qemu::exit(arch::qemu::ExitCode::Failure),
+        // Another CPU is already reporting its failure.
+        StopRole::Bystander => smp::halt_stopped(),
+    };
     let cpu = arch::current_cpu();
     crate::serial::emergency(|w| {
         let _ = write!(w, "{} on cpu{cpu}: {}", abi::PANIC, info.message());
@@ -23,6 +24,7 @@ fn panic(info: &PanicInfo) -> ! {
             let _ = write!(w, " at {}:{}:{}", loc.file(), loc.line(), loc.column());
         }
         let _ = writeln!(w);
+        let _ = writeln!(w, "  stopped {stopped} of {asked} other CPUs");
     });
     arch::qemu::exit(arch::qemu::ExitCode::Failure)
 }

@@ -71,10 +71,14 @@ impl Log for SerialLogger {
         }
         let now = arch::time::nanos_since_entry();
         let cpu = arch::current_cpu();
-        let mut guard = PORT.lock();
-        let mut w = PortWriter(&mut guard);
-        let _ = logfmt::write_prefix(&mut w, now, cpu, record.level());
-        let _ = writeln!(w, "{}", record.args());
+        // With interrupts off, nothing on this CPU can wait for the lock
+        // this CPU holds.
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            let mut guard = PORT.lock();
+            let mut w = PortWriter(&mut guard);
+            let _ = logfmt::write_prefix(&mut w, now, cpu, record.level());
+            let _ = writeln!(w, "{}", record.args());
+        });
     }
 
     fn flush(&self) {}

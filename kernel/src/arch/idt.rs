@@ -2,15 +2,15 @@
 //! reports the vector, the decoded error code and the CPU state, then stops
 //! the kernel with a failure status.
 
+use alloc::boxed::Box;
 use kernel::abi;
 use kernel::exceptions::{self, PageFaultCode, SelectorCode};
-use spin::Once;
 use x86_64::registers::control::{Cr0, Cr2, Cr3, Cr4};
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
-use super::gdt;
-
-static IDT: Once<InterruptDescriptorTable> = Once::new();
+use super::percpu::{self, CpuStats};
+use super::smp::{self, StopRole};
+use super::{apic, gdt};
 
 macro_rules! handlers {
     ($($name:ident = $vector:literal;)*) => {$(
@@ -28,7 +28,7 @@ macro_rules! handlers_with_code {
 }
 
 handlers! {
-    divide_error = 0; debug = 1; nmi = 2; breakpoint = 3; overflow = 4;
+    divide_error = 0; debug = 1; breakpoint = 3; overflow = 4;
     bound_range = 5; invalid_opcode = 6; device_not_available = 7;
     x87_floating_point = 16; simd_floating_point = 19; virtualization = 20;
     hv_injection = 28;
@@ -37,6 +37,49 @@ handlers_with_code! {
     invalid_tss = 10; segment_not_present = 11; stack_segment = 12;
     general_protection = 13; alignment_check = 17; cp_protection = 21;
     vmm_communication = 29; security = 30;
+}
+
+/// An NMI is how a failing CPU stops the others; any other NMI is fatal.
+extern "x86-interrupt" fn nmi(frame: InterruptStackFrame) {
+    if smp::stopping() {
+        smp::halt_stopped();
+    }
+    fatal(2, &frame, None)
+}
+
+fn count(f: impl FnOnce(&CpuStats)) {
+    if let Some(cpu) = percpu::current() {
+        CpuStats::add(&cpu.stats.interrupts, 1);
+        f(&cpu.stats);
+    }
+}
+
+/// The local APIC timer: its only job is to end a `hlt`.
+extern "x86-interrupt" fn timer(_frame: InterruptStackFrame) {
+    count(|s| CpuStats::add(&s.timer_interrupts, 1));
+    apic::end_of_interrupt();
+}
+
+/// Another CPU left work for this one.
+extern "x86-interrupt" fn wake(_frame: InterruptStackFrame) {
+    count(|s| CpuStats::add(&s.wake_ipis, 1));
+    apic::end_of_interrupt();
+}
+
+/// Counted, and the error bits kept for the report; interrupt handlers never
+/// log (the interrupted code may hold the console).
+extern "x86-interrupt" fn apic_error(_frame: InterruptStackFrame) {
+    let errors = apic::take_errors();
+    count(|s| {
+        CpuStats::add(&s.apic_errors, 1);
+        s.apic_error_bits.fetch_or(errors, core::sync::atomic::Ordering::Relaxed);
+    });
+    apic::end_of_interrupt();
+}
+
+/// Spurious interrupts get no EOI.
+extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {
+    count(|s| CpuStats::add(&s.spurious, 1));
 }
 
 extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
@@ -51,9 +94,10 @@ extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
     fatal(18, &frame, None)
 }
 
-pub fn init() {
-    let idt = IDT.call_once(|| {
-        let mut idt = InterruptDescriptorTable::new();
+/// Builds this CPU's own IDT (on the heap, never freed) and loads it.
+pub fn init_this_cpu() {
+    let idt: &'static mut InterruptDescriptorTable = Box::leak(Box::new(InterruptDescriptorTable::new()));
+    {
         idt.divide_error.set_handler_fn(divide_error);
         idt.debug.set_handler_fn(debug);
         idt.breakpoint.set_handler_fn(breakpoint);
@@ -81,14 +125,23 @@ pub fn init() {
             idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(gdt::NMI_IST);
             idt.machine_check.set_handler_fn(machine_check).set_stack_index(gdt::MACHINE_CHECK_IST);
         }
-        idt
-    });
+        idt[apic::TIMER_VECTOR].set_handler_fn(timer);
+        idt[apic::WAKE_VECTOR].set_handler_fn(wake);
+        idt[apic::ERROR_VECTOR].set_handler_fn(apic_error);
+        idt[apic::SPURIOUS_VECTOR].set_handler_fn(spurious);
+    }
+    let idt: &'static InterruptDescriptorTable = idt;
     idt.load();
 }
 
 /// Reports an exception and stops the kernel with a failure status.
 fn fatal(vector: u8, frame: &InterruptStackFrame, code: Option<u64>) -> ! {
     let cpu = super::current_cpu();
+    let (stopped, asked) = match smp::begin_stop() {
+        StopRole::Reporter { stopped, asked } => (stopped, asked),
+        StopRole::Nested => super::qemu::exit(super::qemu::ExitCode::Failure),
+        StopRole::Bystander => smp::halt_stopped(),
+    };
     crate::serial::emergency(|w| {
         let (mnemonic, name) = exceptions::info(vector).map_or(("?", "unknown"), |i| (i.mnemonic, i.name));
         let _ = writeln!(w, "{} {mnemonic} {name} (vector {vector}) on cpu{cpu}", abi::EXCEPTION);
@@ -121,6 +174,7 @@ fn fatal(vector: u8, frame: &InterruptStackFrame, code: Option<u64>) -> ! {
             cr3.start_address().as_u64(),
             Cr4::read_raw()
         );
+        let _ = writeln!(w, "  stopped {stopped} of {asked} other CPUs");
         let _ = writeln!(w, "  the kernel cannot continue: halting");
     });
     super::qemu::exit(super::qemu::ExitCode::Failure)

@@ -1,0 +1,130 @@
+//! The per-CPU event loop that all later work plugs into.
+//!
+//! Each CPU runs its own loop: poll its registered work, run its expired
+//! timers, and when nothing is left, arm the local APIC timer for the next
+//! deadline and halt with interrupts enabled until an interrupt (timer, wake
+//! IPI, device) arrives. Busy and halted time are measured with the TSC so a
+//! utilisation figure per CPU can be reported. Nothing here allocates or
+//! takes a lock shared with another CPU.
+
+use core::sync::atomic::Ordering;
+
+use kernel::timers::{Expired, TimerId, TimerQueue};
+use x86_64::instructions::interrupts;
+
+use crate::arch::apic::{self, TimerKind};
+use crate::arch::percpu::{CpuStats, PerCpu};
+use crate::arch::time::rdtsc;
+use crate::selftest::SelfTest;
+
+const MAX_TIMERS: usize = 16;
+const MAX_WORK: usize = 8;
+
+/// What a work function did in one poll.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// Nothing to do right now.
+    Idle,
+    /// Did something; poll everything again before halting.
+    Busy,
+    /// Finished for good: unregister.
+    Done,
+}
+
+pub type WorkFn = fn(&mut Local) -> Poll;
+pub type TimerFn = fn(&mut Local, Expired);
+
+/// State owned by one CPU's loop (never touched by another CPU).
+pub struct Local {
+    pub cpu: &'static PerCpu,
+    pub timer_kind: TimerKind,
+    pub tsc_hz: u64,
+    timers: TimerQueue<MAX_TIMERS>,
+    timer_fns: [Option<TimerFn>; MAX_TIMERS],
+    work: [Option<WorkFn>; MAX_WORK],
+    pub selftest: SelfTest,
+}
+
+impl Local {
+    pub fn new(cpu: &'static PerCpu, timer_kind: TimerKind, tsc_hz: u64) -> Local {
+        Local {
+            cpu,
+            timer_kind,
+            tsc_hz,
+            timers: TimerQueue::new(),
+            timer_fns: [None; MAX_TIMERS],
+            work: [None; MAX_WORK],
+            selftest: SelfTest::default(),
+        }
+    }
+
+    pub fn add_work(&mut self, f: WorkFn) {
+        let slot = self.work.iter_mut().find(|w| w.is_none()).expect("too many work functions on one CPU");
+        *slot = Some(f);
+    }
+
+    /// Arms timer `id` (an index below 16, chosen by its owner) to call `f`
+    /// at TSC `deadline`, then every `period` ticks unless `period` is 0.
+    pub fn add_timer(&mut self, id: TimerId, deadline: u64, period: u64, f: TimerFn) {
+        self.timers.cancel(id);
+        self.timers.add(id, deadline, period).expect("timer queue full");
+        self.timer_fns[id as usize] = Some(f);
+    }
+
+    pub fn cancel_timer(&mut self, id: TimerId) {
+        self.timers.cancel(id);
+        self.timer_fns[id as usize] = None;
+    }
+
+    pub fn nanos_to_ticks(&self, nanos: u64) -> u64 {
+        (nanos as u128 * self.tsc_hz as u128 / 1_000_000_000) as u64
+    }
+}
+
+/// Runs `local`'s CPU forever.
+pub fn run(mut local: Local) -> ! {
+    let stats = &local.cpu.stats;
+    loop {
+        let start = rdtsc();
+        CpuStats::add(&stats.loop_iterations, 1);
+        local.cpu.wake_pending.store(false, Ordering::Release);
+        let mut busy = false;
+        let work = local.work;
+        for (i, w) in work.iter().enumerate() {
+            if let Some(f) = w {
+                match f(&mut local) {
+                    Poll::Idle => {}
+                    Poll::Busy => busy = true,
+                    Poll::Done => local.work[i] = None,
+                }
+            }
+        }
+        let now = rdtsc();
+        while let Some(expired) = local.timers.pop_expired(now) {
+            if let Some(f) = local.timer_fns[expired.id as usize] {
+                f(&mut local, expired);
+            }
+            busy = true;
+        }
+        CpuStats::add(&stats.busy_tsc, rdtsc().wrapping_sub(start));
+        if busy {
+            continue;
+        }
+        halt_until_interrupt(&local);
+    }
+}
+
+/// Arms the timer for the next deadline and halts. Interrupts are disabled
+/// across the last check so a wake-up that arrives after it is not lost: the
+/// pending interrupt ends the `hlt` that `sti` enables.
+fn halt_until_interrupt(local: &Local) {
+    interrupts::disable();
+    apic::arm_timer(local.timer_kind, local.timers.next_deadline(), local.tsc_hz);
+    if local.cpu.wake_pending.load(Ordering::Acquire) {
+        interrupts::enable();
+        return;
+    }
+    let before = rdtsc();
+    interrupts::enable_and_hlt();
+    CpuStats::add(&local.cpu.stats.halted_tsc, rdtsc().wrapping_sub(before));
+}
