@@ -5,12 +5,14 @@
 //! - [`accel`]: choosing between hardware KVM and TCG.
 //! - [`outcome`]: what QEMU's exit status means.
 //! - [`prereq`]: finding (or installing) QEMU and OVMF.
+//! - [`procstat`]: CPU time of QEMU's vCPU threads, as the host accounts it.
 //! - [`runner`]: starting QEMU, streaming its serial console, timeouts, stop requests.
 
 pub mod accel;
 pub mod image;
 pub mod outcome;
 pub mod prereq;
+pub mod procstat;
 pub mod qemu;
 pub mod runner;
 

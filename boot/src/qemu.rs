@@ -78,6 +78,8 @@ pub struct QemuConfig {
     pub machine: Machine,
     pub accel: Accel,
     pub cpus: u16,
+    /// CPU slots beyond `cpus` (hot-pluggable, present in the MADT but not enabled).
+    pub max_cpus: Option<u16>,
     pub memory_mib: u32,
     pub boot: Boot,
     pub serial: Serial,
@@ -94,6 +96,7 @@ impl QemuConfig {
             machine: Machine::default_for(accel),
             accel,
             cpus: 1,
+            max_cpus: None,
             memory_mib: 256,
             boot,
             serial: Serial::Stdio,
@@ -115,6 +118,8 @@ impl QemuConfig {
     /// The arguments after the program name.
     pub fn args(&self) -> Vec<OsString> {
         let mut a = Args::default();
+        // Named threads ("CPU 0/TCG") let the host account CPU per vCPU.
+        a.pair("-name", "mqnet,debug-threads=on");
         a.pair("-machine", self.machine.arg());
         match self.accel {
             Accel::Kvm { pvm } => {
@@ -127,7 +132,10 @@ impl QemuConfig {
                 a.pair("-cpu", "max");
             }
         }
-        a.pair("-smp", self.cpus.to_string());
+        match self.max_cpus {
+            Some(max) if max > self.cpus => a.pair("-smp", format!("{},maxcpus={max}", self.cpus)),
+            _ => a.pair("-smp", self.cpus.to_string()),
+        }
         a.pair("-m", format!("{}M", self.memory_mib));
         match &self.boot {
             Boot::Bios { image } => a.drive(image),
@@ -239,6 +247,7 @@ mod tests {
         c.cpus = 2;
         c.memory_mib = 512;
         let a = strings(&c);
+        assert_eq!(value_of(&a, "-name"), ["mqnet,debug-threads=on"]);
         assert_eq!(value_of(&a, "-machine"), ["q35"]);
         assert_eq!(value_of(&a, "-accel"), ["tcg,thread=multi"]);
         assert_eq!(value_of(&a, "-cpu"), ["max"]);
@@ -251,6 +260,16 @@ mod tests {
         assert_eq!(value_of(&a, "-fw_cfg"), ["name=opt/mqnet/cmdline,string=exit=after-boot"]);
         assert!(a.contains(&"-no-reboot".to_string()));
         assert!(value_of(&a, "-bios").is_empty());
+    }
+
+    #[test]
+    fn hot_plug_slots() {
+        let mut c = QemuConfig::new(Accel::Tcg, bios());
+        c.cpus = 2;
+        c.max_cpus = Some(4);
+        assert_eq!(value_of(&strings(&c), "-smp"), ["2,maxcpus=4"]);
+        c.max_cpus = Some(2);
+        assert_eq!(value_of(&strings(&c), "-smp"), ["2"], "no slots beyond cpus: plain -smp");
     }
 
     #[test]
@@ -306,7 +325,7 @@ mod tests {
     #[test]
     fn command_line_quotes_what_a_shell_would_split() {
         let c = QemuConfig::new(Accel::Tcg, bios()).with_kernel_cmdline("exit=after-boot log=debug");
-        assert!(c.command_line().starts_with("qemu-system-x86_64 -machine q35 "));
+        assert!(c.command_line().starts_with("qemu-system-x86_64 -name mqnet,debug-threads=on -machine q35 "));
         assert!(c.command_line().ends_with(" -fw_cfg 'name=opt/mqnet/cmdline,string=exit=after-boot log=debug'"));
     }
 }

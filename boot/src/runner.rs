@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::outcome::{Outcome, StopReason};
+use crate::procstat;
 use crate::qemu::{QemuConfig, QEMU};
 
 /// How long QEMU gets to exit after SIGTERM before it is killed.
@@ -38,6 +39,17 @@ pub struct RunOptions {
     pub echo: bool,
     /// Set by someone else (a Ctrl-C handler) to stop QEMU.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Sample the vCPU threads' CPU time when a line containing this
+    /// arrives, and again just before the runner stops QEMU.
+    pub sample_cpu_after: Option<String>,
+}
+
+/// CPU use of each vCPU thread between the marker line and the stop.
+#[derive(Clone, Debug)]
+pub struct CpuSample {
+    pub window: Duration,
+    /// (thread name, share of one host CPU).
+    pub vcpus: Vec<(String, f64)>,
 }
 
 pub struct RunReport {
@@ -46,6 +58,7 @@ pub struct RunReport {
     /// QEMU's own diagnostics.
     pub stderr: String,
     pub elapsed: Duration,
+    pub cpu_sample: Option<CpuSample>,
 }
 
 impl RunReport {
@@ -96,11 +109,16 @@ pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> 
     let deadline = opts.timeout.map(|t| started + t);
     let mut lines = Vec::new();
     let mut stopped = None;
+    let mut first_sample: Option<(Instant, Vec<procstat::ThreadTime>)> = None;
+    let mut cpu_sample = None;
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(line) => {
                 if opts.echo {
                     println!("{}", line.text);
+                }
+                if first_sample.is_none() && opts.sample_cpu_after.as_ref().is_some_and(|m| line.text.contains(m)) {
+                    first_sample = Some((Instant::now(), procstat::threads(child.id())));
                 }
                 lines.push(line);
                 continue;
@@ -118,6 +136,11 @@ pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> 
             None
         };
         if let Some(reason) = reason {
+            if let Some((at, before)) = &first_sample {
+                let after = procstat::threads(child.id());
+                let window = at.elapsed();
+                cpu_sample = Some(CpuSample { window, vcpus: procstat::vcpu_utilisation(before, &after, window) });
+            }
             stopped = Some(reason);
             break terminate(&mut child)?;
         }
@@ -133,7 +156,7 @@ pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> 
     let stderr = stderr_reader.join().unwrap_or_default();
     use std::os::unix::process::ExitStatusExt;
     let outcome = Outcome::from_exit(status.code(), status.signal(), stopped);
-    Ok(RunReport { outcome, lines, stderr, elapsed: started.elapsed() })
+    Ok(RunReport { outcome, lines, stderr, elapsed: started.elapsed(), cpu_sample })
 }
 
 /// SIGTERM, then SIGKILL if QEMU has not exited within [`GRACE`].

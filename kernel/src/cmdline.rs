@@ -77,6 +77,10 @@ pub struct BootOptions {
     pub max_cpus: usize,
     /// Run the SMP self-tests (per-CPU timers, IPI round trips) after boot.
     pub smp_selftest: bool,
+    /// Also try to start a processor with this APIC id, which the MADT does
+    /// not list (tests that a CPU that never comes up is reported, not waited
+    /// for forever).
+    pub phantom_apic: Option<u32>,
 }
 
 impl Default for BootOptions {
@@ -88,6 +92,7 @@ impl Default for BootOptions {
             log_level: LogLevel::Info,
             max_cpus: MAX_CPUS,
             smp_selftest: false,
+            phantom_apic: None,
         }
     }
 }
@@ -138,6 +143,7 @@ impl BootOptions {
                 }
                 "log" => value.parse::<LogLevel>().ok().map(|l| opts.log_level = l),
                 "cpus" => value.parse::<usize>().ok().filter(|n| (1..=MAX_CPUS).contains(n)).map(|n| opts.max_cpus = n),
+                "phantom-apic" => value.parse::<u32>().ok().map(|id| opts.phantom_apic = Some(id)),
                 "selftest" => match value {
                     "smp" => Some(true),
                     "none" => Some(false),
@@ -175,8 +181,10 @@ mod tests {
 
     #[test]
     fn all_options_are_understood() {
-        let (o, p) = parse("exit=after-boot fault=stack-overflow log=debug cpus=3 fault-cpu=2 selftest=smp");
+        let (o, p) =
+            parse("exit=after-boot fault=stack-overflow log=debug cpus=3 fault-cpu=2 selftest=smp phantom-apic=9");
         assert!(p.is_empty(), "{p:?}");
+        assert_eq!(o.phantom_apic, Some(9));
         assert_eq!(o.after_boot, AfterBoot::Exit);
         assert_eq!(o.fault, Some(Fault::StackOverflow));
         assert_eq!(o.log_level, LogLevel::Debug);

@@ -75,6 +75,8 @@ mod boot {
     static CONFIG: Once<Config> = Once::new();
     /// Set once every CPU that could start is online.
     static ALL_ONLINE: AtomicBool = AtomicBool::new(false);
+    /// Set when a `fault=` that did not stop the kernel has been provoked.
+    static FAULT_OVER: AtomicBool = AtomicBool::new(false);
 
     fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         let entry_tsc = arch::time::rdtsc();
@@ -157,8 +159,12 @@ mod boot {
         apic::enable_this_cpu();
         let bsp_apic_id = apic::id();
         let processors = madt.map_or(&[][..], |m| &m.processors[..]);
-        let plan = CpuPlan::new(processors, bsp_apic_id, options.max_cpus);
+        let mut plan = CpuPlan::new(processors, bsp_apic_id, options.max_cpus);
         report_plan(&plan, processors.len(), &options);
+        if let Some(id) = options.phantom_apic.filter(|id| !plan.apic_ids.contains(id)) {
+            warn!("phantom-apic={id}: also starting a processor that does not exist");
+            plan.apic_ids.push(id);
+        }
 
         let cpus = percpu::init(&plan.apic_ids);
         percpu::install(&cpus[0]);
@@ -177,7 +183,7 @@ mod boot {
             "apic: {:?} mode, boot CPU APIC id {bsp_apic_id}, timer {}",
             mode,
             match timer {
-                TimerKind::TscDeadline => alloc::format!("TSC-deadline"),
+                TimerKind::TscDeadline => alloc::string::String::from("TSC-deadline"),
                 TimerKind::OneShot { hz } => alloc::format!("one-shot at {} kHz", hz / 1000),
             }
         );
@@ -188,7 +194,8 @@ mod boot {
                 let online = 1 + started.online;
                 let at = Millis(clock.ticks_to_nanos(arch::time::rdtsc().wrapping_sub(entry_tsc)));
                 if started.failed.is_empty() {
-                    info!("smp: all {online} CPUs online, {at} after kernel entry");
+                    let cpus = if online == 1 { "CPU" } else { "CPUs" };
+                    info!("smp: all {online} {cpus} online, {at} after kernel entry");
                 } else {
                     error!(
                         "smp: {online} of {} CPUs online, {at} after kernel entry; failed: {:?}",
@@ -200,6 +207,10 @@ mod boot {
             Err(e) => error!("smp: cannot start application processors: {e}; running on the boot CPU only"),
         }
         ALL_ONLINE.store(true, Ordering::Release);
+        // APs that polled before this saw "not yet": let them look again.
+        for cpu in cpus[1..].iter().filter(|c| c.online.load(Ordering::Acquire)) {
+            cpu.wake();
+        }
 
         let times = BootTimes::measure(clock, entry_tsc, arch::time::rdtsc());
         info!("{} {times}", abi::READY);
@@ -252,13 +263,16 @@ mod boot {
         if !ALL_ONLINE.load(Ordering::Acquire) {
             return Poll::Idle;
         }
-        if local.cpu.index == 0 && options.fault_cpu as usize >= percpu::all().len() {
+        let exists = (options.fault_cpu as usize) < percpu::all().len();
+        if local.cpu.index == 0 && !exists {
             warn!("fault-cpu={}: there is no such CPU; provoking nothing", options.fault_cpu);
         }
-        if local.cpu.index == options.fault_cpu {
-            if let Some(fault) = options.fault {
+        if local.cpu.index == options.fault_cpu || (local.cpu.index == 0 && !exists) {
+            if let (Some(fault), true) = (options.fault, exists) {
                 faults::provoke(fault);
             }
+            FAULT_OVER.store(true, Ordering::Release);
+            percpu::all()[0].wake();
         }
         Poll::Done
     }
@@ -276,6 +290,10 @@ mod boot {
                 return Poll::Idle;
             }
             warn!("selftest: not finished after {}", Millis(SELFTEST_TIMEOUT_NS));
+        }
+        if options.fault.is_some() && !FAULT_OVER.load(Ordering::Acquire) {
+            // The fault (on whichever CPU) ends the VM; wait for it.
+            return Poll::Idle;
         }
         if options.smp_selftest {
             selftest::report(local);

@@ -93,15 +93,18 @@ impl<const N: usize> TimerQueue<N> {
             .enumerate()
             .filter(|(_, e)| e.deadline <= now)
             .min_by_key(|(_, e)| e.deadline)?;
-        let mut missed = 0;
-        if e.period == 0 {
-            self.len -= 1;
-            self.entries[i] = self.entries[self.len];
-        } else {
-            let behind = (now - e.deadline) / e.period;
-            missed = behind;
-            self.entries[i].deadline = e.deadline + (behind + 1) * e.period;
-        }
+        // A period of 0 (one-shot) has no quotient.
+        let missed = match (now - e.deadline).checked_div(e.period) {
+            None => {
+                self.len -= 1;
+                self.entries[i] = self.entries[self.len];
+                0
+            }
+            Some(behind) => {
+                self.entries[i].deadline = e.deadline + (behind + 1) * e.period;
+                behind
+            }
+        };
         Some(Expired { id: e.id, deadline: e.deadline, missed })
     }
 }

@@ -14,8 +14,12 @@ use boot::runner::RunReport;
 pub enum Expect {
     /// Banner, memory, boot time, then exit=after-boot's success status.
     CleanExit,
-    /// Banner, then an idle kernel that the runner stops at the timeout.
+    /// Banner, then an idle kernel that the runner stops at the timeout;
+    /// the host must see every vCPU thread (nearly) idle meanwhile.
     IdleUntilStopped,
+    /// `selftest=smp`: `cpus` CPUs online with their APIC ids, every CPU's
+    /// timer on time, IPI round trips to every other CPU; then success.
+    SmpSelftest { cpus: u16 },
     /// A failure report containing every one of these lines (substrings, in
     /// order) and the failure status.
     Failure(&'static [&'static str]),
@@ -26,6 +30,8 @@ pub struct BootCase {
     pub name: &'static str,
     pub firmware: Firmware,
     pub cpus: u16,
+    /// `-smp cpus,maxcpus=N`: hot-plug slots the firmware lists but does not enable.
+    pub max_cpus: Option<u16>,
     pub memory_mib: u32,
     pub cmdline: &'static str,
     pub expect: Expect,
@@ -41,18 +47,78 @@ const fn case(
     cmdline: &'static str,
     expect: Expect,
 ) -> BootCase {
-    BootCase { name, firmware, cpus, memory_mib, cmdline, expect, also: &[] }
+    BootCase { name, firmware, cpus, max_cpus: None, memory_mib, cmdline, expect, also: &[] }
 }
 
 pub fn cases() -> Vec<BootCase> {
     use Firmware::{Bios, Uefi};
     const EXIT: &str = "exit=after-boot";
+    const SELFTEST: &str = "selftest=smp exit=after-boot";
     vec![
         case("bios-smp1", Bios, 1, 256, EXIT, Expect::CleanExit),
         case("bios-smp2", Bios, 2, 1024, EXIT, Expect::CleanExit),
         case("uefi-smp1", Uefi, 1, 256, EXIT, Expect::CleanExit),
         case("uefi-smp2", Uefi, 2, 512, EXIT, Expect::CleanExit),
-        case("bios-idles-until-stopped", Bios, 2, 256, "", Expect::IdleUntilStopped),
+        case("bios-smp4-idle-vcpus-halted", Bios, 4, 256, "", Expect::IdleUntilStopped),
+        case("smp1-selftest", Bios, 1, 256, SELFTEST, Expect::SmpSelftest { cpus: 1 }),
+        case("smp2-selftest", Bios, 2, 256, SELFTEST, Expect::SmpSelftest { cpus: 2 }),
+        case("smp4-selftest", Bios, 4, 512, SELFTEST, Expect::SmpSelftest { cpus: 4 }),
+        case("smp8-selftest-more-vcpus-than-host-cores", Bios, 8, 512, SELFTEST, Expect::SmpSelftest { cpus: 8 }),
+        case("uefi-smp4-selftest", Uefi, 4, 512, SELFTEST, Expect::SmpSelftest { cpus: 4 }),
+        BootCase {
+            also: &["cpus: 2 enabled processors not used: limited to 2 by cpus=2"],
+            ..case(
+                "cpus-limit-below-vcpus",
+                Bios,
+                4,
+                256,
+                "cpus=2 selftest=smp exit=after-boot",
+                Expect::SmpSelftest { cpus: 2 },
+            )
+        },
+        BootCase {
+            max_cpus: Some(4),
+            also: &[
+                "the MADT lists 4 processors",
+                "cpus: 2 processor slots not enabled by the firmware (hot-plug slots): not started",
+            ],
+            ..case("hot-plug-slots-not-started", Bios, 2, 256, SELFTEST, Expect::SmpSelftest { cpus: 2 })
+        },
+        BootCase {
+            also: &[
+                "WARN  phantom-apic=7: also starting a processor that does not exist",
+                "ERROR cpu2 (APIC id 7) did not come online within 1000 ms",
+                "ERROR smp: 2 of 3 CPUs online",
+                "selftest: ipi cpu0 -> cpu1 -> cpu0: 5 round trips",
+            ],
+            ..case(
+                "ap-that-never-starts-is-reported",
+                Bios,
+                2,
+                256,
+                "phantom-apic=7 selftest=smp exit=after-boot",
+                Expect::CleanExit,
+            )
+        },
+        case(
+            "panic-on-ap-stops-all-cpus",
+            Bios,
+            4,
+            256,
+            "exit=after-boot fault=panic fault-cpu=2",
+            Expect::Failure(&[
+                "KERNEL PANIC on cpu2: provoked by boot option fault=panic",
+                "stopped 3 of 3 other CPUs",
+            ]),
+        ),
+        case(
+            "exception-on-ap-stops-all-cpus",
+            Bios,
+            2,
+            256,
+            "exit=after-boot fault=page-fault fault-cpu=1",
+            Expect::Failure(&["CPU EXCEPTION #PF page fault (vector 14) on cpu1", "stopped 1 of 1 other CPUs"]),
+        ),
         BootCase {
             also: &[
                 "WARN  unknown boot option `colour` ignored",
@@ -174,8 +240,16 @@ pub fn check(case: &BootCase, report: &RunReport) -> Result<(), String> {
             }
         }
         Expect::IdleUntilStopped => {
-            must_see("idle: all work done")?;
+            must_see(IDLE_MARKER)?;
             expect_outcome(report, Outcome::Stopped(StopReason::Timeout))?;
+            check_idle_vcpus(report, case.cpus)?;
+        }
+        Expect::SmpSelftest { cpus } => {
+            expect_outcome(report, Outcome::Success)?;
+            check_smp(report, *cpus)?;
+            if let Some(l) = report.lines.iter().find(|l| l.text.contains(" WARN ") || l.text.contains(" ERROR ")) {
+                return Err(format!("unexpected warning: {}", l.text));
+            }
         }
         Expect::Failure(lines) => {
             let mut from = ready_at;
@@ -190,6 +264,62 @@ pub fn check(case: &BootCase, report: &RunReport) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The kernel's line once it has nothing left to do; the host's CPU sample starts here.
+pub const IDLE_MARKER: &str = "idle: all work done";
+/// Most a halted vCPU thread may use of a host CPU (TCG and KVM both sleep
+/// a halted vCPU; a spinning one shows ~100%).
+const IDLE_VCPU_MAX: f64 = 0.10;
+/// Allowed deviation of each CPU's median timer interval from the requested 10 ms.
+const TIMER_TOLERANCE: f64 = 0.10;
+
+fn check_idle_vcpus(report: &RunReport, cpus: u16) -> Result<(), String> {
+    let sample = report.cpu_sample.as_ref().ok_or("no host CPU sample of the vCPU threads")?;
+    if sample.vcpus.len() != cpus as usize {
+        return Err(format!("expected {cpus} vCPU threads, the host shows {}", sample.vcpus.len()));
+    }
+    for (name, share) in &sample.vcpus {
+        if *share > IDLE_VCPU_MAX {
+            return Err(format!(
+                "{name} used {:.0}% of a host CPU over {:.1} s while the guest was idle",
+                share * 100.0,
+                sample.window.as_secs_f64()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_smp(report: &RunReport, cpus: u16) -> Result<(), String> {
+    let has = |needle: &str| report.lines.iter().any(|l| l.text.contains(needle));
+    let need = |needle: String| if has(&needle) { Ok(()) } else { Err(format!("no line containing `{needle}`")) };
+    need(format!("cpus: using {cpus} "))?;
+    need(format!("smp: all {cpus} CPU"))?;
+    for i in 1..cpus {
+        need(format!("cpu{i} INFO  online: APIC id {i}"))?;
+    }
+    for i in 0..cpus {
+        let prefix = format!("selftest: cpu{i} timer: 10 intervals of 10.000 ms: median ");
+        let line = report.find(&prefix).ok_or_else(|| format!("no timer result for cpu{i}"))?;
+        let median = parse_ms_after(&line.text, &prefix).ok_or_else(|| format!("unreadable: {}", line.text))?;
+        if (median - 10.0).abs() > 10.0 * TIMER_TOLERANCE {
+            return Err(format!("cpu{i}'s timer median {median} ms is not within 10% of 10 ms"));
+        }
+    }
+    for i in 1..cpus {
+        need(format!("selftest: ipi cpu0 -> cpu{i} -> cpu0: 5 round trips"))?;
+    }
+    if has(&format!("cpu{cpus} INFO  online")) {
+        return Err(format!("more than {cpus} CPUs came online"));
+    }
+    Ok(())
+}
+
+/// The number of milliseconds right after `prefix` in `line` ("10.002 ms").
+fn parse_ms_after(line: &str, prefix: &str) -> Option<f64> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
+    rest.split_once(" ms")?.0.trim().parse().ok()
 }
 
 fn expect_outcome(report: &RunReport, want: Outcome) -> Result<(), String> {
@@ -228,6 +358,7 @@ mod tests {
             lines: lines.iter().map(|t| Line { at: Duration::ZERO, text: t.to_string() }).collect(),
             stderr: String::new(),
             elapsed: Duration::from_secs(1),
+            cpu_sample: None,
         }
     }
 
@@ -295,6 +426,52 @@ mod tests {
         assert!(check(&pf, &report(Outcome::Success, &lines(&l))).is_err(), "status must be failure");
         l.swap(3, 4);
         assert!(check(&pf, &report(Outcome::KernelFailure, &lines(&l))).unwrap_err().contains("lacks"));
+    }
+
+    fn smp_lines(cpus: u16, median: &str) -> Vec<String> {
+        let mut l = good_boot();
+        l.push(format!("[ 0.1] cpu0 INFO  cpus: using {cpus} (APIC ids ..); the MADT lists {cpus} processors"));
+        l.push(format!("[ 0.1] cpu0 INFO  smp: all {cpus} CPUs online, 80 ms after kernel entry"));
+        for i in 1..cpus {
+            l.push(format!("[ 0.1] cpu{i} INFO  online: APIC id {i}"));
+            l.push(format!("[ 0.2] cpu0 INFO  selftest: ipi cpu0 -> cpu{i} -> cpu0: 5 round trips, median 0.1 ms"));
+        }
+        for i in 0..cpus {
+            l.push(format!(
+                "[ 0.2] cpu0 INFO  selftest: cpu{i} timer: 10 intervals of 10.000 ms: median {median} ms, min 9.9 ms"
+            ));
+        }
+        l
+    }
+
+    #[test]
+    fn smp_selftest_results_are_checked() {
+        let c = BootCase { memory_mib: 256, ..cases().into_iter().find(|c| c.name == "smp4-selftest").unwrap() };
+        assert_eq!(check(&c, &report(Outcome::Success, &lines(&smp_lines(4, "10.004")))), Ok(()));
+        let err = check(&c, &report(Outcome::Success, &lines(&smp_lines(4, "11.500")))).unwrap_err();
+        assert!(err.contains("not within 10%"), "{err}");
+        let mut l = smp_lines(4, "10.0");
+        l.retain(|x| !x.contains("cpu3 INFO  online"));
+        assert!(check(&c, &report(Outcome::Success, &lines(&l))).unwrap_err().contains("cpu3 INFO  online"));
+        let mut l = smp_lines(4, "10.0");
+        l.retain(|x| !x.contains("-> cpu2 ->"));
+        assert!(check(&c, &report(Outcome::Success, &lines(&l))).unwrap_err().contains("cpu2"));
+        let l = smp_lines(5, "10.0");
+        assert!(check(&c, &report(Outcome::Success, &lines(&l))).is_err(), "a fifth CPU is wrong too");
+    }
+
+    #[test]
+    fn idle_vcpus_must_be_idle_on_the_host() {
+        let c = cases().into_iter().find(|c| c.name == "bios-smp4-idle-vcpus-halted").unwrap();
+        let mut l = good_boot();
+        l.push(format!("[ 1.0] cpu0 INFO  {IDLE_MARKER}, every CPU halts"));
+        let mut r = report(Outcome::Stopped(StopReason::Timeout), &lines(&l));
+        assert!(check(&c, &r).unwrap_err().contains("no host CPU sample"));
+        let vcpus = |busy: f64| (0..4).map(|i| (format!("CPU {i}/TCG"), if i == 2 { busy } else { 0.01 })).collect();
+        r.cpu_sample = Some(boot::runner::CpuSample { window: Duration::from_secs(4), vcpus: vcpus(0.02) });
+        assert_eq!(check(&c, &r), Ok(()));
+        r.cpu_sample = Some(boot::runner::CpuSample { window: Duration::from_secs(4), vcpus: vcpus(0.97) });
+        assert!(check(&c, &r).unwrap_err().contains("CPU 2/TCG used 97%"));
     }
 
     #[test]

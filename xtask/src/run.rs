@@ -70,7 +70,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         Some(t) => say!("the VM stops after {:.1} s or on Ctrl-C", t.as_secs_f64()),
         None => say!("the VM runs until Ctrl-C"),
     }
-    let opts = RunOptions { timeout: args.timeout, echo: true, stop: Some(stop_flag()) };
+    let opts = RunOptions { timeout: args.timeout, echo: true, stop: Some(stop_flag()), sample_cpu_after: None };
     let report = runner::run(&config, &opts)?;
     // QEMU's note that it got our SIGTERM is expected, not news.
     let stderr: Vec<&str> = report.stderr.lines().filter(|l| !l.contains("terminating on signal")).collect();

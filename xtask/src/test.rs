@@ -149,13 +149,29 @@ fn run_case(
     let boot = crate::run::boot_for(case.firmware, built).map_err(|e| (e, vec![]))?;
     let mut config = QemuConfig::new(accel, boot).with_kernel_cmdline(case.cmdline);
     config.cpus = case.cpus;
+    config.max_cpus = case.max_cpus;
     config.memory_mib = case.memory_mib;
-    let opts = RunOptions { timeout: Some(boot_tests::time_limit(case, accel)), echo: false, stop: Some(stop.clone()) };
+    let opts = RunOptions {
+        timeout: Some(boot_tests::time_limit(case, accel)),
+        echo: false,
+        stop: Some(stop.clone()),
+        sample_cpu_after: Some(boot_tests::IDLE_MARKER.to_string()),
+    };
     let report = runner::run(&config, &opts).map_err(|e| (e, vec![]))?;
     match boot_tests::check(case, &report) {
         Ok(()) => {
             let ready = report.find(boot::abi::READY).map(|l| l.at.as_secs_f64()).unwrap_or_default();
-            Ok(format!(", boot complete at {ready:.2} s"))
+            let mut note = format!(", boot complete at {ready:.2} s");
+            if let Some(online) = report.find("smp: all ") {
+                if let Some(ms) = online.text.split(", ").nth(1).and_then(|t| t.split(" after").next()) {
+                    note.push_str(&format!(", all CPUs online {ms} after kernel entry"));
+                }
+            }
+            if let Some(s) = &report.cpu_sample {
+                let max = s.vcpus.iter().map(|v| v.1).fold(0.0, f64::max);
+                note.push_str(&format!(", idle vCPU threads at most {:.1}% busy", max * 100.0));
+            }
+            Ok(note)
         }
         Err(why) => {
             let mut tail: Vec<String> = report.lines.iter().rev().take(15).map(|l| l.text.clone()).collect();

@@ -16,13 +16,13 @@ impl Mmio {
     }
 
     pub fn read32(&self, offset: u64) -> u32 {
-        assert!(offset % 4 == 0 && offset + 4 <= self.len, "MMIO read out of range");
+        assert!(offset.is_multiple_of(4) && offset + 4 <= self.len, "MMIO read out of range");
         // SAFETY: in range and aligned (checked above); the mapping is live (constructor contract).
         unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
     }
 
     pub fn write32(&self, offset: u64, value: u32) {
-        assert!(offset % 4 == 0 && offset + 4 <= self.len, "MMIO write out of range");
+        assert!(offset.is_multiple_of(4) && offset + 4 <= self.len, "MMIO write out of range");
         // SAFETY: as in read32.
         unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
     }

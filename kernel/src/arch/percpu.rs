@@ -123,7 +123,7 @@ pub fn current() -> Option<&'static PerCpu> {
     let cpus = all();
     let first = cpus.as_ptr() as u64;
     let size = core::mem::size_of::<PerCpu>() as u64;
-    if base < first || base >= first + size * cpus.len() as u64 || (base - first) % size != 0 {
+    if base < first || base >= first + size * cpus.len() as u64 || !(base - first).is_multiple_of(size) {
         return None;
     }
     cpus.get(((base - first) / size) as usize)
