@@ -43,7 +43,7 @@ mod boot {
     use kernel::abi;
     use kernel::cmdline::{AfterBoot, BootOptions};
     use kernel::madt::{CpuPlan, Skip};
-    use kernel::time::{BootTimes, Millis};
+    use kernel::time::{BootTimes, Instant, Millis};
     use log::{error, info, warn};
     use spin::Once;
 
@@ -281,10 +281,9 @@ mod boot {
     fn boot_monitor(local: &mut Local) -> Poll {
         let options = &CONFIG.get().expect("config").options;
         if options.smp_selftest && !selftest::finished(local) {
-            static STARTED: Once<u64> = Once::new();
-            let started = *STARTED.call_once(arch::time::rdtsc);
-            let waited = arch::time::clock().ticks_to_nanos(arch::time::rdtsc() - started);
-            if waited < SELFTEST_TIMEOUT_NS {
+            static STARTED: Once<Instant> = Once::new();
+            let started = *STARTED.call_once(arch::time::now);
+            if arch::time::now().nanos_since(started, arch::time::clock()) < SELFTEST_TIMEOUT_NS {
                 // Poll again after the next interrupt (the tests' own timers
                 // and IPIs wake this CPU).
                 return Poll::Idle;

@@ -39,6 +39,9 @@ struct IpiTest {
     pausing: bool,
     /// Round-trip TSC ticks, per target CPU.
     rtts: Vec<Vec<u64>>,
+    /// Per target: rounds in which its TSC reading fell inside our
+    /// send..receive window (the clocks agree to within a round trip).
+    clock_agreed: Vec<usize>,
 }
 
 /// Starts the timer test on this CPU.
@@ -82,6 +85,7 @@ pub fn answer_pings(local: &mut Local) -> Poll {
         return Poll::Idle;
     }
     if let Some(sender) = percpu::all().get(from as usize - 1) {
+        sender.mailbox.pong_tsc.store(rdtsc(), Relaxed);
         sender.mailbox.pong_from.store(local.cpu.index + 1, Release);
         sender.wake();
     }
@@ -90,13 +94,15 @@ pub fn answer_pings(local: &mut Local) -> Poll {
 
 /// Starts the IPI test on the boot CPU (a no-op with one CPU).
 pub fn start_ipi_test(local: &mut Local) {
-    let n = online().count();
+    // Indexed by CPU index; CPUs that failed to start stay empty.
+    let n = percpu::all().len();
     local.selftest.ipi = Some(IpiTest {
         target: 1,
         round: 0,
         sent_at: None,
         pausing: false,
         rtts: (0..n).map(|_| Vec::with_capacity(IPI_ROUNDS)).collect(),
+        clock_agreed: alloc::vec![0; n],
     });
     local.add_work(ipi_test_step);
 }
@@ -131,7 +137,12 @@ fn ipi_test_step(local: &mut Local) -> Poll {
             if from as usize != t.target + 1 {
                 return Poll::Idle;
             }
-            t.rtts[t.target].push(rdtsc() - sent);
+            let received = rdtsc();
+            let remote = local.cpu.mailbox.pong_tsc.load(Relaxed);
+            t.rtts[t.target].push(received - sent);
+            if (sent..=received).contains(&remote) {
+                t.clock_agreed[t.target] += 1;
+            }
             t.sent_at = None;
             t.round += 1;
             if t.round == IPI_ROUNDS {
@@ -184,10 +195,13 @@ pub fn report(local: &Local) {
             let mut v = rtts.clone();
             v.sort_unstable();
             info!(
-                "selftest: ipi cpu{me} -> cpu{target} -> cpu{me}: {} round trips, median {}, max {}",
+                "selftest: ipi cpu{me} -> cpu{target} -> cpu{me}: {} round trips, median {}, max {}; \
+                 cpu{target}'s clock inside the round trip in {} of {}",
                 v.len(),
                 kernel::time::Millis(clock.ticks_to_nanos(v[v.len() / 2])),
                 kernel::time::Millis(clock.ticks_to_nanos(v[v.len() - 1])),
+                t.clock_agreed[target],
+                v.len(),
                 me = local.cpu.index,
             );
         }

@@ -60,6 +60,31 @@ impl TscClock {
     }
 }
 
+/// A point in time: a TSC reading. The TSC is the clock every CPU shares
+/// (the SMP self-test checks that the CPUs' counters agree), so instants
+/// taken on different CPUs compare meaningfully.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instant(u64);
+
+impl Instant {
+    pub const fn from_tsc(tsc: u64) -> Instant {
+        Instant(tsc)
+    }
+
+    pub const fn tsc(self) -> u64 {
+        self.0
+    }
+
+    /// Nanoseconds from `earlier` to `self` (0 if `earlier` is later).
+    pub const fn nanos_since(self, earlier: Instant, clock: TscClock) -> u64 {
+        clock.ticks_to_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    pub const fn plus_nanos(self, nanos: u64, clock: TscClock) -> Instant {
+        Instant(self.0.saturating_add(clock.nanos_to_ticks(nanos)))
+    }
+}
+
 /// A duration in nanoseconds, shown as milliseconds with microseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Millis(pub u64);
@@ -126,6 +151,18 @@ mod tests {
             t.to_string(),
             "89.000 ms in the kernel, time since power-on unknown (the TSC did not start at zero)"
         );
+    }
+
+    #[test]
+    fn instants_order_and_measure() {
+        let c = TscClock::new(2_000_000_000);
+        let a = Instant::from_tsc(1_000);
+        let b = a.plus_nanos(1_000, c);
+        assert_eq!(b.tsc(), 3_000);
+        assert!(b > a);
+        assert_eq!(b.nanos_since(a, c), 1_000);
+        assert_eq!(a.nanos_since(b, c), 0, "never negative");
+        assert_eq!(Instant::from_tsc(u64::MAX).plus_nanos(5, c).tsc(), u64::MAX);
     }
 
     #[test]

@@ -308,7 +308,11 @@ fn check_smp(report: &RunReport, cpus: u16) -> Result<(), String> {
         }
     }
     for i in 1..cpus {
-        need(format!("selftest: ipi cpu0 -> cpu{i} -> cpu0: 5 round trips"))?;
+        let prefix = format!("selftest: ipi cpu0 -> cpu{i} -> cpu0: 5 round trips");
+        let line = report.find(&prefix).ok_or_else(|| format!("no IPI round trips to cpu{i}"))?;
+        if !line.text.ends_with(&format!("cpu{i}'s clock inside the round trip in 5 of 5")) {
+            return Err(format!("cpu{i}'s TSC disagrees with cpu0's: {}", line.text));
+        }
     }
     if has(&format!("cpu{cpus} INFO  online")) {
         return Err(format!("more than {cpus} CPUs came online"));
@@ -434,7 +438,10 @@ mod tests {
         l.push(format!("[ 0.1] cpu0 INFO  smp: all {cpus} CPUs online, 80 ms after kernel entry"));
         for i in 1..cpus {
             l.push(format!("[ 0.1] cpu{i} INFO  online: APIC id {i}"));
-            l.push(format!("[ 0.2] cpu0 INFO  selftest: ipi cpu0 -> cpu{i} -> cpu0: 5 round trips, median 0.1 ms"));
+            l.push(format!(
+                "[ 0.2] cpu0 INFO  selftest: ipi cpu0 -> cpu{i} -> cpu0: 5 round trips, median 0.1 ms, max 0.2 ms; \
+                 cpu{i}'s clock inside the round trip in 5 of 5"
+            ));
         }
         for i in 0..cpus {
             l.push(format!(
@@ -456,6 +463,8 @@ mod tests {
         let mut l = smp_lines(4, "10.0");
         l.retain(|x| !x.contains("-> cpu2 ->"));
         assert!(check(&c, &report(Outcome::Success, &lines(&l))).unwrap_err().contains("cpu2"));
+        let l: Vec<String> = smp_lines(4, "10.0").into_iter().map(|x| x.replace("in 5 of 5", "in 3 of 5")).collect();
+        assert!(check(&c, &report(Outcome::Success, &lines(&l))).unwrap_err().contains("TSC disagrees"));
         let l = smp_lines(5, "10.0");
         assert!(check(&c, &report(Outcome::Success, &lines(&l))).is_err(), "a fifth CPU is wrong too");
     }

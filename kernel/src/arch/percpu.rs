@@ -40,6 +40,8 @@ pub struct Mailbox {
     pub ping_from: AtomicU32,
     /// Answer to this CPU's last ping: the responder's index + 1.
     pub pong_from: AtomicU32,
+    /// The responder's TSC when it answered (to check the clocks agree).
+    pub pong_tsc: AtomicU64,
 }
 
 /// A CPU's timer self-test result, in nanoseconds.

@@ -5,7 +5,8 @@
 //! kernel's own PML4, EFER.LME|NXE, then PE|PG together and a far jump into a
 //! 64-bit segment of a small GDT inside the trampoline page. The page is
 //! identity-mapped so the instructions after paging is enabled can be
-//! fetched. APs start one at a time, since they share the trampoline's slots.
+//! fetched. All APs get their INIT together; then they start one at a time,
+//! since they share the trampoline's slots.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -176,7 +177,20 @@ pub fn start_aps(
     put(offset_of_label!(mqnet_tr_entry), &(ap_entry as *const () as u64).to_le_bytes());
 
     let vector = (page >> 12) as u8;
+    // INIT every AP first and wait the prescribed 10 ms once, not once per AP.
+    let mut init_failed = Vec::new();
     for cpu in &cpus[1..] {
+        if apic::send(Delivery::Init, Dest::Apic(cpu.apic_id)).is_err() {
+            init_failed.push(cpu.index);
+        }
+    }
+    wait_for(10_000_000, &|| false);
+    for cpu in &cpus[1..] {
+        if init_failed.contains(&cpu.index) {
+            log::error!("cpu{} (APIC id {}): INIT was not accepted", cpu.index, cpu.apic_id);
+            result.failed.push((cpu.index, cpu.apic_id));
+            continue;
+        }
         let stack = vec![0u8; AP_STACK_SIZE].leak();
         let top = (stack.as_ptr_range().end as u64) & !0xf;
         let boot: &'static ApBoot = Box::leak(Box::new(ApBoot { cpu, started: AtomicBool::new(false), entry }));
@@ -204,15 +218,11 @@ fn wait_for(nanos: u64, done: &dyn Fn() -> bool) -> bool {
     done()
 }
 
-/// INIT, 10 ms, SIPI, up to 200 µs, a second SIPI if needed, then wait for
-/// the AP to pick up its arguments and to report itself online.
+/// (After INIT:) SIPI, up to 200 µs, a second SIPI if needed, then wait
+/// for the AP to pick up its arguments and to report itself online.
 fn start_one(apic_id: u32, vector: u8, boot: &ApBoot) -> bool {
     let started = || boot.started.load(Ordering::Acquire);
     let online = || boot.cpu.online.load(Ordering::Acquire);
-    if apic::send(Delivery::Init, Dest::Apic(apic_id)).is_err() {
-        return false;
-    }
-    wait_for(10_000_000, &|| false);
     for _ in 0..2 {
         if apic::send(Delivery::Startup(vector), Dest::Apic(apic_id)).is_err() {
             return false;

@@ -1,6 +1,6 @@
 //! The clock: the TSC, calibrated once at boot against the 8254 PIT.
 
-use kernel::time::{self, TscClock, PIT_HZ};
+use kernel::time::{self, Instant, TscClock, PIT_HZ};
 use spin::Once;
 use x86_64::instructions::port::Port;
 
@@ -22,6 +22,11 @@ pub fn rdtsc() -> u64 {
     unsafe {
         core::arch::x86_64::_rdtsc()
     }
+}
+
+/// Now, on the clock all CPUs share.
+pub fn now() -> Instant {
+    Instant::from_tsc(rdtsc())
 }
 
 /// Calibrates the TSC; `entry_tsc` (read first thing at kernel entry) becomes
