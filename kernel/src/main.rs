@@ -19,6 +19,8 @@ mod faults;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
+mod netprobe;
+#[cfg(target_os = "none")]
 mod panic;
 #[cfg(target_os = "none")]
 mod runloop;
@@ -211,6 +213,8 @@ mod boot {
         for cpu in cpus[1..].iter().filter(|c| c.online.load(Ordering::Acquire)) {
             cpu.wake();
         }
+
+        crate::netprobe::probe(percpu::all().iter().filter(|c| c.online.load(Ordering::Acquire)).count());
 
         let times = BootTimes::measure(clock, entry_tsc, arch::time::rdtsc());
         info!("{} {times}", abi::READY);

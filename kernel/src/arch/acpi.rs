@@ -79,3 +79,8 @@ pub fn init(rsdp: u64, map: DirectMap) -> Result<&'static AcpiInfo, &'static str
         Ok(AcpiInfo { madt, ecam })
     })
 }
+
+/// The tables read at boot, if they were.
+pub fn info() -> Option<&'static AcpiInfo> {
+    INFO.get()
+}

@@ -8,6 +8,7 @@ pub mod gdt;
 pub mod idt;
 pub mod mmio;
 pub mod paging;
+pub mod pci;
 pub mod percpu;
 pub mod pic;
 pub mod qemu;
