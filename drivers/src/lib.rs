@@ -6,10 +6,12 @@
 //! blocks are reached through traits the kernel implements (port I/O, ECAM,
 //! MMIO) and the tests implement in memory.
 #![cfg_attr(not(test), no_std)]
+// `unsafe` is allowed only in `dma`, the memory shared with devices.
 #![deny(unsafe_code)]
 
 extern crate alloc;
 
+pub mod dma;
 pub mod msix;
 pub mod pci;
 pub mod regs;
