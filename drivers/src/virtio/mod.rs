@@ -2,6 +2,7 @@
 //! network device on top of it.
 
 pub mod net;
+pub mod netdev;
 pub mod queue;
 pub mod transport;
 
