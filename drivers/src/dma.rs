@@ -119,8 +119,9 @@ impl DmaBuf {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
+/// In-memory stand-ins for host tests (this crate's and its users').
+#[cfg(any(test, feature = "fake"))]
+pub mod fake {
     //! DMA memory for host tests: leaked heap blocks whose "physical"
     //! address is their virtual address, with a registry so a fake device
     //! can resolve addresses found in descriptors.

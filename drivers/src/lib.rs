@@ -5,7 +5,7 @@
 //! Nothing here touches hardware directly: configuration space and register
 //! blocks are reached through traits the kernel implements (port I/O, ECAM,
 //! MMIO) and the tests implement in memory.
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "fake")), no_std)]
 // `unsafe` is allowed only in `dma`, the memory shared with devices.
 #![deny(unsafe_code)]
 

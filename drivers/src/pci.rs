@@ -251,8 +251,9 @@ pub fn enable_memory_and_dma(cfg: &dyn ConfigSpace, bdf: Bdf) {
     cfg.write16(bdf, COMMAND, command | COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_INTX_DISABLE);
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
+/// In-memory stand-ins for host tests (this crate's and its users').
+#[cfg(any(test, feature = "fake"))]
+pub mod fake {
     //! An in-memory configuration space with BAR sizing semantics.
     use super::*;
     use std::cell::RefCell;

@@ -21,8 +21,9 @@ pub trait RegisterBlock {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
+/// In-memory stand-ins for host tests (this crate's and its users').
+#[cfg(any(test, feature = "fake"))]
+pub mod fake {
     use super::RegisterBlock;
     use std::cell::RefCell;
     use std::vec::Vec;

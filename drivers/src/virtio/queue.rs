@@ -266,8 +266,9 @@ impl SplitQueue {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
+/// In-memory stand-ins for host tests (this crate's and its users').
+#[cfg(any(test, feature = "fake"))]
+pub mod fake {
     //! The device's end of a split queue, for host tests.
     use super::*;
     use crate::dma::fake::TestDma;

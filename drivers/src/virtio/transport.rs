@@ -317,8 +317,9 @@ impl<C: RegisterBlock, N: RegisterBlock, D: RegisterBlock> Transport<C, N, D> {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod fake {
+/// In-memory stand-ins for host tests (this crate's and its users').
+#[cfg(any(test, feature = "fake"))]
+pub mod fake {
     //! The device side of the common configuration structure, in memory.
     use super::common::*;
     use super::*;

@@ -1,0 +1,48 @@
+//! One smoltcp interface and socket set per CPU.
+
+use alloc::vec::Vec;
+
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::phy::Device;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+/// Network settings shared by every CPU's stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    pub mac: [u8; 6],
+    pub ip: [u8; 4],
+    pub prefix_len: u8,
+}
+
+impl NetConfig {
+    /// The guest's default address inside the test namespace.
+    pub const DEFAULT_IP: [u8; 4] = [10, 99, 0, 2];
+    pub const DEFAULT_PREFIX: u8 = 24;
+}
+
+pub struct Stack {
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+}
+
+impl Stack {
+    /// A stack answering ARP and ICMP echo for `cfg.ip` on `device`.
+    pub fn new<D: Device + ?Sized>(cfg: &NetConfig, device: &mut D, now: Instant) -> Stack {
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac)));
+        // Same seed on every CPU is fine: it only randomises ports and ISNs.
+        config.random_seed =
+            u64::from_le_bytes([cfg.mac[0], cfg.mac[1], cfg.mac[2], cfg.mac[3], cfg.mac[4], cfg.mac[5], 0x6d, 0x71]);
+        let mut iface = Interface::new(config, device, now);
+        let [a, b, c, d] = cfg.ip;
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::new(a, b, c, d)), cfg.prefix_len));
+        });
+        Stack { iface, sockets: SocketSet::new(Vec::new()) }
+    }
+
+    /// Processes everything pending on `device`; true if anything happened.
+    pub fn poll<D: Device + ?Sized>(&mut self, device: &mut D, now: Instant) -> bool {
+        !matches!(self.iface.poll(now, device, &mut self.sockets), smoltcp::iface::PollResult::None)
+    }
+}
