@@ -119,7 +119,6 @@ impl DmaBuf {
     }
 }
 
-/// In-memory stand-ins for host tests (this crate's and its users').
 #[cfg(any(test, feature = "fake"))]
 pub mod fake {
     //! DMA memory for host tests: leaked heap blocks whose "physical"

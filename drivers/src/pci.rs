@@ -251,7 +251,6 @@ pub fn enable_memory_and_dma(cfg: &dyn ConfigSpace, bdf: Bdf) {
     cfg.write16(bdf, COMMAND, command | COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_INTX_DISABLE);
 }
 
-/// In-memory stand-ins for host tests (this crate's and its users').
 #[cfg(any(test, feature = "fake"))]
 pub mod fake {
     //! An in-memory configuration space with BAR sizing semantics.

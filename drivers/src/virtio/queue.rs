@@ -266,7 +266,6 @@ impl SplitQueue {
     }
 }
 
-/// In-memory stand-ins for host tests (this crate's and its users').
 #[cfg(any(test, feature = "fake"))]
 pub mod fake {
     //! The device's end of a split queue, for host tests.

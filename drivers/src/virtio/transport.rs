@@ -317,7 +317,6 @@ impl<C: RegisterBlock, N: RegisterBlock, D: RegisterBlock> Transport<C, N, D> {
     }
 }
 
-/// In-memory stand-ins for host tests (this crate's and its users').
 #[cfg(any(test, feature = "fake"))]
 pub mod fake {
     //! The device side of the common configuration structure, in memory.
