@@ -81,6 +81,10 @@ pub struct BootOptions {
     /// not list (tests that a CPU that never comes up is reported, not waited
     /// for forever).
     pub phantom_apic: Option<u32>,
+    /// Use at most this many virtio-net queue pairs (`queues=`).
+    pub max_queue_pairs: Option<u16>,
+    /// Log every CPU's queue and interrupt counters this often (`net-stats=`, ms).
+    pub net_stats_ms: Option<u32>,
 }
 
 impl Default for BootOptions {
@@ -93,6 +97,8 @@ impl Default for BootOptions {
             max_cpus: MAX_CPUS,
             smp_selftest: false,
             phantom_apic: None,
+            max_queue_pairs: None,
+            net_stats_ms: None,
         }
     }
 }
@@ -143,6 +149,8 @@ impl BootOptions {
                 }
                 "log" => value.parse::<LogLevel>().ok().map(|l| opts.log_level = l),
                 "cpus" => value.parse::<usize>().ok().filter(|n| (1..=MAX_CPUS).contains(n)).map(|n| opts.max_cpus = n),
+                "queues" => value.parse::<u16>().ok().filter(|&n| n >= 1).map(|n| opts.max_queue_pairs = Some(n)),
+                "net-stats" => value.parse::<u32>().ok().map(|ms| opts.net_stats_ms = (ms > 0).then_some(ms)),
                 "phantom-apic" => value.parse::<u32>().ok().map(|id| opts.phantom_apic = Some(id)),
                 "selftest" => match value {
                     "smp" => Some(true),
@@ -182,8 +190,9 @@ mod tests {
     #[test]
     fn all_options_are_understood() {
         let (o, p) =
-            parse("exit=after-boot fault=stack-overflow log=debug cpus=3 fault-cpu=2 selftest=smp phantom-apic=9");
+            parse("exit=after-boot fault=stack-overflow log=debug cpus=3 fault-cpu=2 selftest=smp phantom-apic=9 queues=2 net-stats=500");
         assert!(p.is_empty(), "{p:?}");
+        assert_eq!((o.max_queue_pairs, o.net_stats_ms), (Some(2), Some(500)));
         assert_eq!(o.phantom_apic, Some(9));
         assert_eq!(o.after_boot, AfterBoot::Exit);
         assert_eq!(o.fault, Some(Fault::StackOverflow));

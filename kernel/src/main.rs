@@ -19,7 +19,7 @@ mod faults;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
-mod netprobe;
+mod nic;
 #[cfg(target_os = "none")]
 mod panic;
 #[cfg(target_os = "none")]
@@ -28,6 +28,9 @@ mod runloop;
 mod selftest;
 #[cfg(target_os = "none")]
 mod serial;
+
+#[cfg(target_os = "none")]
+pub use boot::options as boot_options;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
@@ -66,6 +69,11 @@ mod boot {
     };
 
     entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
+
+    /// The boot options (valid once the boot CPU has read them).
+    pub fn options() -> &'static BootOptions {
+        &CONFIG.get().expect("boot options read before use").options
+    }
 
     /// What every CPU needs to know, fixed before the APs start.
     struct Config {
@@ -214,7 +222,8 @@ mod boot {
             cpu.wake();
         }
 
-        crate::netprobe::probe(percpu::all().iter().filter(|c| c.online.load(Ordering::Acquire)).count());
+        let online = percpu::all().iter().filter(|c| c.online.load(Ordering::Acquire)).count();
+        crate::nic::init(online, options.max_queue_pairs);
 
         let times = BootTimes::measure(clock, entry_tsc, arch::time::rdtsc());
         info!("{} {times}", abi::READY);
@@ -253,6 +262,7 @@ mod boot {
     fn add_common_work(local: &mut Local) {
         let config = CONFIG.get().expect("config set before any loop runs");
         local.add_work(selftest::answer_pings);
+        local.add_work(crate::nic::claim);
         if config.options.smp_selftest {
             selftest::start_timer_test(local);
         }

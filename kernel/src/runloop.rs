@@ -43,6 +43,8 @@ pub struct Local {
     timer_fns: [Option<TimerFn>; MAX_TIMERS],
     work: [Option<WorkFn>; MAX_WORK],
     pub selftest: SelfTest,
+    /// This CPU's virtio-net queue pair and stack, once claimed.
+    pub nic: Option<crate::nic::CpuNic>,
 }
 
 impl Local {
@@ -55,6 +57,7 @@ impl Local {
             timer_fns: [None; MAX_TIMERS],
             work: [None; MAX_WORK],
             selftest: SelfTest::default(),
+            nic: None,
         }
     }
 

@@ -8,10 +8,19 @@ use drivers::virtio::netdev::{RxQueue, TxQueue, MAX_FRAME};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+/// Whether an Ethernet frame is ARP (which every CPU's stack must see: each
+/// keeps its own neighbour cache).
+pub fn is_arp(frame: &[u8]) -> bool {
+    frame.len() >= 14 && frame[12..14] == [0x08, 0x06]
+}
+
 /// Notifies the device that a queue has new buffers.
 pub trait Doorbell {
     fn ring(&self, queue: u16);
 }
+
+/// Something that looks at each received frame before the stack does.
+pub type Observer<'a> = &'a dyn Fn(&[u8]);
 
 /// One queue pair seen as a smoltcp device.
 pub struct QueuePair<'a, B: Doorbell> {
@@ -20,10 +29,22 @@ pub struct QueuePair<'a, B: Doorbell> {
     pub doorbell: &'a B,
     /// Where a frame goes when the transmit queue is full (it is dropped).
     pub scratch: &'a mut [u8; MAX_FRAME],
+    /// A frame that did not arrive on this queue (handed over by another
+    /// CPU), received before the queue's own frames.
+    pub injected: Option<&'a [u8]>,
+    /// Sees every frame received from the queue before the stack does.
+    pub observer: Option<Observer<'a>>,
 }
 
-pub struct Rx<'a> {
-    rx: &'a mut RxQueue,
+impl<'a, B: Doorbell> QueuePair<'a, B> {
+    pub fn new(rx: &'a mut RxQueue, tx: &'a mut TxQueue, doorbell: &'a B, scratch: &'a mut [u8; MAX_FRAME]) -> Self {
+        QueuePair { rx, tx, doorbell, scratch, injected: None, observer: None }
+    }
+}
+
+pub enum Rx<'a> {
+    Queue { rx: &'a mut RxQueue, observer: Option<Observer<'a>> },
+    Injected(&'a [u8]),
 }
 
 pub struct Tx<'a, B: Doorbell> {
@@ -34,9 +55,18 @@ pub struct Tx<'a, B: Doorbell> {
 
 impl phy::RxToken for Rx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(self.rx.next_frame().expect("receive() only hands out a token when a frame is held"));
-        self.rx.release();
-        r
+        match self {
+            Rx::Injected(frame) => f(frame),
+            Rx::Queue { rx, observer } => {
+                let frame = rx.next_frame().expect("receive() only hands out a token when a frame is held");
+                if let Some(o) = observer {
+                    o(frame);
+                }
+                let r = f(frame);
+                rx.release();
+                r
+            }
+        }
     }
 }
 
@@ -66,8 +96,12 @@ impl<B: Doorbell> phy::Device for QueuePair<'_, B> {
         Self: 'b;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let tx = Tx { tx: self.tx, doorbell: self.doorbell, scratch: self.scratch };
+        if let Some(frame) = self.injected.take() {
+            return Some((Rx::Injected(frame), tx));
+        }
         self.rx.next_frame()?;
-        Some((Rx { rx: self.rx }, Tx { tx: self.tx, doorbell: self.doorbell, scratch: self.scratch }))
+        Some((Rx::Queue { rx: self.rx, observer: self.observer }, tx))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
@@ -174,7 +208,7 @@ mod tests {
         let cfg = NetConfig { mac: GUEST_MAC, ip: [10, 99, 0, 2], prefix_len: 24 };
         let now = Instant::from_millis(1);
         let mut stack = {
-            let mut dev = QueuePair { rx: &mut rx, tx: &mut tx, doorbell: &bell, scratch: &mut scratch };
+            let mut dev = QueuePair::new(&mut rx, &mut tx, &bell, &mut scratch);
             Stack::new(&cfg, &mut dev, now)
         };
         let mut inject = |bytes: Vec<u8>| {
@@ -187,13 +221,18 @@ mod tests {
             inject(echo_request(seq));
         }
         {
-            let mut dev = QueuePair { rx: &mut rx, tx: &mut tx, doorbell: &bell, scratch: &mut scratch };
+            let seen = RefCell::new(0usize);
+            let count = |_: &[u8]| *seen.borrow_mut() += 1;
+            let mut dev = QueuePair::new(&mut rx, &mut tx, &bell, &mut scratch);
+            dev.observer = Some(&count);
             let mut rounds = 0;
             while stack.poll(&mut dev, now) {
                 rounds += 1;
                 assert!(rounds < 100, "poll keeps reporting progress");
             }
             assert!(rounds >= 1);
+            drop(dev);
+            assert_eq!(*seen.borrow(), 4, "the observer saw every received frame");
         }
         let mut sent = Vec::new();
         while let Some((head, segs)) = tx_dev.pop_avail() {

@@ -6,5 +6,7 @@
 
 extern crate alloc;
 
+pub use smoltcp;
+
 pub mod device;
 pub mod stack;

@@ -82,6 +82,339 @@ extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {
     count(|s| CpuStats::add(&s.spurious, 1));
 }
 
+// One handler per NIC queue vector (0x40 + queue index): each counts the
+// interrupt against its queue on the CPU that took it; the interrupt itself
+// is what wakes that CPU's event loop.
+extern "x86-interrupt" fn nic_queue_0(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(0);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_1(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(1);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_2(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(2);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_3(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(3);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_4(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(4);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_5(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(5);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_6(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(6);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_7(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(7);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_8(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(8);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_9(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(9);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_10(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(10);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_11(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(11);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_12(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(12);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_13(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(13);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_14(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(14);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_15(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(15);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_16(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(16);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_17(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(17);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_18(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(18);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_19(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(19);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_20(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(20);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_21(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(21);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_22(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(22);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_23(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(23);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_24(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(24);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_25(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(25);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_26(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(26);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_27(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(27);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_28(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(28);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_29(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(29);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_30(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(30);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_31(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(31);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_32(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(32);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_33(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(33);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_34(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(34);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_35(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(35);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_36(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(36);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_37(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(37);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_38(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(38);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_39(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(39);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_40(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(40);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_41(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(41);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_42(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(42);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_43(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(43);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_44(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(44);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_45(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(45);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_46(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(46);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_47(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(47);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_48(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(48);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_49(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(49);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_50(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(50);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_51(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(51);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_52(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(52);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_53(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(53);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_54(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(54);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_55(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(55);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_56(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(56);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_57(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(57);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_58(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(58);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_59(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(59);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_60(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(60);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_61(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(61);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_62(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(62);
+    apic::end_of_interrupt();
+}
+extern "x86-interrupt" fn nic_queue_63(_frame: InterruptStackFrame) {
+    crate::nic::count_queue_irq(63);
+    apic::end_of_interrupt();
+}
+
+const NIC_QUEUE_HANDLERS: [extern "x86-interrupt" fn(InterruptStackFrame); 64] = [
+    nic_queue_0,
+    nic_queue_1,
+    nic_queue_2,
+    nic_queue_3,
+    nic_queue_4,
+    nic_queue_5,
+    nic_queue_6,
+    nic_queue_7,
+    nic_queue_8,
+    nic_queue_9,
+    nic_queue_10,
+    nic_queue_11,
+    nic_queue_12,
+    nic_queue_13,
+    nic_queue_14,
+    nic_queue_15,
+    nic_queue_16,
+    nic_queue_17,
+    nic_queue_18,
+    nic_queue_19,
+    nic_queue_20,
+    nic_queue_21,
+    nic_queue_22,
+    nic_queue_23,
+    nic_queue_24,
+    nic_queue_25,
+    nic_queue_26,
+    nic_queue_27,
+    nic_queue_28,
+    nic_queue_29,
+    nic_queue_30,
+    nic_queue_31,
+    nic_queue_32,
+    nic_queue_33,
+    nic_queue_34,
+    nic_queue_35,
+    nic_queue_36,
+    nic_queue_37,
+    nic_queue_38,
+    nic_queue_39,
+    nic_queue_40,
+    nic_queue_41,
+    nic_queue_42,
+    nic_queue_43,
+    nic_queue_44,
+    nic_queue_45,
+    nic_queue_46,
+    nic_queue_47,
+    nic_queue_48,
+    nic_queue_49,
+    nic_queue_50,
+    nic_queue_51,
+    nic_queue_52,
+    nic_queue_53,
+    nic_queue_54,
+    nic_queue_55,
+    nic_queue_56,
+    nic_queue_57,
+    nic_queue_58,
+    nic_queue_59,
+    nic_queue_60,
+    nic_queue_61,
+    nic_queue_62,
+    nic_queue_63,
+];
+
+/// The NIC's configuration-change interrupt: counted only.
+extern "x86-interrupt" fn nic_config(_frame: InterruptStackFrame) {
+    count(|_| {});
+    apic::end_of_interrupt();
+}
+
 extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
     fatal(14, &frame, Some(code.bits()))
 }
@@ -129,6 +462,10 @@ pub fn init_this_cpu() {
         idt[apic::WAKE_VECTOR].set_handler_fn(wake);
         idt[apic::ERROR_VECTOR].set_handler_fn(apic_error);
         idt[apic::SPURIOUS_VECTOR].set_handler_fn(spurious);
+        idt[crate::nic::CONFIG_VECTOR].set_handler_fn(nic_config);
+        for (q, handler) in NIC_QUEUE_HANDLERS.iter().enumerate() {
+            idt[crate::nic::QUEUE_VECTOR_BASE + q as u8].set_handler_fn(*handler);
+        }
     }
     let idt: &'static InterruptDescriptorTable = idt;
     idt.load();

@@ -11,7 +11,6 @@ use x86_64::registers::model_specific::GsBase;
 use x86_64::VirtAddr;
 
 /// Counters a CPU keeps about itself.
-#[derive(Default)]
 pub struct CpuStats {
     pub loop_iterations: AtomicU64,
     pub interrupts: AtomicU64,
@@ -20,10 +19,29 @@ pub struct CpuStats {
     pub apic_errors: AtomicU64,
     /// Every error bit the local APIC reported.
     pub apic_error_bits: AtomicU32,
+    /// Interrupts taken per NIC queue index (queue q's vector is 0x40 + q).
+    pub queue_irqs: [AtomicU64; 64],
     pub spurious: AtomicU64,
     /// TSC ticks spent halted vs running.
     pub halted_tsc: AtomicU64,
     pub busy_tsc: AtomicU64,
+}
+
+impl Default for CpuStats {
+    fn default() -> Self {
+        CpuStats {
+            loop_iterations: AtomicU64::new(0),
+            interrupts: AtomicU64::new(0),
+            timer_interrupts: AtomicU64::new(0),
+            wake_ipis: AtomicU64::new(0),
+            apic_errors: AtomicU64::new(0),
+            apic_error_bits: AtomicU32::new(0),
+            queue_irqs: core::array::from_fn(|_| AtomicU64::new(0)),
+            spurious: AtomicU64::new(0),
+            halted_tsc: AtomicU64::new(0),
+            busy_tsc: AtomicU64::new(0),
+        }
+    }
 }
 
 impl CpuStats {
