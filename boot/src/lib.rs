@@ -4,12 +4,14 @@
 //! - [`qemu`]: the QEMU command line, built from typed options.
 //! - [`accel`]: choosing between hardware KVM and TCG.
 //! - [`outcome`]: what QEMU's exit status means.
-//! - [`prereq`]: finding (or installing) QEMU and OVMF.
+//! - [`netns`]: the network namespace and multiqueue tap behind `--net tap`.
+//! - [`prereq`]: finding (or installing) QEMU, OVMF and `ip`.
 //! - [`procstat`]: CPU time of QEMU's vCPU threads, as the host accounts it.
 //! - [`runner`]: starting QEMU, streaming its serial console, timeouts, stop requests.
 
 pub mod accel;
 pub mod image;
+pub mod netns;
 pub mod outcome;
 pub mod prereq;
 pub mod procstat;

@@ -14,6 +14,8 @@ pub enum Tool {
     /// UEFI firmware for QEMU.
     Ovmf,
     Iperf3,
+    /// `ip`, for the network namespace and tap of `--net tap`.
+    Iproute2,
 }
 
 impl Tool {
@@ -23,6 +25,7 @@ impl Tool {
             Tool::Qemu => "qemu-system-x86",
             Tool::Ovmf => "ovmf",
             Tool::Iperf3 => "iperf3",
+            Tool::Iproute2 => "iproute2",
         }
     }
 
@@ -31,6 +34,7 @@ impl Tool {
             Tool::Qemu => "qemu-system-x86_64",
             Tool::Ovmf => "OVMF (UEFI firmware)",
             Tool::Iperf3 => "iperf3",
+            Tool::Iproute2 => "ip (iproute2)",
         }
     }
 
@@ -39,6 +43,7 @@ impl Tool {
             Tool::Qemu => find_in_path(crate::qemu::QEMU).is_some(),
             Tool::Ovmf => find_ovmf().is_some(),
             Tool::Iperf3 => find_in_path("iperf3").is_some(),
+            Tool::Iproute2 => find_in_path(crate::netns::IP).is_some(),
         }
     }
 }
@@ -96,7 +101,8 @@ pub fn plan(missing: &[Tool], is_root: bool, has_apt: bool) -> Plan {
     }
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (effective user id 0).
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
@@ -155,6 +161,7 @@ mod tests {
     #[test]
     fn otherwise_the_user_gets_the_exact_command() {
         assert_eq!(plan(&[Tool::Iperf3], false, true), Plan::AskUser("sudo apt-get install -y iperf3".into()));
+        assert_eq!(plan(&[Tool::Iproute2], false, true), Plan::AskUser("sudo apt-get install -y iproute2".into()));
         assert_eq!(
             plan(&[Tool::Qemu], true, false),
             Plan::AskUser("install qemu-system-x86 with your package manager".into())

@@ -10,6 +10,10 @@ use crate::accel::Accel;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
+/// The guest NIC's MAC address unless told otherwise: QEMU's usual first
+/// address, fixed so that neighbour entries look the same in every run.
+pub const DEFAULT_MAC: &str = "52:54:00:12:34:56";
+
 /// The machine type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Machine {
@@ -63,6 +67,11 @@ pub enum Network {
     /// QEMU user-mode networking on a virtio-net device: one queue, no root
     /// needed, traffic stays inside the QEMU process.
     User,
+    /// A virtio-net device on an existing tap device with `queues` queue
+    /// pairs (one tap file descriptor each), created by [`crate::netns`]
+    /// inside a network namespace that QEMU is started in
+    /// ([`QemuConfig::netns`]). `queues` must be at least 1.
+    Tap { tap: String, queues: u16, mac: Option<String> },
 }
 
 /// A fw_cfg file with string contents.
@@ -87,6 +96,9 @@ pub struct QemuConfig {
     pub debug_exit: bool,
     pub network: Network,
     pub fw_cfg: Vec<FwCfgString>,
+    /// Start QEMU inside this network namespace (`ip netns exec NAME`), as
+    /// the tap of [`Network::Tap`] lives there.
+    pub netns: Option<String>,
 }
 
 impl QemuConfig {
@@ -103,6 +115,7 @@ impl QemuConfig {
             debug_exit: true,
             network: Network::None,
             fw_cfg: Vec::new(),
+            netns: None,
         }
     }
 
@@ -158,11 +171,29 @@ impl QemuConfig {
                 format!("isa-debug-exit,iobase={:#x},iosize={:#x}", abi::DEBUG_EXIT_IOBASE, abi::DEBUG_EXIT_IOSIZE),
             );
         }
-        match self.network {
+        match &self.network {
             Network::None => a.pair("-nic", "none"),
             Network::User => {
                 a.pair("-netdev", "user,id=net0");
                 a.pair("-device", "virtio-net-pci,netdev=net0,disable-legacy=on");
+            }
+            Network::Tap { tap, queues, mac } => {
+                // The tap already exists (script=no: QEMU configures nothing
+                // on the host). vhost=off keeps the data path in QEMU's own
+                // threads, where the host accounts its CPU time per process.
+                a.pair(
+                    "-netdev",
+                    format!("tap,id=net0,ifname={},script=no,downscript=no,vhost=off,queues={queues}", escape(tap)),
+                );
+                // One MSI-X vector per virtqueue (RX and TX per pair), one for
+                // the control queue and one for configuration changes.
+                let vectors = 2 * u32::from(*queues) + 2;
+                let mq = if *queues > 1 { "on" } else { "off" };
+                let mac = escape(mac.as_deref().unwrap_or(DEFAULT_MAC));
+                a.pair(
+                    "-device",
+                    format!("virtio-net-pci,netdev=net0,disable-legacy=on,mq={mq},vectors={vectors},mac={mac}"),
+                );
             }
         }
         for f in &self.fw_cfg {
@@ -171,21 +202,39 @@ impl QemuConfig {
         a.0
     }
 
-    /// The whole command, for display.
-    pub fn command_line(&self) -> String {
-        let mut s = String::from(QEMU);
-        for arg in self.args() {
-            let arg = arg.to_string_lossy();
-            s.push(' ');
-            if arg.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
-                s.push('\'');
-                s.push_str(&arg.replace('\'', r"'\''"));
-                s.push('\'');
-            } else {
-                s.push_str(&arg);
+    /// The program to start and its arguments: QEMU itself, or `ip netns
+    /// exec NAME qemu-system-x86_64 ...` when it must run inside a network
+    /// namespace. `ip` execs QEMU in place (no fork), so the process started
+    /// is QEMU's: its PID, signals and exit status are QEMU's own.
+    pub fn program_and_args(&self) -> (String, Vec<OsString>) {
+        match &self.netns {
+            None => (QEMU.into(), self.args()),
+            Some(ns) => {
+                let mut args: Vec<OsString> = ["netns", "exec", ns.as_str(), QEMU].map(OsString::from).to_vec();
+                args.extend(self.args());
+                (crate::netns::IP.into(), args)
             }
         }
+    }
+
+    /// The whole command, for display.
+    pub fn command_line(&self) -> String {
+        let (program, args) = self.program_and_args();
+        let mut s = program;
+        for arg in args {
+            s.push(' ');
+            s.push_str(&shell_quote(&arg.to_string_lossy()));
+        }
         s
+    }
+}
+
+/// `arg` as a POSIX shell would need it written to see one word.
+pub fn shell_quote(arg: &str) -> String {
+    if arg.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    } else {
+        arg.to_string()
     }
 }
 
@@ -320,6 +369,51 @@ mod tests {
         assert_eq!(value_of(&a, "-device"), ["virtio-net-pci,netdev=net0,disable-legacy=on"]);
         assert_eq!(value_of(&a, "-machine"), ["pc"]);
         assert!(value_of(&a, "-nic").is_empty());
+    }
+
+    #[test]
+    fn multiqueue_tap_network() {
+        let mut c = QemuConfig::new(Accel::Tcg, bios());
+        c.network = Network::Tap { tap: "mqtap0".into(), queues: 4, mac: None };
+        let a = strings(&c);
+        assert_eq!(value_of(&a, "-netdev"), ["tap,id=net0,ifname=mqtap0,script=no,downscript=no,vhost=off,queues=4"]);
+        assert_eq!(
+            value_of(&a, "-device"),
+            [
+                "isa-debug-exit,iobase=0xf4,iosize=0x4",
+                "virtio-net-pci,netdev=net0,disable-legacy=on,mq=on,vectors=10,mac=52:54:00:12:34:56"
+            ]
+        );
+        assert!(value_of(&a, "-nic").is_empty());
+    }
+
+    #[test]
+    fn single_queue_tap_network_without_mq() {
+        let mut c = QemuConfig::new(Accel::Tcg, bios());
+        c.debug_exit = false;
+        c.network = Network::Tap { tap: "t,1".into(), queues: 1, mac: Some("52:54:00:00:00:01".into()) };
+        let a = strings(&c);
+        assert_eq!(value_of(&a, "-netdev"), ["tap,id=net0,ifname=t,,1,script=no,downscript=no,vhost=off,queues=1"]);
+        assert_eq!(
+            value_of(&a, "-device"),
+            ["virtio-net-pci,netdev=net0,disable-legacy=on,mq=off,vectors=4,mac=52:54:00:00:00:01"]
+        );
+        c.network = Network::Tap { tap: "t".into(), queues: 16, mac: None };
+        assert!(value_of(&strings(&c), "-device")[0].contains(",mq=on,vectors=34,"));
+    }
+
+    #[test]
+    fn inside_a_namespace_qemu_is_started_by_ip_netns_exec() {
+        let mut c = QemuConfig::new(Accel::Tcg, bios());
+        let (program, args) = c.program_and_args();
+        assert_eq!((program.as_str(), args), ("qemu-system-x86_64", c.args()));
+
+        c.netns = Some("mqnet".into());
+        let (program, args) = c.program_and_args();
+        assert_eq!(program, "ip");
+        assert_eq!(args[..4], ["netns", "exec", "mqnet", "qemu-system-x86_64"].map(OsString::from));
+        assert_eq!(args[4..], c.args());
+        assert!(c.command_line().starts_with("ip netns exec mqnet qemu-system-x86_64 -name mqnet,debug-threads=on "));
     }
 
     #[test]

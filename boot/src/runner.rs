@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::outcome::{Outcome, StopReason};
 use crate::procstat;
-use crate::qemu::{QemuConfig, QEMU};
+use crate::qemu::QemuConfig;
 
 /// How long QEMU gets to exit after SIGTERM before it is killed.
 const GRACE: Duration = Duration::from_secs(3);
@@ -70,8 +70,12 @@ impl RunReport {
 
 /// Boots `config` and waits for the VM to end (or be ended).
 pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> {
-    let mut command = Command::new(QEMU);
-    command.args(config.args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    // With a network namespace this starts `ip netns exec`, which execs QEMU
+    // in place: the child's PID, the process group and PR_SET_PDEATHSIG (kept
+    // across exec) all carry over to QEMU.
+    let (program, args) = config.program_and_args();
+    let mut command = Command::new(&program);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only
     // calls prctl(2), which is async-signal-safe.
     unsafe {
@@ -83,7 +87,7 @@ pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> 
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| format!("could not start {QEMU}: {e}"))?;
+    let mut child = command.spawn().map_err(|e| format!("could not start {program}: {e}"))?;
     let started = Instant::now();
 
     let (tx, rx) = mpsc::channel::<Line>();

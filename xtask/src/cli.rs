@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use boot::accel::AccelRequest;
-use boot::qemu::{Machine, Network};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use boot::netns::MAX_QUEUES;
+use boot::qemu::Machine;
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(name = "cargo xtask", about = "Build, run and test the mqnet unikernel", version)]
@@ -58,12 +60,31 @@ pub struct RunArgs {
     /// Machine type (default: q35; pc-i440fx-7.0 under kvm_pvm).
     #[arg(long, value_enum)]
     pub machine: Option<MachineArg>,
-    /// Guest network: none, or QEMU user-mode networking (one queue, no root).
+    /// Guest network: none, QEMU user-mode networking (one queue, no root), or
+    /// a multiqueue tap inside a network namespace this run creates (root).
     #[arg(long, value_enum, default_value_t = NetArg::None)]
     pub net: NetArg,
+    /// Queue pairs of the NIC and its tap, with --net tap [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUES)))]
+    pub queues: Option<u16>,
+    /// Network namespace to create (and delete) for --net tap [default: mqnet].
+    #[arg(long, value_parser = parse_netns)]
+    pub netns: Option<String>,
     /// Kernel boot options, e.g. "log=debug" (see README).
     #[arg(long, default_value = "")]
     pub cmdline: String,
+}
+
+impl RunArgs {
+    /// Checks what clap cannot express: --queues and --netns only make sense
+    /// with --net tap, and silently ignoring them would mislead. The error
+    /// is a usage error (status 2), like clap's own.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        if self.net != NetArg::Tap && (self.queues.is_some() || self.netns.is_some()) {
+            return Err(Cli::command().error(ErrorKind::ArgumentConflict, "--queues and --netns need --net tap"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -118,15 +139,13 @@ impl From<MachineArg> for Machine {
 pub enum NetArg {
     None,
     User,
+    Tap,
 }
 
-impl From<NetArg> for Network {
-    fn from(n: NetArg) -> Self {
-        match n {
-            NetArg::None => Network::None,
-            NetArg::User => Network::User,
-        }
-    }
+/// A namespace name that is also a valid interface name (see `boot::netns`).
+pub fn parse_netns(s: &str) -> Result<String, String> {
+    boot::netns::validate_name("network namespace", s)?;
+    Ok(s.to_string())
 }
 
 const MIN_MEMORY_MIB: u32 = 64;
@@ -173,7 +192,33 @@ mod tests {
         let Cmd::Run(r) = parse(&["run"]).unwrap().command else { panic!() };
         assert!(!r.bios && !r.uefi && !r.build.release);
         assert_eq!((r.smp, r.memory, r.accel, r.timeout), (1, 256, AccelArg::Auto, None));
-        assert_eq!(r.net, NetArg::None);
+        assert_eq!((r.net, r.queues, r.netns.as_deref()), (NetArg::None, None, None));
+        assert!(r.check().is_ok());
+    }
+
+    #[test]
+    fn run_with_a_tap_network() {
+        let Cmd::Run(r) = parse(&["run", "--net", "tap"]).unwrap().command else { panic!() };
+        assert_eq!((r.net, r.queues, r.netns.as_deref()), (NetArg::Tap, None, None));
+        let cli = parse(&["run", "--net", "tap", "--queues", "4", "--netns", "mq-2"]).unwrap();
+        let Cmd::Run(r) = cli.command else { panic!() };
+        assert_eq!((r.net, r.queues, r.netns.as_deref()), (NetArg::Tap, Some(4), Some("mq-2")));
+        assert!(r.check().is_ok());
+    }
+
+    #[test]
+    fn tap_options_are_checked() {
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(kind(&["run", "--net", "tap", "--queues", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["run", "--net", "tap", "--queues", "17"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["run", "--net", "tap", "--netns", "a/b"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["run", "--net", "tap", "--netns", "sixteen-chars-xx"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["run", "--net", "bridge"]), ErrorKind::InvalidValue);
+        for args in [&["run", "--queues", "2"][..], &["run", "--net", "user", "--netns", "x"]] {
+            let Cmd::Run(r) = parse(args).unwrap().command else { panic!() };
+            let err = r.check().unwrap_err();
+            assert_eq!((err.kind(), err.exit_code()), (ErrorKind::ArgumentConflict, 2), "{args:?}");
+        }
     }
 
     #[test]

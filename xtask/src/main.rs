@@ -21,7 +21,12 @@ fn main() {
                 say!("kernel: {}", b.kernel.display());
                 0
             }),
-        Cmd::Run(args) => run::run(args),
+        Cmd::Run(args) => {
+            if let Err(e) = args.check() {
+                e.exit();
+            }
+            run::run(args)
+        }
         Cmd::Test(args) => test::test(args),
     };
     match result {

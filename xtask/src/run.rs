@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use boot::accel::{self, HostFacts};
 use boot::image::Firmware;
+use boot::netns::{NetnsGuard, TapNetwork, DEFAULT_NETNS};
 use boot::prereq::{self, Tool};
-use boot::qemu::{Boot, QemuConfig};
+use boot::qemu::{self, Boot, Network, QemuConfig};
 use boot::runner::{self, RunOptions};
 
-use crate::cli::RunArgs;
+use crate::cli::{NetArg, RunArgs};
 use crate::kbuild;
 
 /// Prints a progress line of xtask's own (serial output goes to stdout).
@@ -53,25 +54,90 @@ pub fn boot_for(firmware: Firmware, built: &kbuild::Built) -> Result<Boot, Strin
     })
 }
 
+/// The tap network `--net tap` asks for, once we know it can be set up:
+/// checked before the (slow) kernel build, so a mistake shows at once.
+fn tap_network(args: &RunArgs) -> Result<TapNetwork, String> {
+    let net = TapNetwork::new(args.netns.as_deref().unwrap_or(DEFAULT_NETNS), args.queues.unwrap_or(1))?;
+    if !prereq::is_root() {
+        let again: Vec<String> = std::env::args().skip(1).map(|a| qemu::shell_quote(&a)).collect();
+        return Err(format!(
+            "--net tap needs root: it creates a network namespace and a tap device. Run it as root, e.g.\n    \
+             sudo -E env \"PATH=$PATH\" cargo xtask {}",
+            again.join(" ")
+        ));
+    }
+    prereq::ensure(&[Tool::Iproute2], &mut |m| say!("{m}"))?;
+    boot::netns::check_absent(&net.netns)?;
+    Ok(net)
+}
+
 pub fn run(args: RunArgs) -> Result<i32, String> {
     let firmware = if args.uefi { Firmware::Uefi } else { Firmware::Bios };
+    let tap = match args.net {
+        NetArg::Tap => Some(tap_network(&args)?),
+        NetArg::None | NetArg::User => None,
+    };
     let choice = prepare(firmware, args.accel.into())?;
     say!("accelerator: {} ({})", choice.accel, choice.reason);
     let built = kbuild::build(args.build.release, &[firmware])?;
     let mut config = QemuConfig::new(choice.accel, boot_for(firmware, &built)?).with_kernel_cmdline(&args.cmdline);
     config.cpus = args.smp;
     config.memory_mib = args.memory;
-    config.network = args.net.into();
+    config.network = match &tap {
+        Some(net) => net.network(),
+        None if args.net == NetArg::User => Network::User,
+        None => Network::None,
+    };
     if let Some(m) = args.machine {
         config.machine = m.into();
     }
+    // The Ctrl-C/SIGTERM/SIGHUP handler goes in before the namespace exists,
+    // so that from then on a stop request ends the run through the runner
+    // (and the guard below) instead of killing xtask.
+    let stop = stop_flag();
+    // Deleted when the guard goes: after the runner returns (VM ended, timed
+    // out, Ctrl-C, SIGTERM) or on any error or panic in between. A SIGKILL
+    // leaves it behind; the next run then names the `ip netns del` command.
+    let netns = match &tap {
+        Some(net) => {
+            let guard = NetnsGuard::create(net)?;
+            config.netns = Some(net.netns.clone());
+            let queues = if net.queues == 1 { "1 queue".to_string() } else { format!("{} queues", net.queues) };
+            say!(
+                "network: namespace {}, tap {} with {queues}, host {}, guest {}",
+                net.netns,
+                net.tap,
+                net.host_addr,
+                net.guest_addr
+            );
+            say!("reach the guest with: ip netns exec {} ping -c 3 {}", net.netns, net.guest_addr);
+            Some(guard)
+        }
+        None => None,
+    };
     say!("{}", config.command_line());
     match args.timeout {
         Some(t) => say!("the VM stops after {:.1} s or on Ctrl-C", t.as_secs_f64()),
         None => say!("the VM runs until Ctrl-C"),
     }
-    let opts = RunOptions { timeout: args.timeout, echo: true, stop: Some(stop_flag()), sample_cpu_after: None };
-    let report = runner::run(&config, &opts)?;
+    let opts = RunOptions { timeout: args.timeout, echo: true, stop: Some(stop), sample_cpu_after: None };
+    let report = runner::run(&config, &opts);
+    let cleanup = match netns {
+        Some(guard) => {
+            let name = guard.network().netns.clone();
+            guard.delete().map(|()| say!("network namespace {name} deleted"))
+        }
+        None => Ok(()),
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            if let Err(c) = cleanup {
+                say!("error: {c}");
+            }
+            return Err(e);
+        }
+    };
     // QEMU's note that it got our SIGTERM is expected, not news.
     let stderr: Vec<&str> = report.stderr.lines().filter(|l| !l.contains("terminating on signal")).collect();
     if !stderr.is_empty() {
@@ -81,5 +147,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         say!("the kernel finished booting {:.2} s after QEMU started", ready.at.as_secs_f64());
     }
     say!("{} after {:.1} s", report.outcome, report.elapsed.as_secs_f64());
+    // A namespace left behind is a failure of the run, whatever the VM did.
+    cleanup?;
     Ok(report.outcome.exit_code())
 }

@@ -63,6 +63,11 @@ fn host_tests(tally: &mut Tally) -> Result<(), String> {
     for c in HOST_CRATES {
         cmd.args(["--package", c]);
     }
+    // Tests that need root (real network namespaces) are #[ignore]d for a
+    // plain `cargo test`; as root they run, otherwise they count as skipped.
+    if boot::prereq::is_root() {
+        cmd.args(["--", "--include-ignored"]);
+    }
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

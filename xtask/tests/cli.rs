@@ -40,3 +40,13 @@ fn help_lists_the_commands() {
         assert!(text.contains(cmd), "{text}");
     }
 }
+
+#[test]
+fn tap_options_without_net_tap_exit_2() {
+    let (code, err) = xtask(&["run", "--net", "user", "--queues", "4"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--queues and --netns need --net tap"), "{err}");
+    let (code, err) = xtask(&["run", "--net", "tap", "--netns", "no/slash"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("network namespace name `no/slash` contains `/`"), "{err}");
+}
