@@ -131,7 +131,7 @@ impl TapNetwork {
 
     /// The guest's NIC on this network.
     pub fn network(&self) -> Network {
-        Network::Tap { tap: self.tap.clone(), queues: self.queues, mac: None }
+        Network::Tap { tap: self.tap.clone(), queues: self.queues, mac: None, vectors: None }
     }
 }
 
@@ -305,7 +305,7 @@ mod tests {
             ]
         );
         assert_eq!(net.teardown(), strings(&["ip", "netns", "del", "mqnet"]));
-        assert_eq!(net.network(), Network::Tap { tap: "mqtap0".into(), queues: 4, mac: None });
+        assert_eq!(net.network(), Network::Tap { tap: "mqtap0".into(), queues: 4, mac: None, vectors: None });
     }
 
     #[test]

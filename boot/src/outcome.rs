@@ -10,6 +10,8 @@ pub enum StopReason {
     Timeout,
     /// The user asked (Ctrl-C, SIGTERM, SIGHUP).
     Interrupted,
+    /// What the run was for (host-side traffic) is done.
+    Finished,
 }
 
 /// How a VM run ended.
@@ -70,6 +72,7 @@ impl fmt::Display for Outcome {
             Outcome::GuestReset => f.write_str("the guest reset or powered off without reporting (triple fault?)"),
             Outcome::Stopped(StopReason::Timeout) => f.write_str("stopped at the timeout"),
             Outcome::Stopped(StopReason::Interrupted) => f.write_str("stopped on request (Ctrl-C or SIGTERM)"),
+            Outcome::Stopped(StopReason::Finished) => f.write_str("stopped after the host-side work finished"),
             Outcome::QemuError(c) => write!(f, "QEMU failed with exit status {c}"),
             Outcome::Killed(s) => write!(f, "QEMU was killed by signal {s}"),
         }

@@ -16,6 +16,10 @@ pub enum Tool {
     Iperf3,
     /// `ip`, for the network namespace and tap of `--net tap`.
     Iproute2,
+    /// `ping`, for the network tests.
+    Ping,
+    /// `python3`, whose sockets generate many-flow test traffic.
+    Python3,
 }
 
 impl Tool {
@@ -26,6 +30,8 @@ impl Tool {
             Tool::Ovmf => "ovmf",
             Tool::Iperf3 => "iperf3",
             Tool::Iproute2 => "iproute2",
+            Tool::Ping => "iputils-ping",
+            Tool::Python3 => "python3",
         }
     }
 
@@ -35,6 +41,8 @@ impl Tool {
             Tool::Ovmf => "OVMF (UEFI firmware)",
             Tool::Iperf3 => "iperf3",
             Tool::Iproute2 => "ip (iproute2)",
+            Tool::Ping => "ping",
+            Tool::Python3 => "python3",
         }
     }
 
@@ -44,6 +52,8 @@ impl Tool {
             Tool::Ovmf => find_ovmf().is_some(),
             Tool::Iperf3 => find_in_path("iperf3").is_some(),
             Tool::Iproute2 => find_in_path(crate::netns::IP).is_some(),
+            Tool::Ping => find_in_path("ping").is_some(),
+            Tool::Python3 => find_in_path("python3").is_some(),
         }
     }
 }

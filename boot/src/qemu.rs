@@ -71,7 +71,8 @@ pub enum Network {
     /// pairs (one tap file descriptor each), created by [`crate::netns`]
     /// inside a network namespace that QEMU is started in
     /// ([`QemuConfig::netns`]). `queues` must be at least 1.
-    Tap { tap: String, queues: u16, mac: Option<String> },
+    /// `vectors` overrides the MSI-X table size (default 2Q+2; 0 = no MSI-X).
+    Tap { tap: String, queues: u16, mac: Option<String>, vectors: Option<u16> },
 }
 
 /// A fw_cfg file with string contents.
@@ -177,7 +178,7 @@ impl QemuConfig {
                 a.pair("-netdev", "user,id=net0");
                 a.pair("-device", "virtio-net-pci,netdev=net0,disable-legacy=on");
             }
-            Network::Tap { tap, queues, mac } => {
+            Network::Tap { tap, queues, mac, vectors } => {
                 // The tap already exists (script=no: QEMU configures nothing
                 // on the host). vhost=off keeps the data path in QEMU's own
                 // threads, where the host accounts its CPU time per process.
@@ -187,7 +188,7 @@ impl QemuConfig {
                 );
                 // One MSI-X vector per virtqueue (RX and TX per pair), one for
                 // the control queue and one for configuration changes.
-                let vectors = 2 * u32::from(*queues) + 2;
+                let vectors = vectors.map_or(2 * u32::from(*queues) + 2, u32::from);
                 let mq = if *queues > 1 { "on" } else { "off" };
                 let mac = escape(mac.as_deref().unwrap_or(DEFAULT_MAC));
                 a.pair(
@@ -374,7 +375,7 @@ mod tests {
     #[test]
     fn multiqueue_tap_network() {
         let mut c = QemuConfig::new(Accel::Tcg, bios());
-        c.network = Network::Tap { tap: "mqtap0".into(), queues: 4, mac: None };
+        c.network = Network::Tap { tap: "mqtap0".into(), queues: 4, mac: None, vectors: None };
         let a = strings(&c);
         assert_eq!(value_of(&a, "-netdev"), ["tap,id=net0,ifname=mqtap0,script=no,downscript=no,vhost=off,queues=4"]);
         assert_eq!(
@@ -391,15 +392,17 @@ mod tests {
     fn single_queue_tap_network_without_mq() {
         let mut c = QemuConfig::new(Accel::Tcg, bios());
         c.debug_exit = false;
-        c.network = Network::Tap { tap: "t,1".into(), queues: 1, mac: Some("52:54:00:00:00:01".into()) };
+        c.network = Network::Tap { tap: "t,1".into(), queues: 1, mac: Some("52:54:00:00:00:01".into()), vectors: None };
         let a = strings(&c);
         assert_eq!(value_of(&a, "-netdev"), ["tap,id=net0,ifname=t,,1,script=no,downscript=no,vhost=off,queues=1"]);
         assert_eq!(
             value_of(&a, "-device"),
             ["virtio-net-pci,netdev=net0,disable-legacy=on,mq=off,vectors=4,mac=52:54:00:00:00:01"]
         );
-        c.network = Network::Tap { tap: "t".into(), queues: 16, mac: None };
+        c.network = Network::Tap { tap: "t".into(), queues: 16, mac: None, vectors: None };
         assert!(value_of(&strings(&c), "-device")[0].contains(",mq=on,vectors=34,"));
+        c.network = Network::Tap { tap: "t".into(), queues: 2, mac: None, vectors: Some(0) };
+        assert!(value_of(&strings(&c), "-device")[0].contains(",mq=on,vectors=0,"), "no MSI-X at all");
     }
 
     #[test]

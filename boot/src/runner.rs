@@ -42,6 +42,18 @@ pub struct RunOptions {
     /// Sample the vCPU threads' CPU time when a line containing this
     /// arrives, and again just before the runner stops QEMU.
     pub sample_cpu_after: Option<String>,
+    pub during: Option<During>,
+}
+
+/// Host-side work to do while the VM runs (traffic from the namespace, say).
+pub struct During {
+    /// Start once a serial line contains this.
+    pub after: String,
+    /// The work; its result ends up in the report. It must bound itself.
+    pub action: Box<dyn FnOnce() -> Result<String, String> + Send>,
+    /// Keep the VM running this long after the work (for its last reports),
+    /// then stop it.
+    pub then_wait: Duration,
 }
 
 /// CPU use of each vCPU thread between the marker line and the stop.
@@ -59,6 +71,8 @@ pub struct RunReport {
     pub stderr: String,
     pub elapsed: Duration,
     pub cpu_sample: Option<CpuSample>,
+    /// What `During::action` returned, if it ran.
+    pub action: Option<Result<String, String>>,
 }
 
 impl RunReport {
@@ -69,7 +83,7 @@ impl RunReport {
 }
 
 /// Boots `config` and waits for the VM to end (or be ended).
-pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> {
+pub fn run(config: &QemuConfig, opts: &mut RunOptions) -> Result<RunReport, String> {
     // With a network namespace this starts `ip netns exec`, which execs QEMU
     // in place: the child's PID, the process group and PR_SET_PDEATHSIG (kept
     // across exec) all carry over to QEMU.
@@ -115,6 +129,11 @@ pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> 
     let mut stopped = None;
     let mut first_sample: Option<(Instant, Vec<procstat::ThreadTime>)> = None;
     let mut cpu_sample = None;
+    let mut during = opts.during.take();
+    let mut worker: Option<thread::JoinHandle<Result<String, String>>> = None;
+    let mut action = None;
+    let mut then_wait = Duration::ZERO;
+    let mut finish_at: Option<Instant> = None;
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(line) => {
@@ -124,6 +143,11 @@ pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> 
                 if first_sample.is_none() && opts.sample_cpu_after.as_ref().is_some_and(|m| line.text.contains(m)) {
                     first_sample = Some((Instant::now(), procstat::threads(child.id())));
                 }
+                if during.as_ref().is_some_and(|d| line.text.contains(&d.after)) {
+                    let d = during.take().expect("checked");
+                    then_wait = d.then_wait;
+                    worker = Some(thread::spawn(d.action));
+                }
                 lines.push(line);
                 continue;
             }
@@ -132,8 +156,15 @@ pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> 
         if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
             break status;
         }
+        if worker.as_ref().is_some_and(|w| w.is_finished()) {
+            let w = worker.take().expect("checked");
+            action = Some(w.join().unwrap_or_else(|_| Err("the host-side work panicked".into())));
+            finish_at = Some(Instant::now() + then_wait);
+        }
         let reason = if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
             Some(StopReason::Interrupted)
+        } else if finish_at.is_some_and(|t| Instant::now() >= t) {
+            Some(StopReason::Finished)
         } else if deadline.is_some_and(|d| Instant::now() >= d) {
             Some(StopReason::Timeout)
         } else {
@@ -160,7 +191,11 @@ pub fn run(config: &QemuConfig, opts: &RunOptions) -> Result<RunReport, String> 
     let stderr = stderr_reader.join().unwrap_or_default();
     use std::os::unix::process::ExitStatusExt;
     let outcome = Outcome::from_exit(status.code(), status.signal(), stopped);
-    Ok(RunReport { outcome, lines, stderr, elapsed: started.elapsed(), cpu_sample })
+    if let Some(w) = worker.take() {
+        // QEMU ended first; the work is bounded, so wait for its result.
+        action = Some(w.join().unwrap_or_else(|_| Err("the host-side work panicked".into())));
+    }
+    Ok(RunReport { outcome, lines, stderr, elapsed: started.elapsed(), cpu_sample, action })
 }
 
 /// SIGTERM, then SIGKILL if QEMU has not exited within [`GRACE`].

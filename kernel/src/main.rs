@@ -83,8 +83,9 @@ mod boot {
     }
 
     static CONFIG: Once<Config> = Once::new();
-    /// Set once every CPU that could start is online.
-    static ALL_ONLINE: AtomicBool = AtomicBool::new(false);
+    /// Set once booting is over: every CPU that could start is online and
+    /// the NIC is up.
+    static BOOT_DONE: AtomicBool = AtomicBool::new(false);
     /// Set when a `fault=` that did not stop the kernel has been provoked.
     static FAULT_OVER: AtomicBool = AtomicBool::new(false);
 
@@ -216,17 +217,16 @@ mod boot {
             }
             Err(e) => error!("smp: cannot start application processors: {e}; running on the boot CPU only"),
         }
-        ALL_ONLINE.store(true, Ordering::Release);
-        // APs that polled before this saw "not yet": let them look again.
-        for cpu in cpus[1..].iter().filter(|c| c.online.load(Ordering::Acquire)) {
-            cpu.wake();
-        }
-
         let online = percpu::all().iter().filter(|c| c.online.load(Ordering::Acquire)).count();
         crate::nic::init(online, options.max_queue_pairs);
 
         let times = BootTimes::measure(clock, entry_tsc, arch::time::rdtsc());
         info!("{} {times}", abi::READY);
+        BOOT_DONE.store(true, Ordering::Release);
+        // APs that polled before this saw "not yet": let them look again.
+        for cpu in cpus[1..].iter().filter(|c| c.online.load(Ordering::Acquire)) {
+            cpu.wake();
+        }
 
         let mut local = Local::new(&cpus[0], timer, tsc_hz);
         add_common_work(&mut local);
@@ -274,7 +274,7 @@ mod boot {
     /// Provokes the configured fault on the configured CPU once all are up.
     fn provoke_fault(local: &mut Local) -> Poll {
         let options = &CONFIG.get().expect("config").options;
-        if !ALL_ONLINE.load(Ordering::Acquire) {
+        if !BOOT_DONE.load(Ordering::Acquire) {
             return Poll::Idle;
         }
         let exists = (options.fault_cpu as usize) < percpu::all().len();

@@ -46,7 +46,7 @@ pub fn emergency(f: impl FnOnce(&mut dyn Write)) {
             break g;
         }
         spins += 1;
-        if spins > 10_000_000 {
+        if spins > 1_000_000 {
             // SAFETY: the holder is stuck (crashed or halted mid-line); a
             // garbled line beats losing the report.
             unsafe { PORT.force_unlock() };

@@ -20,6 +20,10 @@ pub enum Expect {
     /// `selftest=smp`: `cpus` CPUs online with their APIC ids, every CPU's
     /// timer on time, IPI round trips to every other CPU; then success.
     SmpSelftest { cpus: u16 },
+    /// Network: `pairs` queue pairs in use, each queue's MSI-X vector aimed
+    /// at its own CPU (or polled), every ping answered, the flows spread
+    /// over the receive queues, every queue interrupt taken by its own CPU.
+    Network { pairs: u16, polled: bool },
     /// A failure report containing every one of these lines (substrings, in
     /// order) and the failure status.
     Failure(&'static [&'static str]),
@@ -37,7 +41,33 @@ pub struct BootCase {
     pub expect: Expect,
     /// Lines (substrings) that must appear besides what `expect` implies.
     pub also: &'static [&'static str],
+    /// A multiqueue tap in a namespace of the test's own, and traffic.
+    pub net: Option<NetCase>,
 }
+
+/// The network side of a boot test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetCase {
+    /// Tap queues (and the device's maximum queue pairs).
+    pub queues: u16,
+    /// MSI-X table size override (0: no MSI-X).
+    pub vectors: Option<u16>,
+    pub pings: u32,
+    /// UDP flows × datagrams sent to the guest after the pings.
+    pub flows: u16,
+    pub per_flow: u16,
+}
+
+impl NetCase {
+    const fn new(queues: u16) -> NetCase {
+        NetCase { queues, vectors: None, pings: 20, flows: 32, per_flow: 4 }
+    }
+}
+
+/// The kernel's line once every CPU's stack is up: traffic starts then.
+pub const NET_READY: &str = "stacks up,";
+/// The namespace the network tests create (and delete).
+pub const TEST_NETNS: &str = "mqnet-test";
 
 const fn case(
     name: &'static str,
@@ -47,13 +77,14 @@ const fn case(
     cmdline: &'static str,
     expect: Expect,
 ) -> BootCase {
-    BootCase { name, firmware, cpus, max_cpus: None, memory_mib, cmdline, expect, also: &[] }
+    BootCase { name, firmware, cpus, max_cpus: None, memory_mib, cmdline, expect, also: &[], net: None }
 }
 
 pub fn cases() -> Vec<BootCase> {
     use Firmware::{Bios, Uefi};
     const EXIT: &str = "exit=after-boot";
     const SELFTEST: &str = "selftest=smp exit=after-boot";
+    const NET: &str = "net-stats=400";
     vec![
         case("bios-smp1", Bios, 1, 256, EXIT, Expect::CleanExit),
         case("bios-smp2", Bios, 2, 1024, EXIT, Expect::CleanExit),
@@ -99,6 +130,25 @@ pub fn cases() -> Vec<BootCase> {
                 "phantom-apic=7 selftest=smp exit=after-boot",
                 Expect::CleanExit,
             )
+        },
+        BootCase {
+            net: Some(NetCase::new(4)),
+            ..case("net-smp4-queues4", Bios, 4, 512, NET, Expect::Network { pairs: 4, polled: false })
+        },
+        BootCase {
+            net: Some(NetCase::new(1)),
+            also: &["cpus 1..3 have no queue pair of their own"],
+            ..case("net-smp4-queues1-mq-off", Bios, 4, 256, NET, Expect::Network { pairs: 1, polled: false })
+        },
+        BootCase {
+            net: Some(NetCase::new(8)),
+            also: &["8 pairs offered, 2 in use"],
+            ..case("net-smp2-queues8", Bios, 2, 256, NET, Expect::Network { pairs: 2, polled: false })
+        },
+        BootCase {
+            net: Some(NetCase { vectors: Some(0), ..NetCase::new(2) }),
+            also: &["WARN  virtio-net 00:02.0: 0 MSI-X vectors for 2 pairs: falling back to polling"],
+            ..case("net-no-msix-falls-back-to-polling", Bios, 2, 256, NET, Expect::Network { pairs: 2, polled: true })
         },
         case(
             "panic-on-ap-stops-all-cpus",
@@ -189,6 +239,7 @@ pub fn cases() -> Vec<BootCase> {
 pub fn time_limit(case: &BootCase, accel: Accel) -> Duration {
     match (accel, &case.expect) {
         (_, Expect::IdleUntilStopped) => idle_window(accel),
+        (Accel::Tcg, Expect::Network { .. }) => Duration::from_secs(90),
         (Accel::Tcg, _) => Duration::from_secs(60),
         // kvm_pvm: ~50 s BIOS boots measured; hardware KVM is far faster.
         (Accel::Kvm { .. }, _) => Duration::from_secs(240),
@@ -243,6 +294,10 @@ pub fn check(case: &BootCase, report: &RunReport) -> Result<(), String> {
             must_see(IDLE_MARKER)?;
             expect_outcome(report, Outcome::Stopped(StopReason::Timeout))?;
             check_idle_vcpus(report, case.cpus)?;
+        }
+        Expect::Network { pairs, polled } => {
+            expect_outcome(report, Outcome::Stopped(StopReason::Finished))?;
+            check_network(case, report, *pairs, *polled)?;
         }
         Expect::SmpSelftest { cpus } => {
             expect_outcome(report, Outcome::Success)?;
@@ -320,6 +375,113 @@ fn check_smp(report: &RunReport, cpus: u16) -> Result<(), String> {
     Ok(())
 }
 
+/// One CPU's last `net-stats:` report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueReport {
+    pub rxq: u16,
+    pub rx_packets: u64,
+    pub rx_irqs: u64,
+    pub txq: u16,
+    pub tx_packets: u64,
+}
+
+/// Parses `net-stats: cpuN rxq Q packets P bytes B irqs I ... | txq T packets P ...`.
+pub fn parse_net_stats(line: &str) -> Option<(u32, QueueReport)> {
+    let rest = &line[line.find("net-stats: cpu")? + "net-stats: cpu".len()..];
+    let (rx, tx) = rest.split_once(" | ")?;
+    let words: Vec<&str> = rx.split_whitespace().collect();
+    let cpu = words.first()?.parse().ok()?;
+    let after = |ws: &[&str], key: &str| -> Option<u64> {
+        ws.iter().position(|w| *w == key).and_then(|i| ws.get(i + 1)).and_then(|v| v.parse().ok())
+    };
+    let txw: Vec<&str> = tx.split_whitespace().collect();
+    Some((
+        cpu,
+        QueueReport {
+            rxq: after(&words, "rxq")? as u16,
+            rx_packets: after(&words, "packets")?,
+            rx_irqs: after(&words, "irqs")?,
+            txq: after(&txw, "txq")? as u16,
+            tx_packets: after(&txw, "packets")?,
+        },
+    ))
+}
+
+fn check_network(case: &BootCase, report: &RunReport, pairs: u16, polled: bool) -> Result<(), String> {
+    let net = case.net.ok_or("a network expectation without a network")?;
+    let has = |needle: &str| report.lines.iter().any(|l| l.text.contains(needle));
+    let need = |needle: String| if has(&needle) { Ok(()) } else { Err(format!("no line containing `{needle}`")) };
+    need(format!(", {pairs} in use, "))?;
+    if pairs > 1 {
+        need(format!("VQ_PAIRS_SET {pairs}: acknowledged"))?;
+    }
+    for p in 0..pairs {
+        let (rxq, txq) = (2 * p, 2 * p + 1);
+        let route =
+            |q: u16| if polled { "polled".to_string() } else { format!("MSI-X entry {q} -> vector {:#x}", 0x40 + q) };
+        need(format!("pair {p}: rxq {rxq} {}, txq {txq} {}, cpu{p} (APIC id {p})", route(rxq), route(txq)))?;
+    }
+    match &report.action {
+        Some(Ok(out)) => {
+            let ping = crate::traffic::parse_ping(out);
+            if ping.sent != net.pings || ping.received != net.pings {
+                return Err(format!("ping: {} sent, {} answered, {} expected", ping.sent, ping.received, net.pings));
+            }
+        }
+        Some(Err(e)) => return Err(format!("host-side traffic failed: {e}")),
+        None => return Err("the host-side traffic never ran".into()),
+    }
+    // Each CPU's last report.
+    let mut last: Vec<Option<QueueReport>> = vec![None; case.cpus as usize];
+    for l in &report.lines {
+        if let Some((cpu, q)) = parse_net_stats(&l.text) {
+            if let Some(slot) = last.get_mut(cpu as usize) {
+                *slot = Some(q);
+            }
+        }
+    }
+    let mut total = 0;
+    let mut busy_queues = 0;
+    for (cpu, q) in last.iter().enumerate() {
+        match (q, cpu < pairs as usize) {
+            (Some(q), true) => {
+                if q.rxq != 2 * cpu as u16 || q.txq != 2 * cpu as u16 + 1 {
+                    return Err(format!("cpu{cpu} reports queues {}/{}, not its own pair", q.rxq, q.txq));
+                }
+                total += q.rx_packets;
+                if q.rx_packets > 0 {
+                    busy_queues += 1;
+                    if !polled && q.rx_irqs == 0 {
+                        return Err(format!(
+                            "cpu{cpu} received {} packets on rxq {} without an interrupt",
+                            q.rx_packets, q.rxq
+                        ));
+                    }
+                }
+            }
+            (None, true) => return Err(format!("no net-stats report from cpu{cpu}")),
+            (Some(_), false) => return Err(format!("cpu{cpu} owns no queue pair but reported one")),
+            (None, false) => {}
+        }
+    }
+    let sent = net.flows as u64 * net.per_flow as u64 + net.pings as u64;
+    if total < sent {
+        return Err(format!("the guest received {total} frames, fewer than the {sent} sent"));
+    }
+    if pairs > 1 && busy_queues < 2 {
+        return Err(format!("{} flows all arrived on one receive queue", net.flows));
+    }
+    if let Some(l) = report.lines.iter().find(|l| l.text.contains("interrupts of other CPUs' queues")) {
+        return Err(format!("a queue interrupt reached the wrong CPU: {}", l.text));
+    }
+    if let Some(l) = report.lines.iter().find(|l| {
+        (l.text.contains(" WARN ") || l.text.contains(" ERROR ")) && !case.also.iter().any(|a| l.text.contains(a))
+    }) {
+        return Err(format!("unexpected warning: {}", l.text));
+    }
+    Ok(())
+}
+
 /// The number of milliseconds right after `prefix` in `line` ("10.002 ms").
 fn parse_ms_after(line: &str, prefix: &str) -> Option<f64> {
     let rest = &line[line.find(prefix)? + prefix.len()..];
@@ -363,6 +525,7 @@ mod tests {
             stderr: String::new(),
             elapsed: Duration::from_secs(1),
             cpu_sample: None,
+            action: None,
         }
     }
 
@@ -481,6 +644,62 @@ mod tests {
         assert_eq!(check(&c, &r), Ok(()));
         r.cpu_sample = Some(boot::runner::CpuSample { window: Duration::from_secs(4), vcpus: vcpus(0.97) });
         assert!(check(&c, &r).unwrap_err().contains("CPU 2/TCG used 97%"));
+    }
+
+    #[test]
+    fn net_stats_lines_are_parsed() {
+        let l = "[ 1.1] cpu2 INFO  net-stats: cpu2 rxq 4 packets 9 bytes 810 irqs 3 polls 11 no_buffers 0 drops bad_len 0 bad_id 0 header 0 | txq 5 packets 2 bytes 84 irqs 1 full 0 kicks 2";
+        assert_eq!(
+            parse_net_stats(l),
+            Some((2, QueueReport { rxq: 4, rx_packets: 9, rx_irqs: 3, txq: 5, tx_packets: 2 }))
+        );
+        assert_eq!(parse_net_stats("net-stats: cpu2 rxq"), None);
+    }
+
+    #[test]
+    fn network_results_are_checked() {
+        let c = BootCase { memory_mib: 256, ..cases().into_iter().find(|c| c.name == "net-smp4-queues4").unwrap() };
+        let mut l = good_boot();
+        l.push(
+            "virtio-net 00:02.0: MAC 52:54:00:12:34:56, link up, 4 pairs offered, 4 in use, 10 MSI-X entries".into(),
+        );
+        l.push("virtio-net 00:02.0: VQ_PAIRS_SET 4: acknowledged".into());
+        for p in 0..4u16 {
+            l.push(format!(
+                "virtio-net 00:02.0: pair {p}: rxq {} MSI-X entry {} -> vector {:#x}, txq {} MSI-X entry {} -> vector {:#x}, cpu{p} (APIC id {p})",
+                2 * p, 2 * p, 0x40 + 2 * p, 2 * p + 1, 2 * p + 1, 0x41 + 2 * p
+            ));
+            l.push(format!(
+                "cpu{p} INFO  net-stats: cpu{p} rxq {} packets 60 bytes 1 irqs 5 polls 1 | txq {} packets 5 bytes 1 irqs 0",
+                2 * p,
+                2 * p + 1
+            ));
+        }
+        let ok_ping = "20 packets transmitted, 20 received, 0% packet loss, time 1s".to_string();
+        let mut r = report(Outcome::Stopped(StopReason::Finished), &lines(&l));
+        r.action = Some(Ok(ok_ping.clone()));
+        assert_eq!(check(&c, &r), Ok(()));
+        r.action = Some(Ok("20 packets transmitted, 19 received".into()));
+        assert!(check(&c, &r).unwrap_err().contains("19 answered"));
+        r.action = Some(Ok(ok_ping));
+        let mut bad = l.clone();
+        bad.push("cpu1 WARN  net-stats: cpu1 took 3 interrupts of other CPUs' queues".into());
+        let mut r2 = report(Outcome::Stopped(StopReason::Finished), &lines(&bad));
+        r2.action = r.action.clone();
+        assert!(check(&c, &r2).unwrap_err().contains("wrong CPU"));
+        let one_queue: Vec<String> = l
+            .iter()
+            .map(|x| {
+                if x.contains("net-stats") && !x.contains("rxq 0 ") {
+                    x.replace("packets 60", "packets 0")
+                } else {
+                    x.clone()
+                }
+            })
+            .collect();
+        let mut r3 = report(Outcome::Stopped(StopReason::Finished), &lines(&one_queue));
+        r3.action = r.action.clone();
+        assert!(check(&c, &r3).is_err(), "fewer frames than sent, all on one queue");
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod kbuild;
 mod libtest;
 mod run;
 mod test;
+mod traffic;
 
 use clap::Parser;
 

@@ -120,8 +120,8 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         Some(t) => say!("the VM stops after {:.1} s or on Ctrl-C", t.as_secs_f64()),
         None => say!("the VM runs until Ctrl-C"),
     }
-    let opts = RunOptions { timeout: args.timeout, echo: true, stop: Some(stop), sample_cpu_after: None };
-    let report = runner::run(&config, &opts);
+    let mut opts = RunOptions { timeout: args.timeout, echo: true, stop: Some(stop), ..Default::default() };
+    let report = runner::run(&config, &mut opts);
     let cleanup = match netns {
         Some(guard) => {
             let name = guard.network().netns.clone();

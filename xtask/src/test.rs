@@ -7,14 +7,18 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use boot::image::Firmware;
-use boot::qemu::QemuConfig;
-use boot::runner::{self, RunOptions};
+use boot::netns::{NetnsGuard, TapNetwork};
+use boot::prereq::Tool;
+use boot::qemu::{Network, QemuConfig};
+use boot::runner::{self, During, RunOptions};
+use std::time::Duration;
 
 use crate::boot_tests::{self, BootCase};
 use crate::cli::TestArgs;
 use crate::kbuild;
 use crate::libtest::{self, TestResult};
 use crate::run::{say, stop_flag};
+use crate::traffic;
 
 /// Crates whose unit tests run on the host (the kernel's portable library included).
 pub const HOST_CRATES: [&str; 5] = ["kernel", "drivers", "net", "boot", "xtask"];
@@ -105,6 +109,7 @@ fn boot_tests(args: &TestArgs, tally: &mut Tally) {
     let setup = (|| {
         let uefi = cases.iter().any(|c| c.firmware == Firmware::Uefi);
         let choice = crate::run::prepare(if uefi { Firmware::Uefi } else { Firmware::Bios }, args.accel.into())?;
+
         let built = kbuild::build(true, &[Firmware::Bios, Firmware::Uefi])?;
         Ok::<_, String>((choice, built))
     })();
@@ -118,10 +123,16 @@ fn boot_tests(args: &TestArgs, tally: &mut Tally) {
     };
     say!("boot tests: {} cases, accelerator {} ({})", cases.len(), choice.accel, choice.reason);
     let stop = stop_flag();
+    let network = if cases.iter().any(|c| c.net.is_some()) { prepare_network() } else { Ok(()) };
     for case in &cases {
         let name = format!("boot: {}", case.name);
         if stop.load(Ordering::SeqCst) {
             tally.skipped.push((name, "interrupted by Ctrl-C".into()));
+            continue;
+        }
+        if let (Some(_), Err(e)) = (case.net, &network) {
+            println!("FAIL {name}: {e}");
+            tally.failed.push(name);
             continue;
         }
         let started = Instant::now();
@@ -143,6 +154,16 @@ fn boot_tests(args: &TestArgs, tally: &mut Tally) {
     }
 }
 
+/// The network cases need root, `ip`, `ping` and `python3`, and no stale
+/// namespace from an earlier run that was killed.
+fn prepare_network() -> Result<(), String> {
+    if !boot::prereq::is_root() {
+        return Err("the network tests need root (they create a network namespace and a tap)".into());
+    }
+    boot::prereq::ensure(&[Tool::Iproute2, Tool::Ping, Tool::Python3], &mut |m| say!("{m}"))?;
+    boot::netns::check_absent(boot_tests::TEST_NETNS)
+}
+
 /// Runs one case; `Ok` carries a note for the PASS line, `Err` the reason
 /// and the last lines of output.
 fn run_case(
@@ -156,13 +177,36 @@ fn run_case(
     config.cpus = case.cpus;
     config.max_cpus = case.max_cpus;
     config.memory_mib = case.memory_mib;
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         timeout: Some(boot_tests::time_limit(case, accel)),
         echo: false,
         stop: Some(stop.clone()),
         sample_cpu_after: Some(boot_tests::IDLE_MARKER.to_string()),
+        during: None,
     };
-    let report = runner::run(&config, &opts).map_err(|e| (e, vec![]))?;
+    // Network cases: a namespace of this test's own, deleted when `_netns`
+    // goes out of scope (after QEMU has ended), whatever happened.
+    let _netns = match case.net {
+        Some(net) => {
+            let tap = TapNetwork::new(boot_tests::TEST_NETNS, net.queues).map_err(|e| (e, vec![]))?;
+            let guard = NetnsGuard::create(&tap).map_err(|e| (e, vec![]))?;
+            config.network = Network::Tap { tap: tap.tap.clone(), queues: net.queues, mac: None, vectors: net.vectors };
+            config.netns = Some(tap.netns.clone());
+            let (ns, guest) = (tap.netns.clone(), tap.guest_addr.to_string());
+            opts.during = Some(During {
+                after: boot_tests::NET_READY.into(),
+                action: Box::new(move || {
+                    let ping = traffic::ping(&ns, &guest, net.pings, Duration::from_millis(50))?;
+                    let flows = traffic::udp_flows(&ns, &guest, net.flows, net.per_flow)?;
+                    Ok(format!("{} packets transmitted, {} received\n{flows}", ping.sent, ping.received))
+                }),
+                then_wait: Duration::from_millis(1200),
+            });
+            Some(guard)
+        }
+        None => None,
+    };
+    let report = runner::run(&config, &mut opts).map_err(|e| (e, vec![]))?;
     match boot_tests::check(case, &report) {
         Ok(()) => {
             let ready = report.find(boot::abi::READY).map(|l| l.at.as_secs_f64()).unwrap_or_default();
@@ -172,7 +216,17 @@ fn run_case(
                     note.push_str(&format!(", all CPUs online {ms} after kernel entry"));
                 }
             }
-            if let Some(s) = &report.cpu_sample {
+            if case.net.is_some() {
+                let mut per_queue = std::collections::BTreeMap::new();
+                for l in &report.lines {
+                    if let Some((_, q)) = boot_tests::parse_net_stats(&l.text) {
+                        per_queue.insert(q.rxq, (q.rx_packets, q.rx_irqs));
+                    }
+                }
+                let spread: Vec<String> =
+                    per_queue.iter().map(|(q, (p, i))| format!("rxq{q} {p} pkts/{i} irqs")).collect();
+                note.push_str(&format!(", {}", spread.join(", ")));
+            } else if let Some(s) = &report.cpu_sample {
                 let max = s.vcpus.iter().map(|v| v.1).fold(0.0, f64::max);
                 note.push_str(&format!(", idle vCPU threads at most {:.1}% busy", max * 100.0));
             }
