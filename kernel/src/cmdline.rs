@@ -85,6 +85,8 @@ pub struct BootOptions {
     pub max_queue_pairs: Option<u16>,
     /// Log every CPU's queue and interrupt counters this often (`net-stats=`, ms).
     pub net_stats_ms: Option<u32>,
+    /// One MSI-X vector per queue pair instead of per queue (`msix=per-pair`).
+    pub msix_per_pair: bool,
 }
 
 impl Default for BootOptions {
@@ -99,6 +101,7 @@ impl Default for BootOptions {
             phantom_apic: None,
             max_queue_pairs: None,
             net_stats_ms: None,
+            msix_per_pair: false,
         }
     }
 }
@@ -151,6 +154,12 @@ impl BootOptions {
                 "cpus" => value.parse::<usize>().ok().filter(|n| (1..=MAX_CPUS).contains(n)).map(|n| opts.max_cpus = n),
                 "queues" => value.parse::<u16>().ok().filter(|&n| n >= 1).map(|n| opts.max_queue_pairs = Some(n)),
                 "net-stats" => value.parse::<u32>().ok().map(|ms| opts.net_stats_ms = (ms > 0).then_some(ms)),
+                "msix" => match value {
+                    "per-queue" => Some(false),
+                    "per-pair" => Some(true),
+                    _ => None,
+                }
+                .map(|v| opts.msix_per_pair = v),
                 "phantom-apic" => value.parse::<u32>().ok().map(|id| opts.phantom_apic = Some(id)),
                 "selftest" => match value {
                     "smp" => Some(true),
@@ -190,9 +199,9 @@ mod tests {
     #[test]
     fn all_options_are_understood() {
         let (o, p) =
-            parse("exit=after-boot fault=stack-overflow log=debug cpus=3 fault-cpu=2 selftest=smp phantom-apic=9 queues=2 net-stats=500");
+            parse("exit=after-boot fault=stack-overflow log=debug cpus=3 fault-cpu=2 selftest=smp phantom-apic=9 queues=2 net-stats=500 msix=per-pair");
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!((o.max_queue_pairs, o.net_stats_ms), (Some(2), Some(500)));
+        assert_eq!((o.max_queue_pairs, o.net_stats_ms, o.msix_per_pair), (Some(2), Some(500), true));
         assert_eq!(o.phantom_apic, Some(9));
         assert_eq!(o.after_boot, AfterBoot::Exit);
         assert_eq!(o.fault, Some(Fault::StackOverflow));

@@ -274,7 +274,7 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
         None => None,
     };
     let table_size = table.as_ref().map_or(0, |(c, _)| c.table_size);
-    let mut plan = plan_vectors(pairs, table_size);
+    let mut plan = plan_vectors(pairs, table_size, crate::boot_options().msix_per_pair);
     if plan.kind == PlanKind::Polling {
         warn!("virtio-net {}: {} MSI-X vectors for {pairs} pairs: falling back to polling", f.bdf, table_size);
     }

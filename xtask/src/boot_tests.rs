@@ -23,7 +23,7 @@ pub enum Expect {
     /// Network: `pairs` queue pairs in use, each queue's MSI-X vector aimed
     /// at its own CPU (or polled), every ping answered, the flows spread
     /// over the receive queues, every queue interrupt taken by its own CPU.
-    Network { pairs: u16, polled: bool },
+    Network { pairs: u16, vectors: Vectors },
     /// A failure report containing every one of these lines (substrings, in
     /// order) and the failure status.
     Failure(&'static [&'static str]),
@@ -43,6 +43,14 @@ pub struct BootCase {
     pub also: &'static [&'static str],
     /// A multiqueue tap in a namespace of the test's own, and traffic.
     pub net: Option<NetCase>,
+}
+
+/// How the queues' interrupts are expected to be routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vectors {
+    PerQueue,
+    PerPair,
+    Polled,
 }
 
 /// The network side of a boot test.
@@ -133,22 +141,47 @@ pub fn cases() -> Vec<BootCase> {
         },
         BootCase {
             net: Some(NetCase::new(4)),
-            ..case("net-smp4-queues4", Bios, 4, 512, NET, Expect::Network { pairs: 4, polled: false })
+            ..case("net-smp4-queues4", Bios, 4, 512, NET, Expect::Network { pairs: 4, vectors: Vectors::PerQueue })
         },
         BootCase {
             net: Some(NetCase::new(1)),
             also: &["cpus 1..3 have no queue pair of their own"],
-            ..case("net-smp4-queues1-mq-off", Bios, 4, 256, NET, Expect::Network { pairs: 1, polled: false })
+            ..case(
+                "net-smp4-queues1-mq-off",
+                Bios,
+                4,
+                256,
+                NET,
+                Expect::Network { pairs: 1, vectors: Vectors::PerQueue },
+            )
         },
         BootCase {
             net: Some(NetCase::new(8)),
             also: &["8 pairs offered, 2 in use"],
-            ..case("net-smp2-queues8", Bios, 2, 256, NET, Expect::Network { pairs: 2, polled: false })
+            ..case("net-smp2-queues8", Bios, 2, 256, NET, Expect::Network { pairs: 2, vectors: Vectors::PerQueue })
+        },
+        BootCase {
+            net: Some(NetCase::new(2)),
+            ..case(
+                "net-smp2-msix-per-pair",
+                Bios,
+                2,
+                256,
+                "net-stats=400 msix=per-pair",
+                Expect::Network { pairs: 2, vectors: Vectors::PerPair },
+            )
         },
         BootCase {
             net: Some(NetCase { vectors: Some(0), ..NetCase::new(2) }),
             also: &["WARN  virtio-net 00:02.0: 0 MSI-X vectors for 2 pairs: falling back to polling"],
-            ..case("net-no-msix-falls-back-to-polling", Bios, 2, 256, NET, Expect::Network { pairs: 2, polled: true })
+            ..case(
+                "net-no-msix-falls-back-to-polling",
+                Bios,
+                2,
+                256,
+                NET,
+                Expect::Network { pairs: 2, vectors: Vectors::Polled },
+            )
         },
         case(
             "panic-on-ap-stops-all-cpus",
@@ -295,9 +328,9 @@ pub fn check(case: &BootCase, report: &RunReport) -> Result<(), String> {
             expect_outcome(report, Outcome::Stopped(StopReason::Timeout))?;
             check_idle_vcpus(report, case.cpus)?;
         }
-        Expect::Network { pairs, polled } => {
+        Expect::Network { pairs, vectors } => {
             expect_outcome(report, Outcome::Stopped(StopReason::Finished))?;
-            check_network(case, report, *pairs, *polled)?;
+            check_network(case, report, *pairs, *vectors)?;
         }
         Expect::SmpSelftest { cpus } => {
             expect_outcome(report, Outcome::Success)?;
@@ -407,7 +440,8 @@ pub fn parse_net_stats(line: &str) -> Option<(u32, QueueReport)> {
     ))
 }
 
-fn check_network(case: &BootCase, report: &RunReport, pairs: u16, polled: bool) -> Result<(), String> {
+fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vectors) -> Result<(), String> {
+    let polled = vectors == Vectors::Polled;
     let net = case.net.ok_or("a network expectation without a network")?;
     let has = |needle: &str| report.lines.iter().any(|l| l.text.contains(needle));
     let need = |needle: String| if has(&needle) { Ok(()) } else { Err(format!("no line containing `{needle}`")) };
@@ -417,8 +451,11 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, polled: bool) 
     }
     for p in 0..pairs {
         let (rxq, txq) = (2 * p, 2 * p + 1);
-        let route =
-            |q: u16| if polled { "polled".to_string() } else { format!("MSI-X entry {q} -> vector {:#x}", 0x40 + q) };
+        let route = |q: u16| match vectors {
+            Vectors::Polled => "polled".to_string(),
+            Vectors::PerQueue => format!("MSI-X entry {q} -> vector {:#x}", 0x40 + q),
+            Vectors::PerPair => format!("MSI-X entry {p} -> vector {:#x}", 0x40 + rxq),
+        };
         need(format!("pair {p}: rxq {rxq} {}, txq {txq} {}, cpu{p} (APIC id {p})", route(rxq), route(txq)))?;
     }
     match &report.action {

@@ -310,10 +310,11 @@ pub enum PlanKind {
 }
 
 /// Plans vectors for `pairs` queue pairs given `table_size` MSI-X entries
-/// (0 without MSI-X). The control queue is polled and needs none.
-pub fn plan_vectors(pairs: u16, table_size: u16) -> VectorPlan {
+/// (0 without MSI-X): one entry per queue when there are enough, unless
+/// `per_pair` asks for one per pair. The control queue is polled and needs none.
+pub fn plan_vectors(pairs: u16, table_size: u16, per_pair: bool) -> VectorPlan {
     let n = pairs as usize;
-    if table_size as usize > 2 * n {
+    if table_size as usize > 2 * n && !per_pair {
         let pairs = (0..pairs).map(|p| (2 * p, 2 * p + 1)).collect();
         VectorPlan { pairs, config: 2 * pairs_u16(n), kind: PlanKind::PerQueue }
     } else if table_size as usize > n {
@@ -443,14 +444,17 @@ mod tests {
 
     #[test]
     fn vector_plans() {
-        let p = plan_vectors(4, 10);
+        let p = plan_vectors(4, 10, false);
         assert_eq!(p.kind, PlanKind::PerQueue);
         assert_eq!(p.pairs, [(0, 1), (2, 3), (4, 5), (6, 7)]);
         assert_eq!(p.config, 8);
-        let p = plan_vectors(4, 6);
+        let p = plan_vectors(4, 6, false);
         assert_eq!((p.kind, p.pairs[3], p.config), (PlanKind::PerPair, (3, 3), 4));
-        let p = plan_vectors(4, 0);
+        let p = plan_vectors(4, 0, false);
         assert_eq!((p.kind, p.pairs[0], p.config), (PlanKind::Polling, (NO_VECTOR, NO_VECTOR), NO_VECTOR));
-        assert_eq!(plan_vectors(1, 4).kind, PlanKind::PerQueue, "vectors=2Q+2 with Q=1");
+        assert_eq!(plan_vectors(1, 4, false).kind, PlanKind::PerQueue, "vectors=2Q+2 with Q=1");
+        let p = plan_vectors(4, 10, true);
+        assert_eq!((p.kind, p.pairs[2], p.config), (PlanKind::PerPair, (2, 2), 4), "asked for per pair");
+        assert_eq!(plan_vectors(4, 0, true).kind, PlanKind::Polling);
     }
 }
