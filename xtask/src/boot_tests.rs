@@ -162,6 +162,10 @@ pub fn cases() -> Vec<BootCase> {
         },
         BootCase {
             net: Some(NetCase::new(2)),
+            ..case("net-uefi-smp2-queues2", Uefi, 2, 256, NET, Expect::Network { pairs: 2, vectors: Vectors::PerQueue })
+        },
+        BootCase {
+            net: Some(NetCase::new(2)),
             ..case(
                 "net-smp2-msix-per-pair",
                 Bios,
