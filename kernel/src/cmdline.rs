@@ -87,6 +87,25 @@ pub struct BootOptions {
     pub net_stats_ms: Option<u32>,
     /// One MSI-X vector per queue pair instead of per queue (`msix=per-pair`).
     pub msix_per_pair: bool,
+    /// The guest's IPv4 address and prefix length (`ip=10.99.0.2/24`).
+    pub ip: Option<([u8; 4], u8)>,
+}
+
+/// Parses `a.b.c.d/len` (len 1–32; without `/len`, 24).
+pub fn parse_ipv4_cidr(text: &str) -> Option<([u8; 4], u8)> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u8>().ok().filter(|l| (1..=32).contains(l))?),
+        None => (text, 24),
+    };
+    let mut out = [0u8; 4];
+    let mut parts = addr.split('.');
+    for b in &mut out {
+        *b = parts.next()?.parse().ok()?;
+    }
+    if parts.next().is_some() || out == [0; 4] || out[0] >= 224 {
+        return None;
+    }
+    Some((out, len))
 }
 
 impl Default for BootOptions {
@@ -102,6 +121,7 @@ impl Default for BootOptions {
             max_queue_pairs: None,
             net_stats_ms: None,
             msix_per_pair: false,
+            ip: None,
         }
     }
 }
@@ -154,6 +174,7 @@ impl BootOptions {
                 "cpus" => value.parse::<usize>().ok().filter(|n| (1..=MAX_CPUS).contains(n)).map(|n| opts.max_cpus = n),
                 "queues" => value.parse::<u16>().ok().filter(|&n| n >= 1).map(|n| opts.max_queue_pairs = Some(n)),
                 "net-stats" => value.parse::<u32>().ok().map(|ms| opts.net_stats_ms = (ms > 0).then_some(ms)),
+                "ip" => parse_ipv4_cidr(value).map(|c| opts.ip = Some(c)),
                 "msix" => match value {
                     "per-queue" => Some(false),
                     "per-pair" => Some(true),
@@ -231,6 +252,20 @@ mod tests {
                 "bad value `loud` for boot option `log` ignored",
             ]
         );
+    }
+
+    #[test]
+    fn ip_addresses() {
+        assert_eq!(parse_ipv4_cidr("10.99.0.2/24"), Some(([10, 99, 0, 2], 24)));
+        assert_eq!(parse_ipv4_cidr("192.168.7.9"), Some(([192, 168, 7, 9], 24)));
+        for bad in
+            ["10.99.0/24", "10.99.0.2.1", "10.99.0.256", "10.99.0.2/33", "10.99.0.2/0", "0.0.0.0", "239.1.1.1", "x"]
+        {
+            assert_eq!(parse_ipv4_cidr(bad), None, "{bad}");
+        }
+        let (o, p) = parse("ip=10.1.2.3/16 ip=nonsense");
+        assert_eq!(o.ip, Some(([10, 1, 2, 3], 16)));
+        assert_eq!(p, ["bad value `nonsense` for boot option `ip` ignored"]);
     }
 
     #[test]

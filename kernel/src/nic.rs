@@ -436,7 +436,8 @@ pub fn claim(local: &mut Local) -> Poll {
     let Some(nic) = NIC.get() else { return Poll::Done };
     let Some(slot) = nic.unclaimed.get(local.cpu.index as usize) else { return Poll::Done };
     let Some(mut mine) = slot.lock().take() else { return Poll::Done };
-    let cfg = NetConfig { mac: nic.mac, ip: NetConfig::DEFAULT_IP, prefix_len: NetConfig::DEFAULT_PREFIX };
+    let (ip, prefix_len) = crate::boot_options().ip.unwrap_or((NetConfig::DEFAULT_IP, NetConfig::DEFAULT_PREFIX));
+    let cfg = NetConfig { mac: nic.mac, ip, prefix_len };
     {
         let mut dev = QueuePair::new(&mut mine.rx, &mut mine.tx, &nic.doorbells, &mut mine.scratch);
         mine.stack = Some(Stack::new(&cfg, &mut dev, now()));

@@ -13,6 +13,9 @@ use boot::runner::{self, RunOptions};
 use crate::cli::{NetArg, RunArgs};
 use crate::kbuild;
 
+/// QEMU user networking's guest address (its built-in DHCP would hand it out).
+const SLIRP_GUEST: &str = "10.0.2.15/24";
+
 /// Prints a progress line of xtask's own (serial output goes to stdout).
 macro_rules! say {
     ($($t:tt)*) => { eprintln!("xtask: {}", format_args!($($t)*)) };
@@ -80,7 +83,15 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     let choice = prepare(firmware, args.accel.into())?;
     say!("accelerator: {} ({})", choice.accel, choice.reason);
     let built = kbuild::build(args.build.release, &[firmware])?;
-    let mut config = QemuConfig::new(choice.accel, boot_for(firmware, &built)?).with_kernel_cmdline(&args.cmdline);
+    // The guest's address follows the network it is on; the user's own
+    // `--cmdline ip=...` comes later and wins.
+    let ip = match (&tap, args.net) {
+        (Some(net), _) => format!("ip={}/{} ", net.guest_addr, net.prefix_len),
+        (None, NetArg::User) => format!("ip={SLIRP_GUEST} "),
+        (None, _) => String::new(),
+    };
+    let cmdline = format!("{ip}{}", args.cmdline);
+    let mut config = QemuConfig::new(choice.accel, boot_for(firmware, &built)?).with_kernel_cmdline(&cmdline);
     config.cpus = args.smp;
     config.memory_mib = args.memory;
     config.network = match &tap {

@@ -191,6 +191,7 @@ fn run_case(
             let tap = TapNetwork::new(boot_tests::TEST_NETNS, net.queues).map_err(|e| (e, vec![]))?;
             let guard = NetnsGuard::create(&tap).map_err(|e| (e, vec![]))?;
             config.network = Network::Tap { tap: tap.tap.clone(), queues: net.queues, mac: None, vectors: net.vectors };
+            config = config.with_kernel_cmdline(&format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, case.cmdline));
             config.netns = Some(tap.netns.clone());
             let (ns, guest) = (tap.netns.clone(), tap.guest_addr.to_string());
             opts.during = Some(During {
