@@ -67,6 +67,9 @@ pub enum Network {
     /// QEMU user-mode networking on a virtio-net device: one queue, no root
     /// needed, traffic stays inside the QEMU process.
     User,
+    /// The same with a transitional (legacy-capable) device, which the
+    /// kernel refuses: tests that it says so.
+    UserTransitional,
     /// A virtio-net device on an existing tap device with `queues` queue
     /// pairs (one tap file descriptor each), created by [`crate::netns`]
     /// inside a network namespace that QEMU is started in
@@ -174,9 +177,10 @@ impl QemuConfig {
         }
         match &self.network {
             Network::None => a.pair("-nic", "none"),
-            Network::User => {
+            Network::User | Network::UserTransitional => {
                 a.pair("-netdev", "user,id=net0");
-                a.pair("-device", "virtio-net-pci,netdev=net0,disable-legacy=on");
+                let legacy = if self.network == Network::User { "on" } else { "off" };
+                a.pair("-device", format!("virtio-net-pci,netdev=net0,disable-legacy={legacy}"));
             }
             Network::Tap { tap, queues, mac, vectors } => {
                 // The tap already exists (script=no: QEMU configures nothing
@@ -361,6 +365,8 @@ mod tests {
     fn serial_file_user_network_and_no_debug_exit() {
         let mut c = QemuConfig::new(Accel::Tcg, bios());
         c.serial = Serial::File("/tmp/serial.log".into());
+        c.network = Network::UserTransitional;
+        assert_eq!(value_of(&strings(&c), "-device")[1], "virtio-net-pci,netdev=net0,disable-legacy=off");
         c.network = Network::User;
         c.debug_exit = false;
         c.machine = Machine::Pc { version: None };

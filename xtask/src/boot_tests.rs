@@ -43,6 +43,8 @@ pub struct BootCase {
     pub also: &'static [&'static str],
     /// A multiqueue tap in a namespace of the test's own, and traffic.
     pub net: Option<NetCase>,
+    /// A transitional virtio-net on QEMU user networking instead.
+    pub transitional_nic: bool,
 }
 
 /// How the queues' interrupts are expected to be routed.
@@ -85,7 +87,18 @@ const fn case(
     cmdline: &'static str,
     expect: Expect,
 ) -> BootCase {
-    BootCase { name, firmware, cpus, max_cpus: None, memory_mib, cmdline, expect, also: &[], net: None }
+    BootCase {
+        name,
+        firmware,
+        cpus,
+        max_cpus: None,
+        memory_mib,
+        cmdline,
+        expect,
+        also: &[],
+        net: None,
+        transitional_nic: false,
+    }
 }
 
 pub fn cases() -> Vec<BootCase> {
@@ -186,6 +199,11 @@ pub fn cases() -> Vec<BootCase> {
                 NET,
                 Expect::Network { pairs: 2, vectors: Vectors::Polled },
             )
+        },
+        BootCase {
+            transitional_nic: true,
+            also: &["WARN  virtio-net 00:02.0: transitional device (id 1000) is not supported; start QEMU with"],
+            ..case("transitional-virtio-net-is-refused", Bios, 1, 256, EXIT, Expect::CleanExit)
         },
         case(
             "panic-on-ap-stops-all-cpus",

@@ -177,6 +177,9 @@ fn run_case(
     config.cpus = case.cpus;
     config.max_cpus = case.max_cpus;
     config.memory_mib = case.memory_mib;
+    if case.transitional_nic {
+        config.network = Network::UserTransitional;
+    }
     let mut opts = RunOptions {
         timeout: Some(boot_tests::time_limit(case, accel)),
         echo: false,
