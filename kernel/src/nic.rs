@@ -104,6 +104,9 @@ static NIC: Once<Nic> = Once::new();
 /// stack needs because each keeps its own neighbour cache. ARP is rare, so
 /// this short lock is off the per-packet path.
 struct Inbox {
+    /// Whether `frames` may hold something: the owner's per-packet poll
+    /// reads only this flag, and takes the lock only when it is set.
+    pending: AtomicBool,
     frames: Mutex<([[u8; INBOX_FRAME]; INBOX_SLOTS], [u8; INBOX_SLOTS], usize)>,
 }
 
@@ -112,7 +115,10 @@ const INBOX_SLOTS: usize = 8;
 
 impl Inbox {
     const fn new() -> Inbox {
-        Inbox { frames: Mutex::new(([[0; INBOX_FRAME]; INBOX_SLOTS], [0; INBOX_SLOTS], 0)) }
+        Inbox {
+            pending: AtomicBool::new(false),
+            frames: Mutex::new(([[0; INBOX_FRAME]; INBOX_SLOTS], [0; INBOX_SLOTS], 0)),
+        }
     }
 
     /// Queues a copy (dropped if the inbox is full or the frame too long).
@@ -125,14 +131,19 @@ impl Inbox {
         bufs[*n][..frame.len()].copy_from_slice(frame);
         lens[*n] = frame.len() as u8;
         *n += 1;
+        self.pending.store(true, Ordering::Release);
         true
     }
 
     /// Takes the oldest frame into `out`; returns its length.
     fn pop(&self, out: &mut [u8; INBOX_FRAME]) -> Option<usize> {
+        if !self.pending.load(Ordering::Acquire) {
+            return None;
+        }
         let mut g = self.frames.lock();
         let (bufs, lens, n) = &mut *g;
         if *n == 0 {
+            self.pending.store(false, Ordering::Release);
             return None;
         }
         let len = lens[0] as usize;
