@@ -98,6 +98,9 @@ pub struct QemuConfig {
     pub serial: Serial,
     /// Attach `isa-debug-exit` so the kernel can set QEMU's exit status.
     pub debug_exit: bool,
+    /// A QMP control socket (a Unix socket on the host) for tests that
+    /// change the VM while it runs, e.g. the NIC's link state.
+    pub qmp: Option<PathBuf>,
     pub network: Network,
     pub fw_cfg: Vec<FwCfgString>,
     /// Start QEMU inside this network namespace (`ip netns exec NAME`), as
@@ -117,6 +120,7 @@ impl QemuConfig {
             boot,
             serial: Serial::Stdio,
             debug_exit: true,
+            qmp: None,
             network: Network::None,
             fw_cfg: Vec::new(),
             netns: None,
@@ -169,6 +173,9 @@ impl QemuConfig {
         a.pair("-monitor", "none");
         // A triple fault ends QEMU instead of rebooting the guest forever.
         a.flag("-no-reboot");
+        if let Some(path) = &self.qmp {
+            a.pair("-qmp", join_os(&join("unix:", &escape_os(path.as_os_str())), ",server=on,wait=off"));
+        }
         if self.debug_exit {
             a.pair(
                 "-device",
@@ -261,6 +268,12 @@ impl Args {
     }
 }
 
+fn join_os(a: &std::ffi::OsStr, b: &str) -> OsString {
+    let mut s = a.to_os_string();
+    s.push(b);
+    s
+}
+
 fn join(prefix: &str, rest: &std::ffi::OsStr) -> OsString {
     let mut s = OsString::from(prefix);
     s.push(rest);
@@ -314,6 +327,13 @@ mod tests {
         assert_eq!(value_of(&a, "-fw_cfg"), ["name=opt/mqnet/cmdline,string=exit=after-boot"]);
         assert!(a.contains(&"-no-reboot".to_string()));
         assert!(value_of(&a, "-bios").is_empty());
+    }
+
+    #[test]
+    fn qmp_socket() {
+        let mut c = QemuConfig::new(Accel::Tcg, bios());
+        c.qmp = Some("/tmp/mqnet-qmp.sock".into());
+        assert_eq!(value_of(&strings(&c), "-qmp"), ["unix:/tmp/mqnet-qmp.sock,server=on,wait=off"]);
     }
 
     #[test]

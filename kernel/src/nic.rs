@@ -96,6 +96,34 @@ struct Nic {
     mac: [u8; 6],
     /// Pair i, until CPU i claims it.
     unclaimed: Vec<Mutex<Option<CpuNic>>>,
+    /// For re-reading the device configuration (link status) on a
+    /// configuration-change interrupt.
+    transport: Transport<Mmio>,
+    features: u64,
+    link_up: AtomicBool,
+}
+
+/// Set by the configuration-change interrupt (on the boot CPU).
+static CONFIG_CHANGED: AtomicBool = AtomicBool::new(false);
+
+/// Interrupt context: the device changed its configuration.
+pub fn config_changed() {
+    CONFIG_CHANGED.store(true, Ordering::Release);
+}
+
+/// Boot CPU: reports link changes after a configuration-change interrupt.
+fn watch_link(_local: &mut Local) -> Poll {
+    if !CONFIG_CHANGED.swap(false, Ordering::AcqRel) {
+        return Poll::Idle;
+    }
+    let Some(nic) = NIC.get() else { return Poll::Done };
+    let Some(cfg) = nic.transport.read_device_config(|d| DeviceConfig::read(d, nic.features)) else {
+        return Poll::Idle;
+    };
+    if nic.link_up.swap(cfg.link_up, Ordering::AcqRel) != cfg.link_up {
+        info!("virtio-net: link {}", if cfg.link_up { "up" } else { "down" });
+    }
+    Poll::Busy
 }
 
 static NIC: Once<Nic> = Once::new();
@@ -349,7 +377,7 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
         None
     };
     t.driver_ok();
-    let doorbells = Doorbells { notify: t.notify, offsets: offsets.clone() };
+    let doorbells = Doorbells { notify: t.notify, offsets };
 
     if mq && pairs > 1 {
         if let Some((c, off)) = ctrl.as_mut() {
@@ -423,7 +451,7 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
         .into_iter()
         .map(|(rx, tx)| Mutex::new(Some(CpuNic { rx, tx, stack: None, scratch: Box::new([0; MAX_FRAME]), polled })))
         .collect();
-    Ok(Nic { pairs, doorbells, mac, unclaimed })
+    Ok(Nic { pairs, doorbells, mac, unclaimed, transport: t, features, link_up: AtomicBool::new(dev.link_up) })
 }
 
 fn prev_pow2(n: u16) -> u16 {
@@ -463,6 +491,9 @@ pub fn claim(local: &mut Local) -> Poll {
     }
     local.nic = Some(mine);
     local.add_work(poll);
+    if local.cpu.index == 0 {
+        local.add_work(watch_link);
+    }
     if local.cpu.index == 0 {
         info!(
             "net: {} stacks up, {}.{}.{}.{}/{} on every queue pair",

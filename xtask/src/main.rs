@@ -4,6 +4,7 @@ mod boot_tests;
 mod cli;
 mod kbuild;
 mod libtest;
+mod qmp;
 mod run;
 mod test;
 mod traffic;

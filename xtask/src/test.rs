@@ -197,11 +197,23 @@ fn run_case(
             config = config.with_kernel_cmdline(&format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, case.cmdline));
             config.netns = Some(tap.netns.clone());
             let (ns, guest) = (tap.netns.clone(), tap.guest_addr.to_string());
+            let qmp_path = std::env::temp_dir().join(format!("mqnet-qmp-{}.sock", std::process::id()));
+            if net.flap_link {
+                let _ = std::fs::remove_file(&qmp_path);
+                config.qmp = Some(qmp_path.clone());
+            }
             opts.during = Some(During {
                 after: boot_tests::NET_READY.into(),
                 action: Box::new(move || {
                     let ping = traffic::ping(&ns, &guest, net.pings, Duration::from_millis(50))?;
                     let flows = traffic::udp_flows(&ns, &guest, net.flows, net.per_flow)?;
+                    if net.flap_link {
+                        let mut qmp = crate::qmp::Qmp::connect(&qmp_path)?;
+                        qmp.set_link("net0", false)?;
+                        std::thread::sleep(Duration::from_millis(500));
+                        qmp.set_link("net0", true)?;
+                        let _ = std::fs::remove_file(&qmp_path);
+                    }
                     Ok(format!("{} packets transmitted, {} received\n{flows}", ping.sent, ping.received))
                 }),
                 then_wait: Duration::from_millis(1200),

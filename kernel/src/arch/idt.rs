@@ -409,9 +409,11 @@ const NIC_QUEUE_HANDLERS: [extern "x86-interrupt" fn(InterruptStackFrame); 64] =
     nic_queue_63,
 ];
 
-/// The NIC's configuration-change interrupt: counted only.
+/// The NIC's configuration-change interrupt: flags the change for the boot
+/// CPU's loop, which this interrupt wakes.
 extern "x86-interrupt" fn nic_config(_frame: InterruptStackFrame) {
     count(|_| {});
+    crate::nic::config_changed();
     apic::end_of_interrupt();
 }
 
