@@ -157,8 +157,7 @@ pub fn run(config: &QemuConfig, opts: &mut RunOptions) -> Result<RunReport, Stri
             break status;
         }
         if worker.as_ref().is_some_and(|w| w.is_finished()) {
-            let w = worker.take().expect("checked");
-            action = Some(w.join().unwrap_or_else(|_| Err("the host-side work panicked".into())));
+            action = worker.take().map(join_work);
             finish_at = Some(Instant::now() + then_wait);
         }
         let reason = if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
@@ -193,9 +192,13 @@ pub fn run(config: &QemuConfig, opts: &mut RunOptions) -> Result<RunReport, Stri
     let outcome = Outcome::from_exit(status.code(), status.signal(), stopped);
     if let Some(w) = worker.take() {
         // QEMU ended first; the work is bounded, so wait for its result.
-        action = Some(w.join().unwrap_or_else(|_| Err("the host-side work panicked".into())));
+        action = Some(join_work(w));
     }
     Ok(RunReport { outcome, lines, stderr, elapsed: started.elapsed(), cpu_sample, action })
+}
+
+fn join_work(w: thread::JoinHandle<Result<String, String>>) -> Result<String, String> {
+    w.join().unwrap_or_else(|_| Err("the host-side work panicked".into()))
 }
 
 /// SIGTERM, then SIGKILL if QEMU has not exited within [`GRACE`].

@@ -67,7 +67,6 @@ pub fn init(boot_info: &BootInfo) -> MemorySummary {
 
 /// Physical address of `len` bytes at `ptr`, for DMA. `None` unless the
 /// whole buffer is direct-mapped memory (heap buffers always are).
-#[allow(dead_code)] // the virtio driver is its first user
 pub fn virt_to_phys(ptr: *const u8, len: usize) -> Option<u64> {
     DIRECT_MAP.get()?.virt_range_to_phys(ptr as u64, len as u64)
 }

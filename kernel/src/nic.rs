@@ -20,7 +20,7 @@ use drivers::dma::{DmaAlloc, DmaBuf};
 use drivers::msix::{self, MsixCapability, MsixTable};
 use drivers::pci::{self, Bar, ConfigSpace, Function, CAP_MSIX};
 use drivers::virtio::net::{self as vnet, FeatureNames, NetConfig as DeviceConfig};
-use drivers::virtio::netdev::{plan_vectors, CtrlQueue, CtrlResult, PlanKind, QueueStats, RxQueue, TxQueue, MAX_FRAME};
+use drivers::virtio::netdev::{plan_vectors, CtrlQueue, CtrlResult, PlanKind, RxQueue, TxQueue, MAX_FRAME};
 use drivers::virtio::transport::{read_layout, Region, Transport, NO_VECTOR};
 use drivers::virtio::{pci_kind, PciKind, DEVICE_TYPE_NET};
 use log::{info, warn};
@@ -81,21 +81,22 @@ impl Doorbell for Doorbells {
     }
 }
 
-/// What a CPU owns of the NIC.
+/// What a CPU owns of the NIC, once it has claimed its pair.
 pub struct CpuNic {
     rx: RxQueue,
     tx: TxQueue,
-    stack: Option<Stack>,
+    stack: Stack,
     scratch: Box<[u8; MAX_FRAME]>,
-    polled: bool,
 }
 
 struct Nic {
     pairs: u16,
     doorbells: Doorbells,
     mac: [u8; 6],
-    /// Pair i, until CPU i claims it.
-    unclaimed: Vec<Mutex<Option<CpuNic>>>,
+    /// Pair i's queues, until CPU i claims them.
+    unclaimed: Vec<Mutex<Option<(RxQueue, TxQueue)>>>,
+    /// No MSI-X for the queues: owners poll on a timer.
+    polled: bool,
     /// For re-reading the device configuration (link status) on a
     /// configuration-change interrupt.
     transport: Transport<Mmio>,
@@ -296,7 +297,7 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
     let offered = t.device_features();
     let features = t.negotiate(vnet::WANTED).map_err(|e| e.to_string())?;
     let event_idx = features & drivers::virtio::feature::EVENT_IDX != 0;
-    let dev = t.read_device_config(|d| DeviceConfig::read(d, features)).ok_or("no device configuration")?;
+    let dev = t.read_device_config(|d| DeviceConfig::read(d, features)).ok_or("no (stable) device configuration")?;
     info!("virtio-net {}: offered {}", f.bdf, FeatureNames(offered));
     info!("virtio-net {}: negotiated {}", f.bdf, FeatureNames(features));
     let mac = dev.mac.unwrap_or([0x52, 0x54, 0x00, 0x6d, 0x71, 0x01]);
@@ -343,15 +344,18 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
     let mut offsets = alloc::vec![0u32; 2 * pairs as usize + 1];
     for p in 0..pairs {
         let (rxq, txq) = (vnet::rx_queue(p), vnet::tx_queue(p));
-        let size = t.queue_max_size(rxq).map_err(|e| e.to_string())?.min(QUEUE_SIZE);
-        let tsize = t.queue_max_size(txq).map_err(|e| e.to_string())?.min(QUEUE_SIZE);
-        let rx = RxQueue::new(&dma, rxq, prev_pow2(size), event_idx).ok_or("out of DMA memory")?;
-        let mut tx = TxQueue::new(&dma, txq, prev_pow2(tsize), event_idx).ok_or("out of DMA memory")?;
+        let size = |q: u16| -> Result<u16, String> {
+            match t.queue_max_size(q).map_err(|e| e.to_string())?.min(QUEUE_SIZE) {
+                0 => Err(alloc::format!("queue {q} is not available")),
+                n => Ok(prev_pow2(n)),
+            }
+        };
+        let rx = RxQueue::new(&dma, rxq, size(rxq)?, event_idx).ok_or("out of DMA memory")?;
+        let mut tx = TxQueue::new(&dma, txq, size(txq)?, event_idx).ok_or("out of DMA memory")?;
         let (rv, tv) = plan.pairs[p as usize];
         for (queue, entry, addrs) in [(rxq, rv, rx.queue().addresses()), (txq, tv, tx.queue_mut().addresses())] {
-            let vector = QUEUE_VECTOR_BASE + if plan.kind == PlanKind::PerPair { rxq } else { queue } as u8;
             if entry != NO_VECTOR {
-                program(entry, p, vector)?;
+                program(entry, p, queue_vector(plan.kind, p, queue))?;
             }
             let size = if queue == rxq { rx.queue().size() } else { tx.queue_mut().size() };
             let off = match t.setup_queue(queue, size, addrs, entry) {
@@ -424,10 +428,7 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
             if e == NO_VECTOR || plan.kind == PlanKind::Polling {
                 String::from("polled")
             } else {
-                alloc::format!(
-                    "MSI-X entry {e} -> vector {:#x}",
-                    QUEUE_VECTOR_BASE + if plan.kind == PlanKind::PerPair { vnet::rx_queue(p) } else { q } as u8
-                )
+                alloc::format!("MSI-X entry {e} -> vector {:#x}", queue_vector(plan.kind, p, q))
             }
         };
         info!(
@@ -446,20 +447,29 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
             cpus - 1
         );
     }
-    let polled = plan.kind == PlanKind::Polling;
-    let unclaimed = queues
-        .into_iter()
-        .map(|(rx, tx)| Mutex::new(Some(CpuNic { rx, tx, stack: None, scratch: Box::new([0; MAX_FRAME]), polled })))
-        .collect();
-    Ok(Nic { pairs, doorbells, mac, unclaimed, transport: t, features, link_up: AtomicBool::new(dev.link_up) })
+    let unclaimed = queues.into_iter().map(|pair| Mutex::new(Some(pair))).collect();
+    Ok(Nic {
+        pairs,
+        doorbells,
+        mac,
+        unclaimed,
+        polled: plan.kind == PlanKind::Polling,
+        transport: t,
+        features,
+        link_up: AtomicBool::new(dev.link_up),
+    })
 }
 
+/// The IDT vector that queue `queue` of pair `pair` raises: its own, or
+/// with one vector per pair the pair's receive queue's.
+fn queue_vector(kind: PlanKind, pair: u16, queue: u16) -> u8 {
+    let q = if kind == PlanKind::PerPair { vnet::rx_queue(pair) } else { queue };
+    QUEUE_VECTOR_BASE + q as u8
+}
+
+/// Largest power of two ≤ `n` (n ≥ 1).
 fn prev_pow2(n: u16) -> u16 {
-    if n == 0 {
-        0
-    } else {
-        1 << (15 - n.leading_zeros())
-    }
+    1 << (15 - n.leading_zeros())
 }
 
 fn now() -> net::smoltcp::time::Instant {
@@ -474,14 +484,12 @@ pub fn claim(local: &mut Local) -> Poll {
     }
     let Some(nic) = NIC.get() else { return Poll::Done };
     let Some(slot) = nic.unclaimed.get(local.cpu.index as usize) else { return Poll::Done };
-    let Some(mut mine) = slot.lock().take() else { return Poll::Done };
+    let Some((mut rx, mut tx)) = slot.lock().take() else { return Poll::Done };
     let (ip, prefix_len) = crate::boot_options().ip.unwrap_or((NetConfig::DEFAULT_IP, NetConfig::DEFAULT_PREFIX));
     let cfg = NetConfig { mac: nic.mac, ip, prefix_len };
-    {
-        let mut dev = QueuePair::new(&mut mine.rx, &mut mine.tx, &nic.doorbells, &mut mine.scratch);
-        mine.stack = Some(Stack::new(&cfg, &mut dev, now()));
-    }
-    if mine.polled {
+    let mut scratch = Box::new([0; MAX_FRAME]);
+    let stack = Stack::new(&cfg, &mut QueuePair::new(&mut rx, &mut tx, &nic.doorbells, &mut scratch), now());
+    if nic.polled {
         let period = local.nanos_to_ticks(POLL_INTERVAL_NS);
         local.add_timer(POLL_TIMER, time::rdtsc() + period, period, |_, _| {});
     }
@@ -489,12 +497,10 @@ pub fn claim(local: &mut Local) -> Poll {
         let period = local.nanos_to_ticks(ms as u64 * 1_000_000);
         local.add_timer(NET_STATS_TIMER, time::rdtsc() + period, period, |l, _| report(l));
     }
-    local.nic = Some(mine);
+    local.nic = Some(CpuNic { rx, tx, stack, scratch });
     local.add_work(poll);
     if local.cpu.index == 0 {
         local.add_work(watch_link);
-    }
-    if local.cpu.index == 0 {
         info!(
             "net: {} stacks up, {}.{}.{}.{}/{} on every queue pair",
             nic.pairs, cfg.ip[0], cfg.ip[1], cfg.ip[2], cfg.ip[3], cfg.prefix_len
@@ -510,30 +516,28 @@ fn poll(local: &mut Local) -> Poll {
     mine.rx.queue_mut().disable_interrupts();
     let mut busy = false;
     let me = local.cpu.index;
-    if let Some(stack) = mine.stack.as_mut() {
-        // ARP copies from other CPUs first.
-        let mut frame = [0u8; INBOX_FRAME];
-        if let Some(inbox) = INBOXES.get().and_then(|i| i.get(me as usize)) {
-            while let Some(len) = inbox.pop(&mut frame) {
-                let mut dev = QueuePair::new(&mut mine.rx, &mut mine.tx, &nic.doorbells, &mut mine.scratch);
-                dev.injected = Some(&frame[..len]);
-                stack.poll(&mut dev, now());
-                busy = true;
-            }
-        }
-        let share = |f: &[u8]| {
-            if net::device::is_arp(f) {
-                share_arp(me, f);
-            }
-        };
-        let mut dev = QueuePair::new(&mut mine.rx, &mut mine.tx, &nic.doorbells, &mut mine.scratch);
-        dev.observer = Some(&share);
-        for _ in 0..POLL_BUDGET {
-            if !stack.poll(&mut dev, now()) {
-                break;
-            }
+    // ARP copies from other CPUs first.
+    let mut frame = [0u8; INBOX_FRAME];
+    if let Some(inbox) = INBOXES.get().and_then(|i| i.get(me as usize)) {
+        while let Some(len) = inbox.pop(&mut frame) {
+            let mut dev = QueuePair::new(&mut mine.rx, &mut mine.tx, &nic.doorbells, &mut mine.scratch);
+            dev.injected = Some(&frame[..len]);
+            mine.stack.poll(&mut dev, now());
             busy = true;
         }
+    }
+    let share = |f: &[u8]| {
+        if net::device::is_arp(f) {
+            share_arp(me, f);
+        }
+    };
+    let mut dev = QueuePair::new(&mut mine.rx, &mut mine.tx, &nic.doorbells, &mut mine.scratch);
+    dev.observer = Some(&share);
+    for _ in 0..POLL_BUDGET {
+        if !mine.stack.poll(&mut dev, now()) {
+            break;
+        }
+        busy = true;
     }
     if mine.rx.refill() {
         nic.doorbells.ring(mine.rx.index);
@@ -554,7 +558,7 @@ fn poll(local: &mut Local) -> Poll {
 fn report(local: &mut Local) {
     let Some(mine) = local.nic.as_mut() else { return };
     let cpu = local.cpu;
-    let (r, t): (QueueStats, QueueStats) = (mine.rx.stats(), mine.tx.stats());
+    let (r, t) = (mine.rx.stats(), mine.tx.stats());
     let irqs = |q: u16| cpu.stats.queue_irqs.get(q as usize).map_or(0, |a| a.load(Ordering::Relaxed));
     info!(
         "net-stats: cpu{} rxq {} packets {} bytes {} irqs {} polls {} no_buffers {} drops bad_len {} bad_id {} header {} | txq {} packets {} bytes {} irqs {} full {} kicks {}",

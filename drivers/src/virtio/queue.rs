@@ -82,6 +82,10 @@ pub struct SplitQueue {
     /// Next used-ring entry to look at.
     last_used: u16,
     in_flight: Vec<Option<InFlight>>,
+    /// The `next` link of every descriptor, kept on the driver's side: the
+    /// descriptor table is shared memory a faulty device could scribble on,
+    /// so the free list and chains are never read back from it.
+    next: Vec<u16>,
     pub errors: UsedErrors,
 }
 
@@ -95,10 +99,6 @@ impl SplitQueue {
         let desc = dma.alloc(DESC_SIZE * n, 16).ok_or(QueueError::NoMemory)?;
         let avail = dma.alloc(6 + 2 * n, 2).ok_or(QueueError::NoMemory)?;
         let used = dma.alloc(6 + 8 * n, 4).ok_or(QueueError::NoMemory)?;
-        for i in 0..size {
-            // Free list through the `next` fields.
-            desc.write_u16(i as usize * DESC_SIZE + 14, i.wrapping_add(1));
-        }
         Ok(SplitQueue {
             size,
             desc,
@@ -111,6 +111,8 @@ impl SplitQueue {
             notified_idx: 0,
             last_used: 0,
             in_flight: vec![None; n],
+            // Initially one free list through every descriptor.
+            next: (1..=size).map(|i| i % size).collect(),
             errors: UsedErrors::default(),
         })
     }
@@ -141,7 +143,7 @@ impl SplitQueue {
         let mut writable = 0u32;
         for (i, s) in segments.iter().enumerate() {
             let d = idx as usize * DESC_SIZE;
-            let next = self.desc.read_u16(d + 14);
+            let next = self.next[idx as usize];
             let mut flags = if s.writable { F_WRITE } else { 0 };
             if i + 1 < segments.len() {
                 flags |= F_NEXT;
@@ -149,6 +151,7 @@ impl SplitQueue {
             self.desc.write_u64(d, s.phys);
             self.desc.write_u32(d + 8, s.len);
             self.desc.write_u16(d + 12, flags);
+            self.desc.write_u16(d + 14, next);
             if s.writable {
                 writable = writable.saturating_add(s.len);
             }
@@ -229,17 +232,13 @@ impl SplitQueue {
         }
     }
 
+    /// Returns a chain to the free list, following the driver-side links.
     fn free_chain(&mut self, head: u16, count: u16) {
-        let mut idx = head;
-        for i in 0..count {
-            let d = idx as usize * DESC_SIZE;
-            let next = self.desc.read_u16(d + 14);
-            if i + 1 == count {
-                self.desc.write_u16(d + 14, self.free_head);
-            } else {
-                idx = next;
-            }
+        let mut last = head;
+        for _ in 1..count {
+            last = self.next[last as usize];
         }
+        self.next[last as usize] = self.free_head;
         self.free_head = head;
         self.num_free += count;
     }
@@ -443,6 +442,27 @@ mod tests {
         assert_eq!(q.pop_used(), None);
         assert_eq!(q.errors, UsedErrors { bad_id: 3, bad_len: 1, bad_index: 0 });
         assert_eq!(q.num_free(), 8);
+    }
+
+    #[test]
+    fn a_device_scribbling_on_the_descriptor_table_cannot_derail_the_free_list() {
+        let dma = TestDma::default();
+        let buf = dma.alloc(4096, 16).unwrap();
+        let mut q = SplitQueue::new(&dma, 4, false).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, &q);
+        for round in 0..8u32 {
+            q.add(&[seg(buf.phys(), 8, false), seg(buf.phys() + 8, 8, true)], round).unwrap();
+            q.publish();
+            let (head, _) = dev.pop_avail().unwrap();
+            // Garbage in every descriptor's `next` field.
+            let (desc, d0) = dma.resolve(q.addresses().descriptors, 64).unwrap();
+            for i in 0..4 {
+                desc.write_u16(d0 + 16 * i + 14, 0xffff);
+            }
+            dev.push_used(head as u32, 8);
+            assert_eq!(q.pop_used(), Some(Used { token: round, len: 8 }));
+            assert_eq!(q.num_free(), 4);
+        }
     }
 
     #[test]

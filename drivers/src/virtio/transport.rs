@@ -136,6 +136,8 @@ const COMMON_LEN: u32 = 0x38;
 
 /// "No MSI-X vector" for `msix_config` and `queue_msix_vector`.
 pub const NO_VECTOR: u16 = 0xffff;
+/// Attempts at a consistent device-configuration read.
+const CONFIG_READ_TRIES: u32 = 64;
 /// Polls of the status register while waiting for a reset.
 const RESET_POLLS: u32 = 1_000_000;
 
@@ -304,16 +306,15 @@ impl<C: RegisterBlock, N: RegisterBlock, D: RegisterBlock> Transport<C, N, D> {
 
     /// Runs `read` over the device configuration until the generation
     /// counter is the same before and after (a consistent snapshot).
-    /// `None` without a device configuration structure.
+    /// `None` without a device configuration structure, or when the device
+    /// keeps changing it (a bounded number of tries).
     pub fn read_device_config<T>(&self, read: impl Fn(&D) -> T) -> Option<T> {
         let device = self.device.as_ref()?;
-        loop {
+        (0..CONFIG_READ_TRIES).find_map(|_| {
             let before = self.config_generation();
             let value = read(device);
-            if self.config_generation() == before {
-                return Some(value);
-            }
-        }
+            (self.config_generation() == before).then_some(value)
+        })
     }
 }
 
