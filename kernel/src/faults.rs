@@ -18,15 +18,19 @@ pub fn provoke(fault: Fault) {
             let p = black_box(0x3ff_ffff_f000u64) as *const u64;
             black_box(core::ptr::read_volatile(p));
         },
+        // SAFETY: as above, the exception handler never returns here.
         Fault::GeneralProtection => unsafe {
             // A non-canonical address raises #GP rather than #PF.
             let p = black_box(0x8000_0000_0000_0000u64) as *const u64;
             black_box(core::ptr::read_volatile(p));
         },
+        // SAFETY: as above, the exception handler never returns here.
         Fault::InvalidOpcode => unsafe { core::arch::asm!("ud2") },
+        // SAFETY: as above, the exception handler never returns here.
         Fault::DivideError => unsafe {
             core::arch::asm!("xor edx, edx", "xor ecx, ecx", "mov eax, 1", "div ecx", out("eax") _, out("ecx") _, out("edx") _)
         },
+        // SAFETY: as above, the exception handler never returns here.
         Fault::Breakpoint => unsafe { core::arch::asm!("int3") },
         Fault::StackOverflow => {
             black_box(recurse(black_box(1)));

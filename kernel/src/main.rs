@@ -217,14 +217,14 @@ mod boot {
             }
             Err(e) => error!("smp: cannot start application processors: {e}; running on the boot CPU only"),
         }
-        let online = percpu::all().iter().filter(|c| c.online.load(Ordering::Acquire)).count();
+        let online = percpu::online().count();
         crate::nic::init(online, options.max_queue_pairs);
 
         let times = BootTimes::measure(clock, entry_tsc, arch::time::rdtsc());
         info!("{} {times}", abi::READY);
         BOOT_DONE.store(true, Ordering::Release);
         // APs that polled before this saw "not yet": let them look again.
-        for cpu in cpus[1..].iter().filter(|c| c.online.load(Ordering::Acquire)) {
+        for cpu in percpu::online().skip(1) {
             cpu.wake();
         }
 
@@ -326,7 +326,7 @@ mod boot {
 
     fn report_utilisation() {
         let clock = arch::time::clock();
-        for c in percpu::all().iter().filter(|c| c.online.load(Ordering::Acquire)) {
+        for c in percpu::online() {
             let s = &c.stats;
             let busy = s.busy_tsc.load(Ordering::Relaxed);
             let halted = s.halted_tsc.load(Ordering::Relaxed);

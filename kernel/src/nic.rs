@@ -262,7 +262,7 @@ pub fn init(cpus: usize, max_pairs: Option<u16>) {
     }
     INBOXES.call_once(|| (0..percpu::all().len()).map(|_| Inbox::new()).collect());
     NIC_DONE.store(true, Ordering::Release);
-    for c in percpu::all().iter().filter(|c| c.online.load(Ordering::Acquire)) {
+    for c in percpu::online() {
         c.wake();
     }
 }
@@ -490,11 +490,11 @@ pub fn claim(local: &mut Local) -> Poll {
     let mut scratch = Box::new([0; MAX_FRAME]);
     let stack = Stack::new(&cfg, &mut QueuePair::new(&mut rx, &mut tx, &nic.doorbells, &mut scratch), now());
     if nic.polled {
-        let period = local.nanos_to_ticks(POLL_INTERVAL_NS);
+        let period = crate::arch::time::clock().nanos_to_ticks(POLL_INTERVAL_NS);
         local.add_timer(POLL_TIMER, time::rdtsc() + period, period, |_, _| {});
     }
     if let Some(ms) = crate::boot_options().net_stats_ms {
-        let period = local.nanos_to_ticks(ms as u64 * 1_000_000);
+        let period = crate::arch::time::clock().nanos_to_ticks(ms as u64 * 1_000_000);
         local.add_timer(NET_STATS_TIMER, time::rdtsc() + period, period, |l, _| report(l));
     }
     local.nic = Some(CpuNic { rx, tx, stack, scratch });

@@ -78,10 +78,6 @@ impl Local {
         self.timers.cancel(id);
         self.timer_fns[id as usize] = None;
     }
-
-    pub fn nanos_to_ticks(&self, nanos: u64) -> u64 {
-        (nanos as u128 * self.tsc_hz as u128 / 1_000_000_000) as u64
-    }
 }
 
 /// Runs `local`'s CPU forever.

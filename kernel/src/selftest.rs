@@ -8,7 +8,7 @@ use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use kernel::timers::Expired;
 use log::info;
 
-use crate::arch::percpu::{self, PerCpu};
+use crate::arch::percpu;
 use crate::arch::time::rdtsc;
 use crate::runloop::{Local, Poll};
 
@@ -46,7 +46,7 @@ struct IpiTest {
 
 /// Starts the timer test on this CPU.
 pub fn start_timer_test(local: &mut Local) {
-    let period = local.nanos_to_ticks(TIMER_INTERVAL_NS);
+    let period = crate::arch::time::clock().nanos_to_ticks(TIMER_INTERVAL_NS);
     local.add_timer(TIMER_TEST_ID, rdtsc() + period, period, on_test_timer);
 }
 
@@ -107,10 +107,6 @@ pub fn start_ipi_test(local: &mut Local) {
     local.add_work(ipi_test_step);
 }
 
-fn online() -> impl Iterator<Item = &'static PerCpu> {
-    percpu::all().iter().filter(|c| c.online.load(Acquire))
-}
-
 fn ipi_test_step(local: &mut Local) -> Poll {
     let Some(t) = local.selftest.ipi.as_mut() else { return Poll::Done };
     let all = percpu::all();
@@ -150,7 +146,7 @@ fn ipi_test_step(local: &mut Local) -> Poll {
                 t.target += 1;
             }
             t.pausing = true;
-            let gap = local.nanos_to_ticks(IPI_GAP_NS);
+            let gap = crate::arch::time::clock().nanos_to_ticks(IPI_GAP_NS);
             local.add_timer(IPI_GAP_ID, rdtsc() + gap, 0, |l, _| {
                 if let Some(t) = l.selftest.ipi.as_mut() {
                     t.pausing = false;
@@ -164,12 +160,12 @@ fn ipi_test_step(local: &mut Local) -> Poll {
 /// Whether every online CPU finished its timer test and the IPI test is over.
 pub fn finished(local: &Local) -> bool {
     let ipi_done = local.selftest.ipi.as_ref().is_none_or(|t| t.target >= percpu::all().len());
-    ipi_done && online().all(|c| c.timer_report.done.load(Acquire))
+    ipi_done && percpu::online().all(|c| c.timer_report.done.load(Acquire))
 }
 
 /// Logs the results, one line per CPU and per IPI target.
 pub fn report(local: &Local) {
-    for c in online() {
+    for c in percpu::online() {
         let r = &c.timer_report;
         if !r.done.load(Acquire) {
             info!("selftest: cpu{} timer: did not finish", c.index);

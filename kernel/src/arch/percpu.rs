@@ -121,6 +121,11 @@ pub fn all() -> &'static [PerCpu] {
     CPUS.get().copied().unwrap_or(&[])
 }
 
+/// The CPUs that came online.
+pub fn online() -> impl Iterator<Item = &'static PerCpu> {
+    all().iter().filter(|c| c.online.load(core::sync::atomic::Ordering::Acquire))
+}
+
 /// Points this CPU's GS base at its block.
 pub fn install(cpu: &'static PerCpu) {
     GsBase::write(VirtAddr::from_ptr(cpu as *const PerCpu));
