@@ -8,6 +8,7 @@
 #![cfg_attr(not(any(test, feature = "fake")), no_std)]
 // `unsafe` is allowed only in `dma`, the memory shared with devices.
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 

@@ -59,6 +59,12 @@ impl MsixCapability {
         let c = cfg.read16(bdf, self.cap_offset + CONTROL);
         (c & CONTROL_ENABLE != 0, c & CONTROL_FUNCTION_MASK != 0)
     }
+
+    /// Where the vector table lies: its BAR, its offset in that BAR and its
+    /// length in bytes. Map exactly this and hand it to [`MsixTable::new`].
+    pub fn table_window(&self) -> (u8, u64, u64) {
+        (self.table_bar, self.table_offset as u64, self.table_size as u64 * ENTRY_SIZE)
+    }
 }
 
 /// An x86 MSI message: a write of `data` to `address`.
@@ -100,7 +106,9 @@ pub fn message(apic_id: u32, vector: u8) -> Result<MsiMessage, MsixError> {
     Ok(MsiMessage { address: 0xfee0_0000 | ((apic_id as u64) << 12), data: vector as u32 })
 }
 
-/// The vector table, in the BAR region `regs` (which starts at the BAR).
+/// The vector table, in the register block `regs`, which starts at the
+/// table itself ([`MsixCapability::table_window`]), not at its BAR: entry
+/// `i` is at `16 * i`. (The table offset is applied once, by the mapping.)
 pub struct MsixTable<'a, R: RegisterBlock> {
     regs: &'a R,
     cap: MsixCapability,
@@ -115,7 +123,7 @@ impl<'a, R: RegisterBlock> MsixTable<'a, R> {
         if index >= self.cap.table_size {
             return Err(MsixError::NoSuchEntry(index));
         }
-        Ok(self.cap.table_offset as u64 + index as u64 * ENTRY_SIZE)
+        Ok(index as u64 * ENTRY_SIZE)
     }
 
     /// Programs entry `index` with `msg`, leaving it masked or not as asked.
@@ -165,13 +173,80 @@ mod tests {
 
     /// QEMU's virtio-net-pci with vectors=10: table and PBA in BAR 1.
     fn virtio_net_msix() -> (FakeConfig, Bdf) {
+        // control: table size - 1 = 9; table: BIR 1, offset 0; PBA: BIR 1, offset 0x800.
+        msix_function(&[9, 0, 1, 0, 0, 0, 0x01, 0x08, 0, 0])
+    }
+
+    fn msix_function(cap: &[u8]) -> (FakeConfig, Bdf) {
         let cfg = FakeConfig::default();
         let bdf = Bdf::new(0, 3, 0);
         let mut f = FakeFunction::new(0x1af4, 0x1041, 2, 0);
-        // control: table size - 1 = 9; table: BIR 1, offset 0; PBA: BIR 1, offset 0x800.
-        f.caps(&[(CAP_MSIX, &[9, 0, 1, 0, 0, 0, 0x01, 0x08, 0, 0])]);
+        f.caps(&[(CAP_MSIX, cap)]);
         cfg.add(bdf, f);
         (cfg, bdf)
+    }
+
+    /// A device whose table does not start its BAR (many real NICs put it
+    /// at 0x2000 or so; QEMU's at 0 hid a double offset once): mapping the
+    /// window the capability names and programming an entry must touch the
+    /// bytes at BAR offset `table_offset + 16 * entry`, and nothing else.
+    #[test]
+    fn a_table_away_from_the_start_of_its_bar() {
+        // Table: BIR 2 at offset 0x2000, 4 entries; PBA: BIR 2 at 0x3000.
+        let (cfg, bdf) = msix_function(&[3, 0, 0x02, 0x20, 0, 0, 0x02, 0x30, 0, 0]);
+        let cap = MsixCapability::read(&cfg, bdf, 0x40);
+        assert_eq!(cap.table_window(), (2, 0x2000, 64));
+        let bar = Memory::new(0x4000);
+        let (_, offset, len) = cap.table_window();
+        let window = Window { inner: &bar, base: offset, len };
+        let table = MsixTable::new(&window, cap);
+        let msg = message(1, 0x45).unwrap();
+        table.program(3, msg, false).unwrap();
+        assert_eq!(bar.read32(0x2000 + 3 * 16), 0xfee0_1000);
+        assert_eq!(bar.read32(0x2000 + 3 * 16 + 8), 0x45);
+        let written = bar.0.borrow().iter().enumerate().filter(|(_, b)| **b != 0).map(|(i, _)| i).max();
+        assert_eq!(
+            written,
+            Some(0x2000 + 3 * 16 + 8),
+            "nothing written past the entry (its last nonzero byte is the data)"
+        );
+        assert_eq!(table.program(4, msg, false), Err(MsixError::NoSuchEntry(4)));
+    }
+
+    /// A register block that is a window of another, as the kernel's
+    /// mapping of the table is a window of the BAR.
+    struct Window<'a> {
+        inner: &'a Memory,
+        base: u64,
+        len: u64,
+    }
+
+    impl Window<'_> {
+        fn at(&self, offset: u64, width: u64) -> u64 {
+            assert!(offset + width <= self.len, "access outside the mapped window");
+            self.base + offset
+        }
+    }
+
+    impl RegisterBlock for Window<'_> {
+        fn read32(&self, o: u64) -> u32 {
+            self.inner.read32(self.at(o, 4))
+        }
+        fn write32(&self, o: u64, v: u32) {
+            self.inner.write32(self.at(o, 4), v)
+        }
+        fn read16(&self, o: u64) -> u16 {
+            self.inner.read16(self.at(o, 2))
+        }
+        fn write16(&self, o: u64, v: u16) {
+            self.inner.write16(self.at(o, 2), v)
+        }
+        fn read8(&self, o: u64) -> u8 {
+            self.inner.read8(self.at(o, 1))
+        }
+        fn write8(&self, o: u64, v: u8) {
+            self.inner.write8(self.at(o, 1), v)
+        }
     }
 
     #[test]

@@ -10,9 +10,10 @@ pub fn provoke(fault: Fault) {
     warn!("fault={}: provoking it on purpose", fault.name());
     match fault {
         Fault::Panic => panic!("provoked by boot option fault=panic"),
-        // SAFETY (all arms below): each deliberately raises a CPU exception,
-        // whose handler reports it and never returns; nothing is corrupted
-        // because the faulting access or instruction does not complete.
+        // Each arm below deliberately raises a CPU exception, whose handler
+        // reports it and never returns; nothing is corrupted because the
+        // faulting access or instruction does not complete.
+        // SAFETY: as just said, the exception handler never returns here.
         Fault::PageFault => unsafe {
             // Canonical, but nothing is mapped at 4 TiB - 4 KiB.
             let p = black_box(0x3ff_ffff_f000u64) as *const u64;

@@ -6,6 +6,7 @@
 //! `xtask`): exit codes, fw_cfg names and the lines the boot tests look for.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
@@ -13,6 +14,7 @@ pub mod abi;
 pub mod apic;
 pub mod cmdline;
 pub mod directmap;
+pub mod entropy;
 pub mod exceptions;
 pub mod frames;
 pub mod fwcfg;

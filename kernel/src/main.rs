@@ -8,6 +8,7 @@
 //! self-tests and, for boot tests, exits QEMU.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(target_os = "none")]
 extern crate alloc;

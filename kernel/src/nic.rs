@@ -7,7 +7,11 @@
 //! Then each CPU i < N claims pair i and polls it from its own event loop,
 //! NAPI style: the queue's interrupt only wakes the CPU; the loop keeps
 //! interrupts off while it finds work and turns them back on (re-checking
-//! for a race) before it halts.
+//! for a race) before it halts. Before it halts it also makes sure the
+//! device has heard of every buffer it was given (`flush`), and while frames
+//! sit with the device a watchdog on the CPU's own timer checks that the
+//! device makes progress. A device that breaks the ring protocol is reset and
+//! the network stopped, loudly.
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -20,11 +24,16 @@ use drivers::dma::{DmaAlloc, DmaBuf};
 use drivers::msix::{self, MsixCapability, MsixTable};
 use drivers::pci::{self, Bar, ConfigSpace, Function, CAP_MSIX};
 use drivers::virtio::net::{self as vnet, FeatureNames, NetConfig as DeviceConfig};
-use drivers::virtio::netdev::{plan_vectors, CtrlQueue, CtrlResult, PlanKind, RxQueue, TxQueue, MAX_FRAME};
+use drivers::virtio::netdev::{
+    plan_vectors, CtrlQueue, CtrlResult, PlanKind, QueueStats, RxQueue, TxQueue, Watchdog, MAX_FRAME, STALL_TICKS,
+};
+use drivers::virtio::queue::BrokenRing;
 use drivers::virtio::transport::{read_layout, Region, Transport, NO_VECTOR};
 use drivers::virtio::{pci_kind, PciKind, DEVICE_TYPE_NET};
-use log::{info, warn};
+use kernel::timers::Expired;
+use log::{error, info, warn};
 use net::device::{Doorbell, QueuePair};
+use net::neighbours::{arp_reply_frame, arp_sender, NeighbourBoard};
 use net::stack::{NetConfig, Stack};
 use spin::{Mutex, Once};
 
@@ -48,6 +57,11 @@ const POLL_BUDGET: usize = 64;
 const POLL_INTERVAL_NS: u64 = 1_000_000;
 const NET_STATS_TIMER: u32 = 4;
 const POLL_TIMER: u32 = 5;
+const WATCHDOG_TIMER: u32 = 6;
+/// How often the transmit watchdog looks while frames sit with the device.
+const WATCHDOG_PERIOD_NS: u64 = 5_000_000;
+/// How long to wait for the device to answer a control command.
+const CTRL_TIMEOUT_NS: u64 = 100_000_000;
 
 /// Heap memory handed to the device: physically contiguous because the
 /// heap is one run of frames, translated through the direct map.
@@ -81,12 +95,29 @@ impl Doorbell for Doorbells {
     }
 }
 
+/// The control queue's doorbell (it sits after the maximum pairs, not
+/// among the data queues' offsets).
+struct CtrlBell {
+    notify: Mmio,
+    offset: u32,
+}
+
+impl Doorbell for CtrlBell {
+    fn ring(&self, queue: u16) {
+        self.notify.write16(self.offset as u64, queue);
+    }
+}
+
 /// What a CPU owns of the NIC, once it has claimed its pair.
 pub struct CpuNic {
     rx: RxQueue,
     tx: TxQueue,
     stack: Stack,
     scratch: Box<[u8; MAX_FRAME]>,
+    cfg: NetConfig,
+    /// The neighbour board's generation this stack has caught up with.
+    neighbours_seen: u32,
+    watchdog_armed: bool,
 }
 
 struct Nic {
@@ -102,6 +133,9 @@ struct Nic {
     transport: Transport<Mmio>,
     features: u64,
     link_up: AtomicBool,
+    /// Set (once) when a queue broke the ring protocol and the device was
+    /// reset: every CPU drops its queues.
+    failed: AtomicBool,
 }
 
 /// Set by the configuration-change interrupt (on the boot CPU).
@@ -129,75 +163,11 @@ fn watch_link(_local: &mut Local) -> Poll {
 
 static NIC: Once<Nic> = Once::new();
 
-/// Frames one CPU hands to another: copies of ARP packets, which every
-/// stack needs because each keeps its own neighbour cache. ARP is rare, so
-/// this short lock is off the per-packet path.
-struct Inbox {
-    /// Whether `frames` may hold something: the owner's per-packet poll
-    /// reads only this flag, and takes the lock only when it is set.
-    pending: AtomicBool,
-    frames: Mutex<([[u8; INBOX_FRAME]; INBOX_SLOTS], [u8; INBOX_SLOTS], usize)>,
-}
+/// Neighbour bindings learned by one CPU's stack, for all the others (see
+/// `net::neighbours`): an ARP request is answered once, by the stack it
+/// reached, and no CPU is interrupted for it.
+static NEIGHBOURS: NeighbourBoard = NeighbourBoard::new();
 
-const INBOX_FRAME: usize = 64;
-const INBOX_SLOTS: usize = 8;
-
-impl Inbox {
-    const fn new() -> Inbox {
-        Inbox {
-            pending: AtomicBool::new(false),
-            frames: Mutex::new(([[0; INBOX_FRAME]; INBOX_SLOTS], [0; INBOX_SLOTS], 0)),
-        }
-    }
-
-    /// Queues a copy (dropped if the inbox is full or the frame too long).
-    fn push(&self, frame: &[u8]) -> bool {
-        let mut g = self.frames.lock();
-        let (bufs, lens, n) = &mut *g;
-        if *n == INBOX_SLOTS || frame.len() > INBOX_FRAME {
-            return false;
-        }
-        bufs[*n][..frame.len()].copy_from_slice(frame);
-        lens[*n] = frame.len() as u8;
-        *n += 1;
-        self.pending.store(true, Ordering::Release);
-        true
-    }
-
-    /// Takes the oldest frame into `out`; returns its length.
-    fn pop(&self, out: &mut [u8; INBOX_FRAME]) -> Option<usize> {
-        if !self.pending.load(Ordering::Acquire) {
-            return None;
-        }
-        let mut g = self.frames.lock();
-        let (bufs, lens, n) = &mut *g;
-        if *n == 0 {
-            self.pending.store(false, Ordering::Release);
-            return None;
-        }
-        let len = lens[0] as usize;
-        out[..len].copy_from_slice(&bufs[0][..len]);
-        bufs.copy_within(1..*n, 0);
-        lens.copy_within(1..*n, 0);
-        *n -= 1;
-        Some(len)
-    }
-}
-
-static INBOXES: Once<Vec<Inbox>> = Once::new();
-
-/// Copies an ARP frame received by `from` to every other CPU with a stack.
-fn share_arp(from: u32, frame: &[u8]) {
-    let Some(nic) = NIC.get() else { return };
-    let Some(inboxes) = INBOXES.get() else { return };
-    for (i, inbox) in inboxes.iter().enumerate().take(nic.pairs as usize) {
-        if i as u32 != from && inbox.push(frame) {
-            if let Some(c) = percpu::all().get(i) {
-                c.wake();
-            }
-        }
-    }
-}
 static NIC_DONE: AtomicBool = AtomicBool::new(false);
 
 fn config_space() -> &'static dyn ConfigSpace {
@@ -253,14 +223,24 @@ pub fn init(cpus: usize, max_pairs: Option<u16>) {
              `-device virtio-net-pci,disable-legacy=on`",
             f.bdf, f.device
         ),
-        Some(f) => match bring_up(cfg, f, cpus, max_pairs) {
-            Ok(nic) => {
-                NIC.call_once(|| nic);
+        Some(f) => {
+            let result = match bring_up(cfg, f, cpus, max_pairs, true) {
+                Err(BringUpError::RetryWithoutMq(why)) => {
+                    warn!("virtio-net {}: {why}; the device was reset: setting it up again with one queue pair", f.bdf);
+                    bring_up(cfg, f, cpus, max_pairs, false)
+                }
+                other => other,
+            };
+            match result {
+                Ok(nic) => {
+                    NIC.call_once(|| nic);
+                }
+                Err(BringUpError::Fatal(e) | BringUpError::RetryWithoutMq(e)) => {
+                    warn!("virtio-net {}: {e}; running without a network", f.bdf)
+                }
             }
-            Err(e) => warn!("virtio-net {}: {e}; running without a network", f.bdf),
-        },
+        }
     }
-    INBOXES.call_once(|| (0..percpu::all().len()).map(|_| Inbox::new()).collect());
     NIC_DONE.store(true, Ordering::Release);
     for c in percpu::online() {
         c.wake();
@@ -283,7 +263,36 @@ fn map(cfg: &dyn ConfigSpace, f: &Function, r: Region) -> Result<Mmio, String> {
     map_region(cfg, f, r.bar, r.offset as u64, r.length as u64)
 }
 
-fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<u16>) -> Result<Nic, String> {
+/// Why bring-up stopped.
+enum BringUpError {
+    Fatal(String),
+    /// A multiqueue command went unanswered; the device has been reset so it
+    /// cannot apply it later, and bring-up can start over without MQ.
+    RetryWithoutMq(String),
+}
+
+impl From<String> for BringUpError {
+    fn from(e: String) -> Self {
+        BringUpError::Fatal(e)
+    }
+}
+
+impl From<&str> for BringUpError {
+    fn from(e: &str) -> Self {
+        BringUpError::Fatal(e.into())
+    }
+}
+
+/// Brings the device up. With `allow_mq` false, MQ is not negotiated: one
+/// pair. (DMA memory of an attempt that is abandoned is not reused; it is a
+/// few hundred KiB, once.)
+fn bring_up(
+    cfg: &dyn ConfigSpace,
+    f: &Function,
+    cpus: usize,
+    max_pairs: Option<u16>,
+    allow_mq: bool,
+) -> Result<Nic, BringUpError> {
     let caps = pci::capabilities(cfg, f.bdf);
     let layout = read_layout(cfg, f.bdf, &caps).map_err(|e| e.to_string())?;
     let msix = caps.iter().find(|c| c.id == CAP_MSIX).map(|c| MsixCapability::read(cfg, f.bdf, c.offset));
@@ -295,8 +304,10 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
         layout.device.map(|r| map(cfg, f, r)).transpose()?,
     );
     let offered = t.device_features();
-    let features = t.negotiate(vnet::WANTED).map_err(|e| e.to_string())?;
+    let wanted = if allow_mq { vnet::WANTED } else { vnet::WANTED & !vnet::feature::MQ };
+    let features = t.negotiate(wanted).map_err(|e| e.to_string())?;
     let event_idx = features & drivers::virtio::feature::EVENT_IDX != 0;
+    let mergeable = features & vnet::feature::MRG_RXBUF != 0;
     let dev = t.read_device_config(|d| DeviceConfig::read(d, features)).ok_or("no (stable) device configuration")?;
     info!("virtio-net {}: offered {}", f.bdf, FeatureNames(offered));
     info!("virtio-net {}: negotiated {}", f.bdf, FeatureNames(features));
@@ -306,10 +317,12 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
     let mut pairs =
         vnet::pairs_to_use(if mq { dev.max_pairs } else { 1 }, cpus, max_pairs).min(MAX_VECTORED_QUEUES / 2);
 
-    // MSI-X: one entry per queue, aimed at the owning CPU.
+    // MSI-X: one entry per queue, aimed at the owning CPU. The mapping
+    // starts at the table, which is where `MsixTable` expects its block to.
     let table = match msix {
         Some(cap) => {
-            Some((cap, map_region(cfg, f, cap.table_bar, cap.table_offset as u64, cap.table_size as u64 * 16)?))
+            let (bar, offset, len) = cap.table_window();
+            Some((cap, map_region(cfg, f, bar, offset, len)?))
         }
         None => None,
     };
@@ -350,14 +363,14 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
                 n => Ok(prev_pow2(n)),
             }
         };
-        let rx = RxQueue::new(&dma, rxq, size(rxq)?, event_idx).ok_or("out of DMA memory")?;
-        let mut tx = TxQueue::new(&dma, txq, size(txq)?, event_idx).ok_or("out of DMA memory")?;
+        let rx = RxQueue::new(&dma, rxq, size(rxq)?, event_idx, mergeable).ok_or("out of DMA memory")?;
+        let tx = TxQueue::new(&dma, txq, size(txq)?, event_idx).ok_or("out of DMA memory")?;
         let (rv, tv) = plan.pairs[p as usize];
-        for (queue, entry, addrs) in [(rxq, rv, rx.queue().addresses()), (txq, tv, tx.queue_mut().addresses())] {
+        for (queue, entry, addrs) in [(rxq, rv, rx.queue().addresses()), (txq, tv, tx.queue().addresses())] {
             if entry != NO_VECTOR {
                 program(entry, p, queue_vector(plan.kind, p, queue))?;
             }
-            let size = if queue == rxq { rx.queue().size() } else { tx.queue_mut().size() };
+            let size = if queue == rxq { rx.queue().size() } else { tx.queue().size() };
             let off = match t.setup_queue(queue, size, addrs, entry) {
                 Ok(off) => off,
                 Err(drivers::virtio::transport::TransportError::VectorRefused { .. }) => {
@@ -365,7 +378,7 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
                     plan.kind = PlanKind::Polling;
                     t.setup_queue(queue, size, addrs, NO_VECTOR).map_err(|e| e.to_string())?
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.to_string().into()),
             };
             offsets[queue as usize] = off;
         }
@@ -385,33 +398,48 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
 
     if mq && pairs > 1 {
         if let Some((c, off)) = ctrl.as_mut() {
-            if c.pairs_set(pairs) {
-                doorbells.notify.write16(*off as u64, c.index);
-            }
-            let until = time::now().plus_nanos(100_000_000, time::clock());
-            let answer = loop {
-                if let Some(a) = c.poll() {
-                    break a;
+            let bell = CtrlBell { notify: doorbells.notify, offset: *off };
+            let answer = match c.pairs_set(pairs, &bell) {
+                Ok(()) => {
+                    let until = time::now().plus_nanos(CTRL_TIMEOUT_NS, time::clock());
+                    loop {
+                        if let Some(a) = c.poll() {
+                            break Some(a);
+                        }
+                        if time::now() > until {
+                            break None;
+                        }
+                        core::hint::spin_loop();
+                    }
                 }
-                if time::now() > until {
-                    break CtrlResult::NoAnswer;
+                Err(e) => {
+                    warn!("virtio-net {}: VQ_PAIRS_SET {pairs} could not be queued: {e:?}", f.bdf);
+                    Some(CtrlResult::NoAnswer)
                 }
-                core::hint::spin_loop();
             };
             match answer {
-                CtrlResult::Ok => info!("virtio-net {}: VQ_PAIRS_SET {pairs}: acknowledged", f.bdf),
-                other => {
-                    warn!("virtio-net {}: VQ_PAIRS_SET {pairs}: {other:?}; using one pair", f.bdf);
+                Some(CtrlResult::Ok) => info!("virtio-net {}: VQ_PAIRS_SET {pairs}: acknowledged", f.bdf),
+                Some(CtrlResult::Refused(ack)) => {
+                    // Refused: the device keeps using one pair.
+                    warn!("virtio-net {}: VQ_PAIRS_SET {pairs}: refused (ack {ack}); using one pair", f.bdf);
                     pairs = 1;
                     queues.truncate(1);
+                }
+                // Completed without an answer, or still with the device: it
+                // may apply the command later, behind our back. Only a reset
+                // makes sure it will not.
+                outcome => {
+                    let _ = t.reset();
+                    return Err(BringUpError::RetryWithoutMq(alloc::format!(
+                        "VQ_PAIRS_SET {pairs}: {}",
+                        if outcome.is_some() { "completed without an answer" } else { "no answer within 100 ms" }
+                    )));
                 }
             }
         }
     }
     for (rx, _) in queues.iter_mut() {
-        if rx.refill() {
-            doorbells.ring(rx.index);
-        }
+        rx.refill(&doorbells);
     }
     info!(
         "virtio-net {}: MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, link {}, {} pairs offered, {pairs} in use, {} MSI-X entries ({:?})",
@@ -457,6 +485,7 @@ fn bring_up(cfg: &dyn ConfigSpace, f: &Function, cpus: usize, max_pairs: Option<
         transport: t,
         features,
         link_up: AtomicBool::new(dev.link_up),
+        failed: AtomicBool::new(false),
     })
 }
 
@@ -483,12 +512,16 @@ pub fn claim(local: &mut Local) -> Poll {
         return Poll::Idle;
     }
     let Some(nic) = NIC.get() else { return Poll::Done };
+    if nic.failed.load(Ordering::Acquire) {
+        return Poll::Done;
+    }
     let Some(slot) = nic.unclaimed.get(local.cpu.index as usize) else { return Poll::Done };
     let Some((mut rx, mut tx)) = slot.lock().take() else { return Poll::Done };
     let (ip, prefix_len) = crate::boot_options().ip.unwrap_or((NetConfig::DEFAULT_IP, NetConfig::DEFAULT_PREFIX));
     let cfg = NetConfig { mac: nic.mac, ip, prefix_len };
     let mut scratch = Box::new([0; MAX_FRAME]);
-    let stack = Stack::new(&cfg, &mut QueuePair::new(&mut rx, &mut tx, &nic.doorbells, &mut scratch), now());
+    let (seed, source) = crate::arch::random::stack_seed(local.cpu.index);
+    let stack = Stack::new(&cfg, &mut QueuePair::new(&mut rx, &mut tx, &nic.doorbells, &mut scratch), now(), seed);
     if nic.polled {
         let period = crate::arch::time::clock().nanos_to_ticks(POLL_INTERVAL_NS);
         local.add_timer(POLL_TIMER, time::rdtsc() + period, period, |_, _| {});
@@ -497,13 +530,19 @@ pub fn claim(local: &mut Local) -> Poll {
         let period = crate::arch::time::clock().nanos_to_ticks(ms as u64 * 1_000_000);
         local.add_timer(NET_STATS_TIMER, time::rdtsc() + period, period, |l, _| report(l));
     }
-    local.nic = Some(CpuNic { rx, tx, stack, scratch });
+    local.nic = Some(CpuNic { rx, tx, stack, scratch, cfg, neighbours_seen: 0, watchdog_armed: false });
     local.add_work(poll);
     if local.cpu.index == 0 {
         local.add_work(watch_link);
         info!(
-            "net: {} stacks up, {}.{}.{}.{}/{} on every queue pair",
-            nic.pairs, cfg.ip[0], cfg.ip[1], cfg.ip[2], cfg.ip[3], cfg.prefix_len
+            "net: {} stacks up, {}.{}.{}.{}/{} on every queue pair; stack seeds from {}",
+            nic.pairs,
+            cfg.ip[0],
+            cfg.ip[1],
+            cfg.ip[2],
+            cfg.ip[3],
+            cfg.prefix_len,
+            source.name()
         );
     }
     Poll::Done
@@ -512,46 +551,150 @@ pub fn claim(local: &mut Local) -> Poll {
 /// The NAPI-style poll of this CPU's queue pair.
 fn poll(local: &mut Local) -> Poll {
     let Some(nic) = NIC.get() else { return Poll::Done };
+    if nic.failed.load(Ordering::Relaxed) {
+        // The device was reset: these queues are dead memory now.
+        local.nic = None;
+        local.cancel_timer(WATCHDOG_TIMER);
+        return Poll::Done;
+    }
     let Some(mine) = local.nic.as_mut() else { return Poll::Done };
     mine.rx.queue_mut().disable_interrupts();
     let mut busy = false;
-    let me = local.cpu.index;
-    // ARP copies from other CPUs first.
-    let mut frame = [0u8; INBOX_FRAME];
-    if let Some(inbox) = INBOXES.get().and_then(|i| i.get(me as usize)) {
-        while let Some(len) = inbox.pop(&mut frame) {
+    let now = now();
+    let addr = mine.cfg.local();
+    // Neighbour bindings other CPUs' stacks learned (one atomic load when
+    // there are none).
+    if NEIGHBOURS.generation() != mine.neighbours_seen {
+        mine.neighbours_seen = NEIGHBOURS.catch_up(mine.neighbours_seen, |binding| {
+            let frame = arp_reply_frame(binding, &addr);
             let mut dev = QueuePair::new(&mut mine.rx, &mut mine.tx, &nic.doorbells, &mut mine.scratch);
-            dev.injected = Some(&frame[..len]);
-            mine.stack.poll(&mut dev, now());
-            busy = true;
-        }
+            dev.injected = Some(&frame);
+            mine.stack.poll(&mut dev, now);
+        });
+        busy = true;
     }
-    let share = |f: &[u8]| {
+    let now_ms = (now.total_millis()).max(0) as u64;
+    let post = |f: &[u8]| {
         if net::device::is_arp(f) {
-            share_arp(me, f);
+            if let Some(binding) = arp_sender(f, &addr) {
+                NEIGHBOURS.post(binding, now_ms);
+            }
         }
     };
     let mut dev = QueuePair::new(&mut mine.rx, &mut mine.tx, &nic.doorbells, &mut mine.scratch);
-    dev.observer = Some(&share);
+    dev.observer = Some(&post);
     for _ in 0..POLL_BUDGET {
-        if !mine.stack.poll(&mut dev, now()) {
+        if !mine.stack.poll(&mut dev, now) {
             break;
         }
         busy = true;
     }
-    if mine.rx.refill() {
-        nic.doorbells.ring(mine.rx.index);
-    }
+    mine.rx.refill(&nic.doorbells);
     mine.tx.reclaim();
-    if busy {
+    let broken = match (mine.rx.broken(), mine.tx.broken()) {
+        (Some(b), _) => Some((mine.rx.index, b)),
+        (_, Some(b)) => Some((mine.tx.index, b)),
+        _ => None,
+    };
+    if let Some((queue, why)) = broken {
+        fail(nic, local.cpu.index, queue, why);
         return Poll::Busy;
     }
+    let arm = mine.tx.needs_watchdog() && !mine.watchdog_armed;
+    if busy {
+        if arm {
+            arm_watchdog(local);
+        }
+        return Poll::Busy;
+    }
+    // Going idle: the device must have heard of every buffer and frame it
+    // was given (a lost notification would leave both ends waiting).
+    mine.rx.flush(&nic.doorbells);
+    mine.tx.flush(&nic.doorbells);
     // Interrupts back on; completions that raced in mean another round.
-    if mine.rx.queue_mut().enable_interrupts() {
+    let again = mine.rx.queue_mut().enable_interrupts();
+    if arm {
+        arm_watchdog(local);
+    }
+    if again {
         Poll::Busy
     } else {
         Poll::Idle
     }
+}
+
+fn arm_watchdog(local: &mut Local) {
+    if let Some(mine) = local.nic.as_mut() {
+        mine.watchdog_armed = true;
+    }
+    let period = crate::arch::time::clock().nanos_to_ticks(WATCHDOG_PERIOD_NS);
+    local.add_timer(WATCHDOG_TIMER, time::rdtsc() + period, period, watchdog);
+}
+
+/// The transmit watchdog's tick (every 5 ms while frames sit with the
+/// device); it stops itself once nothing is left with the device.
+fn watchdog(local: &mut Local, _: Expired) {
+    let Some(nic) = NIC.get() else { return };
+    let cpu = local.cpu.index;
+    let Some(mine) = local.nic.as_mut() else {
+        local.cancel_timer(WATCHDOG_TIMER);
+        return;
+    };
+    let verdict = mine.tx.watchdog_tick(&nic.doorbells);
+    let txq = mine.tx.index;
+    match verdict {
+        Watchdog::Idle => {
+            mine.watchdog_armed = false;
+            local.cancel_timer(WATCHDOG_TIMER);
+        }
+        Watchdog::Progress => {}
+        Watchdog::Silent => {
+            if mine.tx.stats().watchdog == 1 {
+                info!(
+                    "virtio-net: cpu{cpu} txq {txq}: no progress for {} ms: notified the device again ({}); \
+                     later ones are counted in net-stats",
+                    WATCHDOG_PERIOD_NS / 1_000_000,
+                    mine.tx.ring_state()
+                );
+            }
+        }
+        Watchdog::Stalled(state) => warn!(
+            "virtio-net: cpu{cpu} txq {txq}: the device has sent nothing for {} ms despite {} notifications \
+             ({state}); frames are dropped while the ring is full",
+            STALL_TICKS as u64 * WATCHDOG_PERIOD_NS / 1_000_000,
+            mine.tx.stats().watchdog
+        ),
+    }
+}
+
+/// A queue broke the ring protocol: reset the device (so it stops using
+/// memory the driver can no longer account for), stop every CPU's network,
+/// and say so. Only the first report counts.
+fn fail(nic: &Nic, cpu: u32, queue: u16, why: BrokenRing) {
+    if nic.failed.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    error!("virtio-net: cpu{cpu} queue {queue} is broken: {why}; the device does not follow the ring protocol");
+    match nic.transport.reset() {
+        Ok(()) => error!("virtio-net: device reset; the network is stopped"),
+        Err(e) => {
+            nic.transport.fail();
+            error!("virtio-net: device reset failed ({e}); marked FAILED; the network is stopped");
+        }
+    }
+    for c in percpu::online() {
+        c.wake();
+    }
+}
+
+fn drops(s: &QueueStats) -> [(&'static str, u64); 5] {
+    [
+        ("bad_len", s.drop_bad_len),
+        ("bad_id", s.drop_bad_id),
+        ("header", s.drop_header),
+        ("merge", s.drop_merge),
+        ("too_long", s.drop_too_long),
+    ]
 }
 
 /// Logs this CPU's queue counters and interrupt counts.
@@ -560,25 +703,29 @@ fn report(local: &mut Local) {
     let cpu = local.cpu;
     let (r, t) = (mine.rx.stats(), mine.tx.stats());
     let irqs = |q: u16| cpu.stats.queue_irqs.get(q as usize).map_or(0, |a| a.load(Ordering::Relaxed));
-    info!(
-        "net-stats: cpu{} rxq {} packets {} bytes {} irqs {} polls {} no_buffers {} drops bad_len {} bad_id {} header {} | txq {} packets {} bytes {} irqs {} full {} kicks {}",
-        cpu.index,
-        mine.rx.index,
-        r.packets,
-        r.bytes,
-        irqs(mine.rx.index),
-        r.polls,
-        r.no_buffers,
-        r.drop_bad_len,
-        r.drop_bad_id,
-        r.drop_header,
+    let mut line = alloc::format!(
+        "net-stats: cpu{} rxq {} packets {} bytes {} irqs {} polls {} kicks {} no_buffers {} merged {} rescues {} watchdog {} drops",
+        cpu.index, mine.rx.index, r.packets, r.bytes, irqs(mine.rx.index), r.polls, r.kicks, r.no_buffers, r.merged,
+        r.rescues, r.watchdog,
+    );
+    for (name, n) in drops(&r) {
+        line.push_str(&alloc::format!(" {name} {n}"));
+    }
+    line.push_str(&alloc::format!(
+        " | txq {} packets {} bytes {} irqs {} full {} kicks {} rescues {} watchdog {} drops",
         mine.tx.index,
         t.packets,
         t.bytes,
         irqs(mine.tx.index),
         t.full,
-        t.kicks
-    );
+        t.kicks,
+        t.rescues,
+        t.watchdog
+    ));
+    for (name, n) in drops(&t).into_iter().filter(|(name, _)| matches!(*name, "bad_len" | "bad_id" | "too_long")) {
+        line.push_str(&alloc::format!(" {name} {n}"));
+    }
+    info!("{line}");
     let foreign: u64 = cpu
         .stats
         .queue_irqs

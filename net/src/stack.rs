@@ -19,6 +19,11 @@ impl NetConfig {
     /// The guest's default address inside the test namespace.
     pub const DEFAULT_IP: [u8; 4] = [10, 99, 0, 2];
     pub const DEFAULT_PREFIX: u8 = 24;
+
+    /// This address as the neighbour board needs it.
+    pub fn local(&self) -> crate::neighbours::Local {
+        crate::neighbours::Local { mac: self.mac, ip: self.ip, prefix_len: self.prefix_len }
+    }
 }
 
 pub struct Stack {
@@ -28,11 +33,12 @@ pub struct Stack {
 
 impl Stack {
     /// A stack answering ARP and ICMP echo for `cfg.ip` on `device`.
-    pub fn new<D: Device + ?Sized>(cfg: &NetConfig, device: &mut D, now: Instant) -> Stack {
+    /// `seed` randomises TCP initial sequence numbers and local ports: give
+    /// every stack its own, from a hardware random source where there is one
+    /// (a shared or guessable seed makes sequence numbers predictable).
+    pub fn new<D: Device + ?Sized>(cfg: &NetConfig, device: &mut D, now: Instant, seed: u64) -> Stack {
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac)));
-        // Same seed on every CPU is fine: it only randomises ports and ISNs.
-        config.random_seed =
-            u64::from_le_bytes([cfg.mac[0], cfg.mac[1], cfg.mac[2], cfg.mac[3], cfg.mac[4], cfg.mac[5], 0x6d, 0x71]);
+        config.random_seed = seed;
         let mut iface = Interface::new(config, device, now);
         let [a, b, c, d] = cfg.ip;
         iface.update_ip_addrs(|addrs| {

@@ -1,22 +1,57 @@
 //! The virtio-net data path: receive and transmit queues with their DMA
 //! buffers and counters, the control queue, and the MSI-X vector plan.
 //!
-//! Every queue is owned by one CPU. Frames are copied neither way inside the
-//! driver: received frames are handed out as slices of the DMA buffer, and
-//! transmitted frames are written straight into one.
+//! Every queue is owned by one CPU. A frame that fits one receive buffer is
+//! handed out as a slice of that buffer and transmitted frames are written
+//! straight into one, so neither direction copies in the common case. A
+//! received frame that spans several buffers (`VIRTIO_NET_F_MRG_RXBUF`,
+//! `num_buffers` > 1) is joined into a per-queue buffer allocated once.
+//!
+//! Notifications: each queue rings its doorbell when the EVENT_IDX test says
+//! the device asked (`kicks`). It also rings when the device may have
+//! stopped looking without having seen every published entry (`rescues`):
+//! when a transmit ring is full and nothing can be reclaimed (asking for one
+//! completion interrupt at the same time), when a receive ring ran dry, and
+//! when the owner is about to halt with entries published but never
+//! notified (see [`SplitQueue::needs_flush`]). A transmit watchdog, run from
+//! the owner's timer, rings again when descriptors sit with the device
+//! without progress (`watchdog`), backing off, and reports a device that
+//! stays silent. All of this is counted per queue.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use super::queue::{Segment, SplitQueue, Used, UsedErrors};
+use super::queue::{BrokenRing, QueueError, RingState, Segment, SplitQueue, Used, UsedErrors};
 use super::transport::NO_VECTOR;
-use crate::dma::{DmaAlloc, DmaBuf};
+use crate::dma::{Buffer, BufferPool, DmaAlloc, DmaBuf};
 
 /// `virtio_net_hdr` with VERSION_1 (num_buffers included).
 pub const HDR_LEN: usize = 12;
 /// One receive/transmit buffer: header + a 1514-byte frame, rounded up.
 pub const BUF_SIZE: usize = 2048;
-/// Largest Ethernet frame without offloads (no FCS).
+/// Largest Ethernet frame without offloads (no FCS): what is transmitted.
 pub const MAX_FRAME: usize = 1514;
+/// Largest received frame accepted: a 64 KiB IP packet with its Ethernet
+/// and VLAN headers (what large receive offload will deliver).
+pub const MAX_RX_FRAME: usize = 65_535 + 18;
+/// Ethernet header: shorter frames are malformed.
+const ETH_HDR: usize = 14;
+
+/// `virtio_net_hdr.flags` and `gso_type` values this driver understands.
+mod hdr {
+    pub const FLAGS: usize = 0;
+    pub const GSO_TYPE: usize = 1;
+    pub const NUM_BUFFERS: usize = 10;
+    /// The checksum is partial (only with GUEST_CSUM, not negotiated yet).
+    pub const F_NEEDS_CSUM: u8 = 1;
+    pub const GSO_NONE: u8 = 0;
+}
+
+/// Rings the doorbell of a queue. The kernel implements it with the
+/// device's notification region; tests count the rings.
+pub trait Doorbell {
+    fn ring(&self, queue: u16);
+}
 
 /// Counters of one queue. Device input problems are counted by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,125 +59,239 @@ pub struct QueueStats {
     pub packets: u64,
     pub bytes: u64,
     pub polls: u64,
-    /// Receive: times a poll found no buffer posted for the device.
+    /// Doorbell rings the device asked for (EVENT_IDX), rescues included.
+    pub kicks: u64,
+    /// Rings the device did not ask for: full or dry ring, or entries left
+    /// unnotified when the owner goes idle.
+    pub rescues: u64,
+    /// Rings by the transmit watchdog after no progress.
+    pub watchdog: u64,
+    /// Receive: polls that found the device holding no buffer.
     pub no_buffers: u64,
-    /// Transmit: frames refused because the queue was full.
+    /// Receive: frames joined from several buffers.
+    pub merged: u64,
+    /// Transmit: frames dropped because the ring was full.
     pub full: u64,
     pub drop_bad_len: u64,
     pub drop_bad_id: u64,
+    /// Receive: shorter than a header and an Ethernet header, or a header
+    /// this driver did not negotiate (GSO, partial checksum).
     pub drop_header: u64,
-    pub kicks: u64,
+    /// Receive: a `num_buffers` that is 0, beyond the ring, or names buffers
+    /// the device has not returned.
+    pub drop_merge: u64,
+    /// Receive: a joined frame beyond [`MAX_RX_FRAME`]; transmit: a frame
+    /// beyond [`MAX_FRAME`].
+    pub drop_too_long: u64,
 }
 
 impl QueueStats {
     fn absorb(&mut self, e: &UsedErrors) {
-        self.drop_bad_id = e.bad_id + e.bad_index;
+        self.drop_bad_id = e.bad_id;
         self.drop_bad_len = e.bad_len;
     }
+
+    fn ring(&mut self, bell: &dyn Doorbell, queue: u16, why: Ring) {
+        bell.ring(queue);
+        self.kicks += 1;
+        match why {
+            Ring::Asked => {}
+            Ring::Rescue => self.rescues += 1,
+            Ring::Watchdog => self.watchdog += 1,
+        }
+    }
 }
 
-/// A queue's buffers: `count` slots of [`BUF_SIZE`] in one DMA block.
-struct Slots {
-    mem: DmaBuf,
-    free: Vec<u32>,
+#[derive(Clone, Copy)]
+enum Ring {
+    Asked,
+    Rescue,
+    Watchdog,
 }
 
-impl Slots {
-    fn new(dma: &dyn DmaAlloc, count: u16) -> Option<Slots> {
-        let mem = dma.alloc(BUF_SIZE * count as usize, 64)?;
-        Some(Slots { mem, free: (0..count as u32).rev().collect() })
-    }
-
-    fn phys(&self, slot: u32) -> u64 {
-        self.mem.phys() + slot as u64 * BUF_SIZE as u64
-    }
-
-    fn offset(slot: u32) -> usize {
-        slot as usize * BUF_SIZE
-    }
+/// What a received frame is held in until [`RxQueue::release`].
+enum Held {
+    /// One buffer: the frame is `HDR_LEN..HDR_LEN+len` of it.
+    Buffer(Buffer, usize),
+    /// Joined into the queue's join buffer: its first `len` bytes.
+    Joined(usize),
 }
 
 /// A receive queue with every buffer posted to the device.
 pub struct RxQueue {
     pub index: u16,
-    queue: SplitQueue,
-    slots: Slots,
+    queue: SplitQueue<Buffer>,
+    pool: BufferPool,
+    /// Buffers with the driver, waiting to be posted.
+    free: Vec<Buffer>,
+    /// MRG_RXBUF negotiated: `num_buffers` is meaningful.
+    mergeable: bool,
+    /// Where frames spanning buffers are joined (allocated once).
+    join: Box<[u8]>,
+    held: Option<Held>,
     stats: QueueStats,
-    /// Completed slots being looked at by the owner (token, frame length).
-    held: Option<(u32, usize)>,
 }
 
 impl RxQueue {
-    pub fn new(dma: &dyn DmaAlloc, index: u16, size: u16, event_idx: bool) -> Option<RxQueue> {
+    pub fn new(dma: &dyn DmaAlloc, index: u16, size: u16, event_idx: bool, mergeable: bool) -> Option<RxQueue> {
         let queue = SplitQueue::new(dma, size, event_idx).ok()?;
-        let slots = Slots::new(dma, size)?;
-        Some(RxQueue { index, queue, slots, stats: QueueStats::default(), held: None })
+        let (pool, free) = BufferPool::new(dma, BUF_SIZE, size as u32)?;
+        let join = if mergeable { alloc::vec![0u8; MAX_RX_FRAME].into_boxed_slice() } else { Box::default() };
+        Some(RxQueue { index, queue, pool, free, mergeable, join, held: None, stats: QueueStats::default() })
     }
 
-    pub fn queue(&self) -> &SplitQueue {
+    pub fn queue(&self) -> &SplitQueue<Buffer> {
         &self.queue
     }
 
-    pub fn queue_mut(&mut self) -> &mut SplitQueue {
+    pub fn queue_mut(&mut self) -> &mut SplitQueue<Buffer> {
         &mut self.queue
     }
 
-    /// Posts every free buffer; returns whether the device must be notified.
-    pub fn refill(&mut self) -> bool {
-        while let Some(slot) = self.slots.free.pop() {
-            let seg = Segment { phys: self.slots.phys(slot), len: BUF_SIZE as u32, writable: true };
-            if self.queue.add(&[seg], slot).is_err() {
-                self.slots.free.push(slot);
+    /// Posts every free buffer and notifies the device if it asked, or if
+    /// it had run dry (held no buffer at all) before this refill.
+    pub fn refill(&mut self, bell: &dyn Doorbell) {
+        if self.free.is_empty() {
+            return;
+        }
+        let ran_dry = self.queue.in_flight() == 0;
+        while let Some(buf) = self.free.pop() {
+            let seg = Segment { phys: self.pool.phys(&buf), len: BUF_SIZE as u32, writable: true };
+            if let Err((_, buf)) = self.queue.add(&[seg], buf) {
+                self.free.push(buf);
                 break;
             }
         }
-        let kick = self.queue.publish();
-        if kick {
-            self.stats.kicks += 1;
+        if self.queue.publish() {
+            self.stats.ring(bell, self.index, Ring::Asked);
+        } else if ran_dry && self.queue.in_flight() > 0 {
+            self.queue.mark_notified();
+            self.stats.ring(bell, self.index, Ring::Rescue);
         }
-        kick
     }
 
-    /// The next received frame, if any, as a slice of its DMA buffer. The
-    /// buffer stays with the driver until [`Self::release`]; malformed
+    /// Before the owner goes idle: notifies the device if it may not have
+    /// seen every posted buffer (a lost notification would otherwise leave
+    /// it waiting for buffers it has). Returns whether it rang.
+    pub fn flush(&mut self, bell: &dyn Doorbell) -> bool {
+        flush(&mut self.queue, &mut self.stats, bell, self.index)
+    }
+
+    /// The next received frame, if any, as a slice of its DMA buffer (or of
+    /// the join buffer). It stays held until [`Self::release`]; malformed
     /// completions are counted and their buffers recycled.
     pub fn next_frame(&mut self) -> Option<&[u8]> {
         if self.held.is_none() {
             self.stats.polls += 1;
-            loop {
-                let Some(Used { token, len }) = self.queue.pop_used() else {
-                    self.stats.absorb(&self.queue.errors);
-                    if self.queue.num_free() == self.queue.size() {
-                        self.stats.no_buffers += 1;
-                    }
-                    return None;
-                };
-                let len = len as usize;
-                let off = Slots::offset(token);
-                // num_buffers (with MRG_RXBUF) must be 1: frames never span
-                // buffers without receive offloads.
-                let num_buffers = self.slots.mem.read_u16(off + 10);
-                if len < HDR_LEN || len - HDR_LEN > MAX_FRAME || num_buffers > 1 {
-                    self.stats.drop_header += u64::from(len != 0 || num_buffers > 1);
-                    self.slots.free.push(token);
-                    continue;
+            self.held = self.take_frame();
+        }
+        match self.held.as_ref()? {
+            Held::Buffer(buf, len) => Some(self.pool.bytes(buf, HDR_LEN, *len)),
+            Held::Joined(len) => Some(&self.join[..*len]),
+        }
+    }
+
+    fn take_frame(&mut self) -> Option<Held> {
+        loop {
+            let Some(Used { token: buf, len }) = self.queue.pop_used() else {
+                self.stats.absorb(&self.queue.errors);
+                if self.queue.in_flight() == 0 {
+                    self.stats.no_buffers += 1;
                 }
-                self.held = Some((token, len - HDR_LEN));
-                break;
+                return None;
+            };
+            let len = len as usize;
+            if len == 0 {
+                // Nothing written (or a bad length, counted by the queue).
+                self.free.push(buf);
+                continue;
+            }
+            let header = self.pool.bytes(&buf, 0, HDR_LEN.min(len));
+            if len < HDR_LEN + ETH_HDR
+                || header[hdr::GSO_TYPE] != hdr::GSO_NONE
+                || header[hdr::FLAGS] & hdr::F_NEEDS_CSUM != 0
+            {
+                self.stats.drop_header += 1;
+                self.free.push(buf);
+                continue;
+            }
+            let num_buffers = if self.mergeable {
+                u16::from_le_bytes([header[hdr::NUM_BUFFERS], header[hdr::NUM_BUFFERS + 1]])
+            } else {
+                1
+            };
+            match num_buffers {
+                1 => return Some(Held::Buffer(buf, len - HDR_LEN)),
+                _ => {
+                    if let Some(joined) = self.join_frame(buf, len, num_buffers) {
+                        self.stats.merged += 1;
+                        return Some(Held::Joined(joined));
+                    }
+                }
             }
         }
-        let (token, len) = self.held?;
-        Some(self.slots.mem.bytes(Slots::offset(token) + HDR_LEN, len))
+    }
+
+    /// Joins a frame whose first buffer `first` (`len` bytes used) says it
+    /// spans `count` buffers: the other `count - 1` must already be in the
+    /// used ring (a device returns a frame's buffers together). Every buffer
+    /// is recycled; `None` (counted) when the frame is malformed.
+    fn join_frame(&mut self, first: Buffer, len: usize, count: u16) -> Option<usize> {
+        let ready = self.queue.ready();
+        if count == 0 || count > self.queue.size() || ready < count - 1 {
+            self.stats.drop_merge += 1;
+            self.free.push(first);
+            return None;
+        }
+        let mut total = len - HDR_LEN;
+        self.join[..total].copy_from_slice(self.pool.bytes(&first, HDR_LEN, total));
+        self.free.push(first);
+        let mut too_long = false;
+        for _ in 1..count {
+            let Some(Used { token: buf, len }) = self.queue.pop_used() else {
+                // The device broke the ring meanwhile, or completed a chain
+                // it did not hold (counted by the queue).
+                self.stats.drop_merge += 1;
+                return None;
+            };
+            let len = len as usize;
+            if !too_long && total + len <= MAX_RX_FRAME {
+                self.join[total..total + len].copy_from_slice(self.pool.bytes(&buf, 0, len));
+                total += len;
+            } else {
+                too_long = true;
+            }
+            self.free.push(buf);
+        }
+        if too_long {
+            self.stats.drop_too_long += 1;
+            return None;
+        }
+        Some(total)
     }
 
     /// Gives the frame returned by `next_frame` back to the device queue
     /// (posted at the next `refill`).
     pub fn release(&mut self) {
-        if let Some((token, len)) = self.held.take() {
-            self.stats.packets += 1;
-            self.stats.bytes += len as u64;
-            self.slots.free.push(token);
-        }
+        let len = match self.held.take() {
+            Some(Held::Buffer(buf, len)) => {
+                self.free.push(buf);
+                len
+            }
+            Some(Held::Joined(len)) => len,
+            None => return,
+        };
+        self.stats.packets += 1;
+        self.stats.bytes += len as u64;
+    }
+
+    /// Both ends' indices (for diagnostics).
+    pub fn ring_state(&self) -> RingState {
+        self.queue.state()
+    }
+
+    pub fn broken(&self) -> Option<BrokenRing> {
+        self.queue.broken()
     }
 
     pub fn stats(&mut self) -> QueueStats {
@@ -151,66 +300,183 @@ impl RxQueue {
     }
 }
 
+fn flush(queue: &mut SplitQueue<Buffer>, stats: &mut QueueStats, bell: &dyn Doorbell, index: u16) -> bool {
+    if !queue.needs_flush() {
+        return false;
+    }
+    queue.mark_notified();
+    stats.ring(bell, index, Ring::Rescue);
+    true
+}
+
+/// What a transmit watchdog tick found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watchdog {
+    /// Nothing with the device: the watchdog can stop.
+    Idle,
+    /// The device completed something since the last tick.
+    Progress,
+    /// No progress; the device was notified again, or will be at a later
+    /// tick (the interval doubles while it stays silent).
+    Silent,
+    /// No progress for [`STALL_TICKS`] ticks despite notifications: report
+    /// it (once per stall) with the ring state.
+    Stalled(RingState),
+}
+
+/// Silent ticks after which a stalled transmit queue is reported.
+pub const STALL_TICKS: u32 = 20;
+
 /// A transmit queue.
 pub struct TxQueue {
     pub index: u16,
-    queue: SplitQueue,
-    slots: Slots,
+    queue: SplitQueue<Buffer>,
+    pool: BufferPool,
+    free: Vec<Buffer>,
     stats: QueueStats,
+    /// A completion interrupt was asked for because the ring was full.
+    rescue_pending: bool,
+    /// The device's used index at the last watchdog tick (None: not watching).
+    watched: Option<u16>,
+    /// Consecutive ticks without progress.
+    silent_ticks: u32,
 }
 
 impl TxQueue {
     pub fn new(dma: &dyn DmaAlloc, index: u16, size: u16, event_idx: bool) -> Option<TxQueue> {
-        let queue = SplitQueue::new(dma, size, event_idx).ok()?;
-        let slots = Slots::new(dma, size)?;
-        Some(TxQueue { index, queue, slots, stats: QueueStats::default() })
+        let mut queue = SplitQueue::new(dma, size, event_idx).ok()?;
+        // Completions are reclaimed when sending; interrupts only to rescue
+        // a full ring.
+        queue.disable_interrupts();
+        let (pool, free) = BufferPool::new(dma, BUF_SIZE, size as u32)?;
+        Some(TxQueue {
+            index,
+            queue,
+            pool,
+            free,
+            stats: QueueStats::default(),
+            rescue_pending: false,
+            watched: None,
+            silent_ticks: 0,
+        })
     }
 
-    pub fn queue_mut(&mut self) -> &mut SplitQueue {
-        &mut self.queue
+    pub fn queue(&self) -> &SplitQueue<Buffer> {
+        &self.queue
     }
 
     /// Takes back buffers the device has sent.
     pub fn reclaim(&mut self) {
+        let mut progress = false;
         while let Some(Used { token, .. }) = self.queue.pop_used() {
-            self.slots.free.push(token);
+            self.free.push(token);
+            progress = true;
+        }
+        if progress && self.rescue_pending {
+            self.rescue_pending = false;
+            self.queue.disable_interrupts();
         }
         self.stats.absorb(&self.queue.errors);
     }
 
-    /// Whether a frame could be queued right now.
-    pub fn has_room(&mut self) -> bool {
-        if self.slots.free.is_empty() {
+    /// Whether a frame can be queued now. When the ring is full and nothing
+    /// can be reclaimed, asks for an interrupt once most of the ring has
+    /// completed and notifies the device (once per full episode): if a
+    /// notification was lost, the device would otherwise never send them.
+    pub fn has_room(&mut self, bell: &dyn Doorbell) -> bool {
+        if self.free.is_empty() {
             self.reclaim();
         }
-        !self.slots.free.is_empty()
+        if !self.free.is_empty() {
+            return true;
+        }
+        if !self.rescue_pending && self.queue.broken().is_none() {
+            self.rescue_pending = true;
+            if self.queue.enable_interrupts_delayed() {
+                // Completions arrived meanwhile.
+                self.reclaim();
+            }
+            self.queue.mark_notified();
+            self.stats.ring(bell, self.index, Ring::Rescue);
+        }
+        !self.free.is_empty()
     }
 
-    /// Queues a `len`-byte frame that `fill` writes in place. Returns
-    /// whether the device must be notified, or `None` when the queue is full
-    /// (the frame is dropped and counted).
-    pub fn send<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> Option<(bool, R)> {
-        if len > MAX_FRAME || !self.has_room() {
+    /// Queues a `len`-byte frame that `fill` writes in place, and notifies
+    /// the device if it asked. `None` when the queue is full or the frame too
+    /// long (the frame is dropped and counted).
+    pub fn send<R>(&mut self, len: usize, bell: &dyn Doorbell, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        if len > MAX_FRAME {
+            self.stats.drop_too_long += 1;
+            return None;
+        }
+        if !self.has_room(bell) {
             self.stats.full += 1;
             return None;
         }
-        let slot = self.slots.free.pop()?;
-        let off = Slots::offset(slot);
-        self.slots.mem.bytes_mut(off, HDR_LEN).fill(0);
-        let r = fill(self.slots.mem.bytes_mut(off + HDR_LEN, len));
-        let seg = Segment { phys: self.slots.phys(slot), len: (HDR_LEN + len) as u32, writable: false };
-        if self.queue.add(&[seg], slot).is_err() {
-            self.slots.free.push(slot);
+        let mut buf = self.free.pop()?;
+        let bytes = self.pool.bytes_mut(&mut buf, 0, HDR_LEN + len);
+        bytes[..HDR_LEN].fill(0);
+        let r = fill(&mut bytes[HDR_LEN..]);
+        let seg = Segment { phys: self.pool.phys(&buf), len: (HDR_LEN + len) as u32, writable: false };
+        if let Err((_, buf)) = self.queue.add(&[seg], buf) {
+            self.free.push(buf);
             self.stats.full += 1;
             return None;
         }
         self.stats.packets += 1;
         self.stats.bytes += len as u64;
-        let kick = self.queue.publish();
-        if kick {
-            self.stats.kicks += 1;
+        if self.queue.publish() {
+            self.stats.ring(bell, self.index, Ring::Asked);
         }
-        Some((kick, r))
+        Some(r)
+    }
+
+    /// Before the owner goes idle: notifies the device if it may not have
+    /// seen every queued frame. Returns whether it rang.
+    pub fn flush(&mut self, bell: &dyn Doorbell) -> bool {
+        flush(&mut self.queue, &mut self.stats, bell, self.index)
+    }
+
+    /// Whether the watchdog should be running: frames are with the device.
+    pub fn needs_watchdog(&self) -> bool {
+        self.queue.in_flight() > 0
+    }
+
+    /// One watchdog tick (the owner calls it every few milliseconds while
+    /// [`Self::needs_watchdog`]): reclaims, and if the device has completed
+    /// nothing since the last tick while holding frames, notifies it again
+    /// on the 1st, 2nd, 4th, 8th... silent tick, and reports the stall once.
+    pub fn watchdog_tick(&mut self, bell: &dyn Doorbell) -> Watchdog {
+        self.reclaim();
+        if self.queue.in_flight() == 0 || self.queue.broken().is_some() {
+            self.watched = None;
+            self.silent_ticks = 0;
+            return Watchdog::Idle;
+        }
+        let used = self.queue.device_used_idx();
+        if self.watched != Some(used) {
+            self.watched = Some(used);
+            self.silent_ticks = 0;
+            return Watchdog::Progress;
+        }
+        self.silent_ticks += 1;
+        if self.silent_ticks.is_power_of_two() {
+            self.queue.mark_notified();
+            self.stats.ring(bell, self.index, Ring::Watchdog);
+        }
+        if self.silent_ticks == STALL_TICKS {
+            return Watchdog::Stalled(self.queue.state());
+        }
+        Watchdog::Silent
+    }
+
+    pub fn ring_state(&self) -> RingState {
+        self.queue.state()
+    }
+
+    pub fn broken(&self) -> Option<BrokenRing> {
+        self.queue.broken()
     }
 
     pub fn stats(&mut self) -> QueueStats {
@@ -233,14 +499,27 @@ pub enum CtrlResult {
     Ok,
     /// The device answered VIRTIO_NET_ERR (or something else than OK).
     Refused(u8),
-    /// The device did not answer within the wait.
+    /// The device completed the command without writing an answer.
     NoAnswer,
 }
 
-/// The control queue: one command in flight at a time.
+/// Why a control command could not be queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtrlError {
+    /// A command is still with the device; only one at a time.
+    Busy,
+    /// The command does not fit the command buffer.
+    TooLong,
+    /// The ring refused it (broken or full).
+    Queue(QueueError),
+}
+
+/// The control queue: one command in flight at a time. A command the device
+/// never answers stays in flight; the owner must then reset the device
+/// before relying on any state the command could change.
 pub struct CtrlQueue {
     pub index: u16,
-    queue: SplitQueue,
+    queue: SplitQueue<()>,
     mem: DmaBuf,
 }
 
@@ -249,28 +528,43 @@ const CTRL_ACK: usize = 64;
 
 impl CtrlQueue {
     pub fn new(dma: &dyn DmaAlloc, index: u16, size: u16) -> Option<CtrlQueue> {
-        Some(CtrlQueue { index, queue: SplitQueue::new(dma, size, false).ok()?, mem: dma.alloc(128, 64)? })
+        let mut queue = SplitQueue::new(dma, size, false).ok()?;
+        // Polled: the driver waits for the answer.
+        queue.disable_interrupts();
+        Some(CtrlQueue { index, queue, mem: dma.alloc(128, 64)? })
     }
 
-    pub fn queue(&self) -> &SplitQueue {
+    pub fn queue(&self) -> &SplitQueue<()> {
         &self.queue
     }
 
-    /// Queues `{class, command, data}` with a device-writable ack byte.
-    /// Returns whether the device must be notified.
-    pub fn submit(&mut self, class: u8, command: u8, data: &[u8]) -> bool {
+    /// Whether a command is with the device.
+    pub fn busy(&self) -> bool {
+        self.queue.in_flight() > 0
+    }
+
+    /// Queues `{class, command, data}` with a device-writable ack byte and
+    /// notifies the device if it asks.
+    pub fn submit(&mut self, class: u8, command: u8, data: &[u8], bell: &dyn Doorbell) -> Result<(), CtrlError> {
+        if self.busy() {
+            return Err(CtrlError::Busy);
+        }
         let len = 2 + data.len();
-        assert!(len <= CTRL_ACK, "control command too long");
-        let b = self.mem.bytes_mut(0, len);
-        b[0] = class;
-        b[1] = command;
-        b[2..].copy_from_slice(data);
+        if len > CTRL_ACK {
+            return Err(CtrlError::TooLong);
+        }
+        self.mem.write_u8(0, class);
+        self.mem.write_u8(1, command);
+        self.mem.write_bytes(2, data);
         // 0xff: no answer yet.
         self.mem.write_u8(CTRL_ACK, 0xff);
         let cmd = Segment { phys: self.mem.phys(), len: len as u32, writable: false };
         let ack = Segment { phys: self.mem.phys() + CTRL_ACK as u64, len: 1, writable: true };
-        let _ = self.queue.add(&[cmd, ack], 0);
-        self.queue.publish()
+        self.queue.add(&[cmd, ack], ()).map_err(|(e, ())| CtrlError::Queue(e))?;
+        if self.queue.publish() {
+            bell.ring(self.index);
+        }
+        Ok(())
     }
 
     /// Checks for the answer to the submitted command.
@@ -284,9 +578,9 @@ impl CtrlQueue {
         })
     }
 
-    /// `VQ_PAIRS_SET` payload.
-    pub fn pairs_set(&mut self, pairs: u16) -> bool {
-        self.submit(ctrl::CLASS_MQ, ctrl::MQ_VQ_PAIRS_SET, &pairs.to_le_bytes())
+    /// `VQ_PAIRS_SET`.
+    pub fn pairs_set(&mut self, pairs: u16, bell: &dyn Doorbell) -> Result<(), CtrlError> {
+        self.submit(ctrl::CLASS_MQ, ctrl::MQ_VQ_PAIRS_SET, &pairs.to_le_bytes(), bell)
     }
 }
 
@@ -334,6 +628,20 @@ mod tests {
     use super::*;
     use crate::dma::fake::TestDma;
     use crate::virtio::queue::fake::FakeDeviceQueue;
+    use std::cell::RefCell;
+
+    #[derive(Default)]
+    struct Bell(RefCell<Vec<u16>>);
+    impl Doorbell for Bell {
+        fn ring(&self, queue: u16) {
+            self.0.borrow_mut().push(queue);
+        }
+    }
+    impl Bell {
+        fn rings(&self) -> usize {
+            self.0.borrow().len()
+        }
+    }
 
     fn ethernet(len: usize, fill: u8) -> Vec<u8> {
         std::vec![fill; len]
@@ -349,9 +657,11 @@ mod tests {
     #[test]
     fn receive_refill_and_recycle() {
         let dma = TestDma::default();
-        let mut rx = RxQueue::new(&dma, 0, 8, true).unwrap();
+        let bell = Bell::default();
+        let mut rx = RxQueue::new(&dma, 0, 8, true, true).unwrap();
         let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
-        assert!(rx.refill());
+        rx.refill(&bell);
+        assert_eq!(bell.rings(), 1, "the device asked about entry 0");
         for i in 0..20u8 {
             let (head, segs) = dev.pop_avail().expect("a posted buffer");
             assert_eq!(segs[0].len as usize, BUF_SIZE);
@@ -361,29 +671,141 @@ mod tests {
             assert_eq!(frame.len(), 60 + i as usize);
             assert!(frame.iter().all(|&b| b == i));
             rx.release();
-            rx.refill();
+            rx.refill(&bell);
         }
         assert_eq!(rx.next_frame(), None);
         let s = rx.stats();
-        assert_eq!((s.packets, s.bytes), (20, (60..80).sum::<u64>()));
-        assert_eq!(s.drop_header + s.drop_bad_id + s.drop_bad_len, 0);
+        assert_eq!((s.packets, s.bytes, s.merged), (20, (60..80).sum::<u64>(), 0));
+        assert_eq!(s.drop_header + s.drop_bad_id + s.drop_bad_len + s.drop_merge, 0);
+    }
+
+    /// Completes the next posted buffers with `data` spread over `count`
+    /// buffers (the header says `num_buffers`), as a device does with
+    /// MRG_RXBUF: one used entry per buffer, published together.
+    fn complete_merged(dev: &mut FakeDeviceQueue, data: &[u8], count: usize, num_buffers: u16) {
+        let mut packet = with_header(data, num_buffers);
+        let mut parts = Vec::new();
+        for i in 0..count {
+            let (head, segs) = dev.pop_avail().expect("posted buffer");
+            let take = if i + 1 == count { packet.len() } else { BUF_SIZE.min(packet.len()) };
+            let rest = packet.split_off(take);
+            let n = dev.fill(&segs, &packet);
+            parts.push((head, n));
+            packet = rest;
+        }
+        for (head, n) in parts {
+            dev.write_used(head as u32, n);
+        }
+        let idx = dev.used_idx;
+        dev.set_used_idx(idx);
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn frames_spanning_two_and_three_buffers_are_joined() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut rx = RxQueue::new(&dma, 0, 8, true, true).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
+        rx.refill(&bell);
+        for (len, count) in [(3000usize, 2usize), (4042, 2), (5000, 3), (100, 1), (2 * BUF_SIZE - HDR_LEN, 2)] {
+            let data = pattern(len);
+            complete_merged(&mut dev, &data, count, count as u16);
+            let frame = rx.next_frame().expect("a joined frame");
+            assert_eq!(frame.len(), len);
+            assert!(frame == data.as_slice(), "{len}-byte frame over {count} buffers joined in order");
+            rx.release();
+            assert_eq!(rx.next_frame(), None, "continuation buffers are not frames of their own");
+            rx.refill(&bell);
+        }
+        let s = rx.stats();
+        assert_eq!((s.packets, s.merged), (5, 4));
+        assert_eq!(s.drop_header + s.drop_merge + s.drop_too_long + s.drop_bad_id + s.drop_bad_len, 0);
+        assert_eq!(rx.queue().in_flight(), 8, "every buffer posted again");
+    }
+
+    #[test]
+    fn a_lying_num_buffers_is_dropped_and_counted() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut rx = RxQueue::new(&dma, 0, 8, true, true).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
+        rx.refill(&bell);
+        // Says 3 buffers, returns 2: the head is dropped; its continuation,
+        // read as a frame of its own, has payload bytes for a header (a GSO
+        // type here) and is dropped as well. Never garbage handed out.
+        complete_merged(&mut dev, &pattern(3000), 2, 3);
+        assert_eq!(rx.next_frame(), None);
+        let s = rx.stats();
+        assert_eq!((s.drop_merge, s.drop_header, s.packets), (1, 1, 0));
+        // Says 0 buffers.
+        rx.refill(&bell);
+        complete_merged(&mut dev, &pattern(100), 1, 0);
+        assert_eq!(rx.next_frame(), None);
+        // Says 9: more than the ring has.
+        rx.refill(&bell);
+        complete_merged(&mut dev, &pattern(100), 1, 9);
+        assert_eq!(rx.next_frame(), None);
+        assert_eq!(rx.stats().drop_merge, 3);
+        // The queue keeps working, with every buffer accounted for.
+        rx.refill(&bell);
+        complete_merged(&mut dev, &pattern(200), 1, 1);
+        assert_eq!(rx.next_frame().map(|f| f.len()), Some(200));
+        rx.release();
+        rx.refill(&bell);
+        assert_eq!(rx.queue().in_flight(), 8);
+    }
+
+    #[test]
+    fn a_joined_frame_beyond_the_maximum_is_dropped() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut rx = RxQueue::new(&dma, 0, 64, true, true).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
+        rx.refill(&bell);
+        let count = MAX_RX_FRAME / BUF_SIZE + 2;
+        complete_merged(&mut dev, &pattern(count * BUF_SIZE - HDR_LEN), count, count as u16);
+        complete_merged(&mut dev, &pattern(64), 1, 1);
+        assert_eq!(rx.next_frame().map(|f| f.len()), Some(64), "the next frame is intact");
+        rx.release();
+        let s = rx.stats();
+        assert_eq!((s.drop_too_long, s.packets), (1, 1));
+    }
+
+    #[test]
+    fn without_mrg_rxbuf_num_buffers_is_ignored() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut rx = RxQueue::new(&dma, 0, 8, true, false).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
+        rx.refill(&bell);
+        complete_merged(&mut dev, &pattern(100), 1, 0);
+        assert_eq!(rx.next_frame().map(|f| f.len()), Some(100));
     }
 
     #[test]
     fn malformed_receive_completions_are_dropped_and_counted() {
         let dma = TestDma::default();
-        let mut rx = RxQueue::new(&dma, 0, 8, false).unwrap();
+        let bell = Bell::default();
+        let mut rx = RxQueue::new(&dma, 0, 8, false, true).unwrap();
         let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
-        rx.refill();
+        rx.refill(&bell);
         let mut complete = |data: &[u8], len_override: Option<u32>| {
             let (head, segs) = dev.pop_avail().unwrap();
             let n = dev.fill(&segs, data);
             dev.push_used(head as u32, len_override.unwrap_or(n));
         };
         complete(&[0u8; 5], None); // shorter than the header
-        complete(&with_header(&ethernet(60, 1), 2), None); // spans buffers
         complete(&with_header(&ethernet(60, 1), 1), Some(BUF_SIZE as u32 + 1)); // longer than the buffer
-        complete(&with_header(&ethernet(1600, 1), 1), None); // bigger than any frame
+        let mut gso = with_header(&ethernet(60, 1), 1);
+        gso[1] = 1; // GSO TCPv4, not negotiated
+        complete(&gso, None);
+        let mut partial = with_header(&ethernet(60, 1), 1);
+        partial[0] = 1; // NEEDS_CSUM, not negotiated
+        complete(&partial, None);
         complete(&with_header(&ethernet(64, 9), 1), None); // good
         dev.push_used(1000, 64); // not a descriptor
         let frame = rx.next_frame().unwrap();
@@ -393,53 +815,200 @@ mod tests {
         let s = rx.stats();
         assert_eq!((s.drop_header, s.drop_bad_len, s.drop_bad_id, s.packets), (3, 1, 1, 1));
         // Every buffer came back and can be posted again.
-        rx.refill();
+        rx.refill(&bell);
         assert_eq!(rx.queue().num_free(), 0);
+    }
+
+    #[test]
+    fn a_receive_ring_that_ran_dry_is_renotified_at_refill() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut rx = RxQueue::new(&dma, 0, 4, true, true).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
+        rx.refill(&bell);
+        // The device fills every buffer; its avail_event (stale, as the
+        // driver sees it) does not ask for a notification.
+        dev.set_avail_event(100);
+        while let Some((h, segs)) = dev.pop_avail() {
+            let n = dev.fill(&segs, &with_header(&ethernet(60, 3), 1));
+            dev.push_used(h as u32, n);
+        }
+        while rx.next_frame().is_some() {
+            rx.release();
+        }
+        let before = bell.rings();
+        rx.refill(&bell);
+        assert_eq!(bell.rings(), before + 1, "dry ring: notified without waiting for a packet");
+        assert_eq!(rx.stats().rescues, 1);
     }
 
     #[test]
     fn transmit_writes_header_and_frame_and_reclaims() {
         let dma = TestDma::default();
+        let bell = Bell::default();
         let mut tx = TxQueue::new(&dma, 1, 4, false).unwrap();
-        let mut dev = FakeDeviceQueue::new(&dma, &tx.queue);
+        let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
         for round in 0..10u8 {
             for i in 0..4u8 {
-                let (kick, ()) = tx.send(100, |b| b.fill(round ^ i)).expect("room");
-                assert!(kick, "without EVENT_IDX or NO_NOTIFY every publish notifies");
+                tx.send(100, &bell, |b| b.fill(round ^ i)).expect("room");
             }
-            assert!(tx.send(100, |_| ()).is_none(), "full");
+            assert!(tx.send(100, &bell, |_| ()).is_none(), "full");
             while let Some((head, segs)) = dev.pop_avail() {
                 let bytes = dev.read(&segs);
                 assert_eq!(bytes.len(), HDR_LEN + 100);
                 assert!(bytes[..HDR_LEN].iter().all(|&b| b == 0));
+                assert!(bytes[HDR_LEN..].iter().all(|&b| b == bytes[HDR_LEN]));
                 dev.push_used(head as u32, 0);
             }
         }
         let s = tx.stats();
         assert_eq!((s.packets, s.full), (40, 10));
-        assert!(tx.send(MAX_FRAME + 1, |_| ()).is_none(), "oversized frames are refused");
+        assert!(s.kicks >= 40, "without EVENT_IDX or NO_NOTIFY every publish notifies");
+        assert!(tx.send(MAX_FRAME + 1, &bell, |_| ()).is_none(), "oversized frames are refused");
+        assert_eq!(tx.stats().drop_too_long, 1);
+    }
+
+    /// The transmit stall: the device misses the notification for frame 3
+    /// (it went idle having asked about entry 3, the driver read a stale
+    /// `avail_event`), the ring fills, and from then on every send finds it
+    /// full. The full-ring path must notify the device again and ask for one
+    /// completion interrupt.
+    #[test]
+    fn a_missed_transmit_notification_is_rescued_when_the_ring_fills() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut tx = TxQueue::new(&dma, 1, 8, true).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
+        for _ in 0..3 {
+            tx.send(60, &bell, |_| ()).unwrap();
+        }
+        while let Some((h, _)) = dev.pop_avail() {
+            dev.push_used(h as u32, 0);
+        }
+        // The device now waits for entry 3; the driver's view of
+        // avail_event is stale (0) so nothing below notifies it.
+        let kicks_before = bell.rings();
+        let mut sent = 0;
+        while tx.send(60, &bell, |_| ()).is_some() {
+            sent += 1;
+            dev.set_avail_event(0);
+        }
+        assert_eq!(sent, 8, "3 reclaimed + 5 free");
+        let s = tx.stats();
+        assert_eq!(s.full, 1);
+        assert_eq!(s.rescues, 1, "the full ring notified the device");
+        assert_eq!(bell.rings(), kicks_before + 1);
+        assert_eq!(dev.used_event(), 3 + 6, "one interrupt after 6 of the 8 in flight complete");
+        // Still full: no second rescue for the same episode.
+        assert!(tx.send(60, &bell, |_| ()).is_none());
+        assert_eq!(tx.stats().rescues, 1);
+        // The notified device sends everything; room again, interrupts off.
+        let mut fired = false;
+        while let Some((h, _)) = dev.pop_avail() {
+            let old = dev.used_idx;
+            dev.push_used(h as u32, 0);
+            fired |= dev.interrupt_due(old);
+        }
+        assert!(fired, "the completion interrupt came");
+        assert!(tx.send(60, &bell, |_| ()).is_some());
+        let old = dev.used_idx;
+        let (h, _) = dev.pop_avail().unwrap();
+        dev.push_used(h as u32, 0);
+        assert!(!dev.interrupt_due(old), "interrupts off again after the rescue");
     }
 
     #[test]
-    fn vq_pairs_set_bytes_and_acks() {
+    fn a_missed_transmit_notification_is_rescued_by_the_watchdog() {
         let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut tx = TxQueue::new(&dma, 1, 8, true).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
+        tx.send(60, &bell, |_| ()).unwrap();
+        let (h, _) = dev.pop_avail().unwrap();
+        dev.push_used(h as u32, 0);
+        // A frame published without a notification the device needed.
+        dev.set_avail_event(0);
+        tx.send(60, &bell, |_| ()).unwrap();
+        assert!(tx.needs_watchdog());
+        let rings = bell.rings();
+        assert_eq!(tx.watchdog_tick(&bell), Watchdog::Progress, "the first tick only looks");
+        assert_eq!(tx.watchdog_tick(&bell), Watchdog::Silent);
+        assert_eq!(bell.rings(), rings + 1, "no progress for a tick: notified again");
+        assert_eq!(tx.stats().watchdog, 1);
+        // The device now sends it.
+        let (h, _) = dev.pop_avail().expect("visible after the notification");
+        dev.push_used(h as u32, 0);
+        assert_eq!(tx.watchdog_tick(&bell), Watchdog::Idle, "reclaimed: nothing left to watch");
+        assert!(!tx.needs_watchdog());
+    }
+
+    #[test]
+    fn a_silent_device_is_reported_and_not_hammered() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut tx = TxQueue::new(&dma, 1, 8, true).unwrap();
+        while tx.send(60, &bell, |_| ()).is_some() {}
+        let rings = bell.rings();
+        let mut verdicts = Vec::new();
+        for _ in 0..100 {
+            verdicts.push(tx.watchdog_tick(&bell));
+        }
+        let stalled: Vec<usize> =
+            verdicts.iter().enumerate().filter(|(_, v)| matches!(v, Watchdog::Stalled(_))).map(|(i, _)| i).collect();
+        assert_eq!(stalled, [STALL_TICKS as usize], "reported once");
+        if let Watchdog::Stalled(state) = verdicts[STALL_TICKS as usize] {
+            assert_eq!((state.in_flight, state.used_idx), (8, 0));
+        }
+        // Notified on silent ticks 1, 2, 4, 8, 16, 32, 64: backing off.
+        assert_eq!(bell.rings() - rings, 7);
+        assert_eq!(tx.stats().watchdog, 7);
+    }
+
+    #[test]
+    fn flush_before_idle_notifies_only_when_the_device_may_not_know() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut tx = TxQueue::new(&dma, 1, 8, true).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
+        tx.send(60, &bell, |_| ()).unwrap(); // asked: notified
+        assert!(!tx.flush(&bell), "everything was notified");
+        tx.send(60, &bell, |_| ()).unwrap(); // not asked
+        assert!(!tx.flush(&bell), "the device still holds notified work and will look again");
+        let (h, _) = dev.pop_avail().unwrap();
+        dev.push_used(h as u32, 0);
+        assert!(tx.flush(&bell), "done with what it heard of: tell it about the rest");
+        assert!(!tx.flush(&bell));
+        assert_eq!(tx.stats().rescues, 1);
+    }
+
+    #[test]
+    fn control_commands_one_at_a_time() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
         let mut ctrl = CtrlQueue::new(&dma, 8, 16).unwrap();
         let mut dev = FakeDeviceQueue::new(&dma, ctrl.queue());
         for (answer, expected) in [(ctrl::OK, CtrlResult::Ok), (ctrl::ERR, CtrlResult::Refused(1))] {
-            ctrl.pairs_set(4);
+            ctrl.pairs_set(4, &bell).unwrap();
             let (head, segs) = dev.pop_avail().unwrap();
             assert_eq!(dev.read(&segs), [ctrl::CLASS_MQ, ctrl::MQ_VQ_PAIRS_SET, 4, 0]);
             assert_eq!(segs.iter().filter(|s| s.writable).map(|s| s.len).sum::<u32>(), 1);
             assert_eq!(ctrl.poll(), None, "no answer yet");
+            assert_eq!(ctrl.pairs_set(2, &bell), Err(CtrlError::Busy), "the first is still with the device");
             dev.fill(&segs, &[answer]);
             dev.push_used(head as u32, 1);
             assert_eq!(ctrl.poll(), Some(expected));
+            assert!(!ctrl.busy());
         }
         // A device that completes without writing the ack.
-        ctrl.pairs_set(2);
+        ctrl.pairs_set(2, &bell).unwrap();
         let (head, _) = dev.pop_avail().unwrap();
         dev.push_used(head as u32, 0);
         assert_eq!(ctrl.poll(), Some(CtrlResult::NoAnswer));
+        assert_eq!(ctrl.submit(1, 2, &[0; 63], &bell), Err(CtrlError::TooLong));
+        // One that never answers: the command stays in flight.
+        ctrl.pairs_set(3, &bell).unwrap();
+        assert_eq!(ctrl.poll(), None);
+        assert!(ctrl.busy(), "still with the device: the owner must reset it");
     }
 
     #[test]

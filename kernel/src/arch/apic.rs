@@ -156,9 +156,9 @@ pub fn send(delivery: Delivery, dest: Dest) -> Result<(), &'static str> {
             }
             Err("IPI not accepted (delivery status stuck)")
         }
-        // SAFETY: writing the x2APIC ICR MSR sends the IPI; the value was
-        // encoded for x2APIC mode.
         None => {
+            // SAFETY: writing the x2APIC ICR MSR sends the IPI; the value was
+            // encoded for x2APIC mode.
             unsafe { Msr::new(0x830).write(icr) };
             Ok(())
         }

@@ -12,6 +12,7 @@ pub mod pci;
 pub mod percpu;
 pub mod pic;
 pub mod qemu;
+pub mod random;
 pub mod smp;
 pub mod time;
 
