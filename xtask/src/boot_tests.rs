@@ -78,8 +78,21 @@ impl NetCase {
 
 /// The kernel's line once every CPU's stack is up: traffic starts then.
 pub const NET_READY: &str = "stacks up,";
-/// The namespace the network tests create (and delete).
+/// The namespace the network tests create (and delete) unless
+/// [`TEST_NETNS_VAR`] names another.
 pub const TEST_NETNS: &str = "mqnet-test";
+/// Names the test namespace instead, so that two checkouts can run their
+/// network tests on one machine at the same time.
+pub const TEST_NETNS_VAR: &str = "MQNET_TEST_NETNS";
+
+/// The namespace to create: `value` (of [`TEST_NETNS_VAR`]) when set, which
+/// must be a valid name, else [`TEST_NETNS`].
+pub fn test_netns(value: Option<std::ffi::OsString>) -> Result<String, String> {
+    let Some(value) = value else { return Ok(TEST_NETNS.into()) };
+    let name = value.into_string().map_err(|v| format!("{TEST_NETNS_VAR}={v:?} is not UTF-8"))?;
+    boot::netns::validate_name("network namespace", &name).map_err(|e| format!("{TEST_NETNS_VAR}: {e}"))?;
+    Ok(name)
+}
 
 const fn case(
     name: &'static str,
@@ -779,6 +792,16 @@ mod tests {
         let mut r3 = report(Outcome::Stopped(StopReason::Finished), &lines(&one_queue));
         r3.action = r.action.clone();
         assert!(check(&c, &r3).is_err(), "fewer frames than sent, all on one queue");
+    }
+
+    #[test]
+    fn the_test_namespace_can_be_renamed() {
+        assert_eq!(test_netns(None), Ok("mqnet-test".into()));
+        assert_eq!(test_netns(Some("mqnet-wt".into())), Ok("mqnet-wt".into()));
+        let err = test_netns(Some("a/b".into())).unwrap_err();
+        assert!(err.starts_with("MQNET_TEST_NETNS: network namespace name `a/b` contains `/`"), "{err}");
+        assert!(test_netns(Some("".into())).unwrap_err().contains("1 to 15 characters"));
+        assert!(test_netns(Some("sixteen-chars-xx".into())).is_err());
     }
 
     #[test]

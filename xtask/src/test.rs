@@ -142,20 +142,24 @@ fn boot_tests(args: &TestArgs, tally: &mut Tally) {
     };
     say!("boot tests: {} cases, accelerator {} ({})", cases.len(), choice.accel, choice.reason);
     let stop = stop_flag();
-    let network = if cases.iter().any(|c| c.net.is_some()) { prepare_network() } else { Ok(()) };
+    let network = if cases.iter().any(|c| c.net.is_some()) { prepare_network() } else { Ok(String::new()) };
     for case in &cases {
         let name = format!("boot: {}", case.name);
         if stop.load(Ordering::SeqCst) {
             tally.skipped.push((name, "interrupted by Ctrl-C".into()));
             continue;
         }
-        if let (Some(_), Err(e)) = (case.net, &network) {
-            println!("FAIL {name}: {e}");
-            tally.failed.push(name);
-            continue;
-        }
+        let netns = match (case.net, &network) {
+            (Some(_), Err(e)) => {
+                println!("FAIL {name}: {e}");
+                tally.failed.push(name);
+                continue;
+            }
+            (_, Ok(netns)) => netns.as_str(),
+            (None, Err(_)) => "",
+        };
         let started = Instant::now();
-        let result = run_case(case, choice.accel, &built, &stop);
+        let result = run_case(case, netns, choice.accel, &built, &stop);
         let secs = started.elapsed().as_secs_f64();
         match result {
             Ok(note) => {
@@ -173,18 +177,23 @@ fn boot_tests(args: &TestArgs, tally: &mut Tally) {
     }
 }
 
-/// The network cases need `ip`, `ping` and `python3`, and no stale
-/// namespace from an earlier run that was killed (root was checked by
-/// [`runnable`]).
-fn prepare_network() -> Result<(), String> {
+/// The network cases need `ip`, `ping` and `python3`, a valid namespace
+/// name (`MQNET_TEST_NETNS` or the default) and no namespace of that name
+/// already (a leftover of a killed run, or another checkout's run: never
+/// reused or deleted). Root was checked by [`runnable`]. Returns the name.
+fn prepare_network() -> Result<String, String> {
+    let netns = boot_tests::test_netns(std::env::var_os(boot_tests::TEST_NETNS_VAR))?;
     boot::prereq::ensure(&[Tool::Iproute2, Tool::Ping, Tool::Python3], &mut |m| say!("{m}"))?;
-    boot::netns::check_absent(boot_tests::TEST_NETNS)
+    boot::netns::check_absent(&netns)?;
+    say!("network tests: namespace {netns}");
+    Ok(netns)
 }
 
-/// Runs one case; `Ok` carries a note for the PASS line, `Err` the reason
-/// and the last lines of output.
+/// Runs one case (a network case in namespace `netns`); `Ok` carries a note
+/// for the PASS line, `Err` the reason and the last lines of output.
 fn run_case(
     case: &BootCase,
+    netns: &str,
     accel: boot::accel::Accel,
     built: &kbuild::Built,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -208,7 +217,7 @@ fn run_case(
     // goes out of scope (after QEMU has ended), whatever happened.
     let _netns = match case.net {
         Some(net) => {
-            let tap = TapNetwork::new(boot_tests::TEST_NETNS, net.queues).map_err(|e| (e, vec![]))?;
+            let tap = TapNetwork::new(netns, net.queues).map_err(|e| (e, vec![]))?;
             let guard = NetnsGuard::create(&tap).map_err(|e| (e, vec![]))?;
             config.network = Network::Tap { tap: tap.tap.clone(), queues: net.queues, mac: None, vectors: net.vectors };
             config = config.with_kernel_cmdline(&format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, case.cmdline));
