@@ -259,15 +259,7 @@ fn run_case(
                 }
             }
             if case.net.is_some() {
-                let mut per_queue = std::collections::BTreeMap::new();
-                for l in &report.lines {
-                    if let Some((_, q)) = boot_tests::parse_net_stats(&l.text) {
-                        per_queue.insert(q.rxq, (q.rx_packets, q.rx_irqs));
-                    }
-                }
-                let spread: Vec<String> =
-                    per_queue.iter().map(|(q, (p, i))| format!("rxq{q} {p} pkts/{i} irqs")).collect();
-                note.push_str(&format!(", {}", spread.join(", ")));
+                note.push_str(&format!(", {}", boot_tests::network_note(&report)));
             } else if let Some(s) = &report.cpu_sample {
                 let max = s.vcpus.iter().map(|v| v.1).fold(0.0, f64::max);
                 note.push_str(&format!(", idle vCPU threads at most {:.1}% busy", max * 100.0));
