@@ -34,6 +34,9 @@ pub const MAX_QUEUES: u16 = 16;
 /// Linux interface names (and, by convention here, namespace names) are at
 /// most IFNAMSIZ - 1 bytes.
 pub const MAX_NAME_LEN: usize = 15;
+/// The MTUs a tap accepts: Ethernet's minimum for IPv4 (ETH_MIN_MTU) to the
+/// tun driver's maximum (MAX_MTU).
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
 
 /// What the host end of a tap network looks like.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +54,9 @@ pub struct TapNetwork {
     /// The address the guest is expected to use (for the hints printed to
     /// the user; the host side does not configure it).
     pub guest_addr: Ipv4Addr,
+    /// The tap's MTU, when not Linux's default of 1500: a larger one lets
+    /// the host send the guest frames bigger than its own MTU (jumbo frames).
+    pub mtu: Option<u32>,
 }
 
 impl Default for TapNetwork {
@@ -62,6 +68,7 @@ impl Default for TapNetwork {
             host_addr: Ipv4Addr::new(10, 99, 0, 1),
             prefix_len: 24,
             guest_addr: Ipv4Addr::new(10, 99, 0, 2),
+            mtu: None,
         }
     }
 }
@@ -89,6 +96,9 @@ impl TapNetwork {
         if self.host_addr == self.guest_addr {
             return Err(format!("host and guest cannot both be {}", self.host_addr));
         }
+        if let Some(mtu) = self.mtu.filter(|m| !MTU_RANGE.contains(m)) {
+            return Err(format!("MTU {mtu}: use {} to {}", MTU_RANGE.start(), MTU_RANGE.end()));
+        }
         Ok(())
     }
 
@@ -103,7 +113,8 @@ impl TapNetwork {
     ///
     /// The tap is multiqueue only when there is more than one queue: QEMU
     /// opens a one-queue tap without `IFF_MULTI_QUEUE`, and the kernel
-    /// refuses that on a device created multiqueue (EINVAL).
+    /// refuses that on a device created multiqueue (EINVAL). An MTU is set
+    /// before the tap goes up, so no frame ever leaves with the old one.
     pub fn setup_plan(&self) -> Vec<Vec<String>> {
         let (ns, tap) = (self.netns.as_str(), self.tap.as_str());
         let mut add_tap = vec![IP, "-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"];
@@ -111,14 +122,18 @@ impl TapNetwork {
             add_tap.push("multi_queue");
         }
         let host = self.host_cidr();
+        let mtu = self.mtu.map(|m| m.to_string());
+        let set_mtu = mtu.as_deref().map(|m| vec![IP, "-n", ns, "link", "set", tap, "mtu", m]);
         [
-            vec![IP, "netns", "add", ns],
-            vec![IP, "-n", ns, "link", "set", "lo", "up"],
-            add_tap,
-            vec![IP, "-n", ns, "addr", "add", host.as_str(), "dev", tap],
-            vec![IP, "-n", ns, "link", "set", tap, "up"],
+            Some(vec![IP, "netns", "add", ns]),
+            Some(vec![IP, "-n", ns, "link", "set", "lo", "up"]),
+            Some(add_tap),
+            Some(vec![IP, "-n", ns, "addr", "add", host.as_str(), "dev", tap]),
+            set_mtu,
+            Some(vec![IP, "-n", ns, "link", "set", tap, "up"]),
         ]
         .into_iter()
+        .flatten()
         .map(|cmd| cmd.into_iter().map(String::from).collect())
         .collect()
     }
@@ -317,9 +332,35 @@ mod tests {
     }
 
     #[test]
+    fn an_mtu_is_set_before_the_tap_goes_up() {
+        let net = TapNetwork { mtu: Some(9000), ..TapNetwork::new("jumbo", 2).unwrap() };
+        assert_eq!(net.validate(), Ok(()));
+        let plan = net.setup_plan();
+        assert_eq!(plan.len(), 6);
+        assert_eq!(plan[4], strings(&["ip", "-n", "jumbo", "link", "set", "mqtap0", "mtu", "9000"]));
+        assert_eq!(plan[5], strings(&["ip", "-n", "jumbo", "link", "set", "mqtap0", "up"]));
+        assert!(plan[1..].iter().all(|c| c[1..3] == ["-n", "jumbo"]));
+        // Without one, no MTU step at all.
+        let plan = TapNetwork::new("jumbo", 2).unwrap().setup_plan();
+        assert!(!plan.iter().flatten().any(|w| w == "mtu"), "{plan:?}");
+    }
+
+    #[test]
+    fn mtus_are_checked() {
+        let net = |mtu| TapNetwork { mtu: Some(mtu), ..TapNetwork::default() };
+        assert_eq!(net(68).validate(), Ok(()));
+        assert_eq!(net(65535).validate(), Ok(()));
+        assert_eq!(net(67).validate().unwrap_err(), "MTU 67: use 68 to 65535");
+        assert!(net(65536).validate().is_err());
+        fake(&[], None);
+        assert!(NetnsGuard::create_with(&net(0), fake_ip).is_err());
+        assert!(log().is_empty(), "nothing runs with a bad MTU: {:?}", log());
+    }
+
+    #[test]
     fn defaults() {
         let net = TapNetwork::default();
-        assert_eq!((net.netns.as_str(), net.tap.as_str(), net.queues), ("mqnet", "mqtap0", 1));
+        assert_eq!((net.netns.as_str(), net.tap.as_str(), net.queues, net.mtu), ("mqnet", "mqtap0", 1, None));
         assert_eq!((net.host_cidr(), net.guest_addr.to_string()), ("10.99.0.1/24".into(), "10.99.0.2".into()));
         assert_eq!(net.validate(), Ok(()));
     }
@@ -477,14 +518,15 @@ mod tests {
     fn real_namespace_is_created_and_deleted() {
         assert!(crate::prereq::is_root(), "needs root");
         assert!(crate::prereq::find_in_path(IP).is_some(), "needs ip (iproute2)");
-        let net = TapNetwork::new(&format!("mqnet-t{}", std::process::id()), 3).unwrap();
+        let net =
+            TapNetwork { mtu: Some(9000), ..TapNetwork::new(&format!("mqnet-t{}", std::process::id()), 3).unwrap() };
         let ns = net.netns.clone();
         assert!(!list().unwrap().contains(&ns), "{ns} exists before the test");
         let guard = NetnsGuard::create(&net).unwrap();
         assert!(list().unwrap().contains(&ns));
         let link = run_ip(&strings(&["ip", "-n", &ns, "-d", "addr", "show", "dev", "mqtap0"])).unwrap();
         assert!(link.contains("tun type tap") && link.contains("multi_queue"), "{link}");
-        assert!(link.contains("inet 10.99.0.1/24"), "{link}");
+        assert!(link.contains("inet 10.99.0.1/24") && link.contains(" mtu 9000 "), "{link}");
 
         // A second run with the same name fails and leaves the first one alone.
         let err = NetnsGuard::create(&net).unwrap_err();
