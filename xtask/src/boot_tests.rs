@@ -69,12 +69,40 @@ pub struct NetCase {
     pub per_flow: u16,
     /// Take the link down and up again (through QMP) after the traffic.
     pub flap_link: bool,
+    /// ICMP floods (`ping -f`), one per payload size in turn, after the
+    /// pings and flows; then [`AFTER_FLOOD_PINGS`] ordinary pings.
+    pub floods: &'static [u32],
 }
 
 impl NetCase {
     const fn new(queues: u16) -> NetCase {
-        NetCase { queues, vectors: None, pings: 20, flows: 32, per_flow: 4, flap_link: false }
+        NetCase { queues, vectors: None, pings: 20, flows: 32, per_flow: 4, flap_link: false, floods: &[] }
     }
+}
+
+/// Echo requests per flood: ping stops at this many replies.
+pub const FLOOD_COUNT: u32 = 40_000;
+/// Requests a flood keeps in flight (`ping -l`).
+pub const FLOOD_PRELOAD: u32 = 32;
+/// How long ping may flood before giving up (`ping -w`). A flood takes
+/// 0.5–3 s here; a guest whose data path wedged makes it run this long.
+pub const FLOOD_DEADLINE: Duration = Duration::from_secs(60);
+/// Most requests one flood may lose. When ping has its last reply it stops
+/// with up to [`FLOOD_PRELOAD`] requests still in flight, counted as lost;
+/// the rest allows a few frames dropped on the way (a full tap queue), while
+/// a data path that loses frames steadily shows hundreds.
+pub const FLOOD_MAX_LOST: u32 = 64;
+/// Ordinary pings after the floods, every one to be answered: a guest whose
+/// transmit path wedged during a flood answers none.
+pub const AFTER_FLOOD_PINGS: u32 = 5;
+/// Step names in the host-side transcript (see [`crate::traffic::section`]).
+pub const STEP_PING: &str = "ping";
+pub const STEP_FLOWS: &str = "udp flows";
+pub const STEP_AFTER_FLOODS: &str = "ping after the floods";
+
+/// The transcript step of the flood with `size` bytes of payload.
+pub fn flood_step(size: u32) -> String {
+    format!("flood -s {size}")
 }
 
 /// The kernel's line once every CPU's stack is up: traffic starts then.
@@ -93,6 +121,23 @@ pub fn test_netns(value: Option<std::ffi::OsString>) -> Result<String, String> {
     let name = value.into_string().map_err(|v| format!("{TEST_NETNS_VAR}={v:?} is not UTF-8"))?;
     boot::netns::validate_name("network namespace", &name).map_err(|e| format!("{TEST_NETNS_VAR}: {e}"))?;
     Ok(name)
+}
+
+/// An ICMP flood case on a fresh boot: `cpus` vCPUs with a queue pair each,
+/// counters reported every second, so the last report comes after the
+/// floods.
+fn flood_case(name: &'static str, cpus: u16) -> BootCase {
+    BootCase {
+        net: Some(NetCase { floods: &[56, 1400], ..NetCase::new(cpus) }),
+        ..case(
+            name,
+            Firmware::Bios,
+            cpus,
+            256,
+            "net-stats=1000",
+            Expect::Network { pairs: cpus, vectors: Vectors::PerQueue },
+        )
+    }
 }
 
 const fn case(
@@ -228,6 +273,13 @@ pub fn cases() -> Vec<BootCase> {
                 Expect::Network { pairs: 2, vectors: Vectors::Polled },
             )
         },
+        // The single-queue floods are booted three times: a transmit path
+        // that stalls does so on some boots only.
+        flood_case("net-flood-smp1-queues1-boot1", 1),
+        flood_case("net-flood-smp1-queues1-boot2", 1),
+        flood_case("net-flood-smp1-queues1-boot3", 1),
+        flood_case("net-flood-smp2-queues2-boot1", 2),
+        flood_case("net-flood-smp2-queues2-boot2", 2),
         BootCase {
             transitional_nic: true,
             also: &["WARN  virtio-net 00:02.0: transitional device (id 1000) is not supported; start QEMU with"],
@@ -320,13 +372,24 @@ pub fn cases() -> Vec<BootCase> {
 
 /// How long a case may take with `accel`.
 pub fn time_limit(case: &BootCase, accel: Accel) -> Duration {
-    match (accel, &case.expect) {
+    let base = match (accel, &case.expect) {
         (_, Expect::IdleUntilStopped) => idle_window(accel),
         (Accel::Tcg, Expect::Network { .. }) => Duration::from_secs(90),
         (Accel::Tcg, _) => Duration::from_secs(60),
         // kvm_pvm: ~50 s BIOS boots measured; hardware KVM is far faster.
         (Accel::Kvm { .. }, _) => Duration::from_secs(240),
-    }
+    };
+    // Every flood may run into its deadline (a wedged guest); the case
+    // should then end with the checks' verdict, not with a timeout.
+    let floods = case.net.map_or(0, |n| n.floods.len() as u32);
+    base + FLOOD_DEADLINE * floods
+}
+
+/// How long a network case's VM keeps running after the host-side traffic:
+/// three `net-stats=` periods, so every CPU reports after the traffic.
+pub fn then_wait(case: &BootCase) -> Duration {
+    let period = case.cmdline.split_whitespace().find_map(|w| w.strip_prefix("net-stats=")?.parse::<u64>().ok());
+    Duration::from_millis(3 * period.unwrap_or(400))
 }
 
 /// How long an idle kernel is left running before the runner stops it.
@@ -555,9 +618,10 @@ pub fn last_net_stats(report: &RunReport) -> BTreeMap<u32, NetStats> {
 
 /// What a passing network case reports besides passing: the receive
 /// spread, how often the transmit path kicked the device, and how often
-/// anything had to step in (`full` transmit rings, `rescues`, `watchdog`).
-/// None of these is a failure by itself.
-pub fn network_note(report: &RunReport) -> String {
+/// anything had to step in (`full` transmit rings, `rescues`, `watchdog`);
+/// then each flood's time and loss where the case has floods. For
+/// information: none of these figures is a failure by itself.
+pub fn network_note(case: &BootCase, report: &RunReport) -> String {
     let last = last_net_stats(report);
     let mut parts: Vec<String> =
         last.values().map(|s| format!("rxq{} {} pkts/{} irqs", s.rxq, s.rx.get("packets"), s.rx.get("irqs"))).collect();
@@ -569,6 +633,14 @@ pub fn network_note(report: &RunReport) -> String {
     parts.push(format!("tx full {}", sum(&|s| s.tx.get("full"))));
     parts.push(format!("rescues {}", sum(&|s| s.rx.get("rescues") + s.tx.get("rescues"))));
     parts.push(format!("watchdog {}", sum(&|s| s.rx.get("watchdog") + s.tx.get("watchdog"))));
+    let (Some(net), Some(Ok(out))) = (case.net, &report.action) else { return parts.join(", ") };
+    for &size in net.floods {
+        let step = flood_step(size);
+        if let Some(p) = crate::traffic::find_section(out, &step).map(|o| crate::traffic::parse_ping(&o)) {
+            let secs = p.time_ms.map_or("?".into(), |ms| format!("{:.1}", ms as f64 / 1000.0));
+            parts.push(format!("{step}: {} replies in {secs} s, {} lost", p.received, p.lost()));
+        }
+    }
     parts.join(", ")
 }
 
@@ -643,20 +715,15 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vecto
         };
         need(format!("pair {p}: rxq {rxq} {}, txq {txq} {}, cpu{p} (APIC id {p})", route(rxq), route(txq)))?;
     }
-    match &report.action {
-        Some(Ok(out)) => {
-            let ping = crate::traffic::parse_ping(out);
-            if ping.sent != net.pings || ping.received != net.pings {
-                return Err(format!("ping: {} sent, {} answered, {} expected", ping.sent, ping.received, net.pings));
-            }
-        }
+    let arrived = match &report.action {
+        Some(Ok(out)) => check_traffic(&net, out)?,
         Some(Err(e)) => return Err(format!("host-side traffic failed: {e}")),
         None => return Err("the host-side traffic never ran".into()),
-    }
-    let (total, busy_queues) = check_queue_reports(&last_net_stats(report), case.cpus, pairs, polled)?;
-    let sent = net.flows as u64 * net.per_flow as u64 + net.pings as u64;
-    if total < sent {
-        return Err(format!("the guest received {total} frames, fewer than the {sent} sent"));
+    };
+    let last = last_net_stats(report);
+    let (total, busy_queues) = check_queue_reports(&last, case.cpus, pairs, polled)?;
+    if total < arrived {
+        return Err(format!("the guest's last reports count {total} frames received, fewer than the {arrived} sent"));
     }
     if pairs > 1 && busy_queues < 2 {
         return Err(format!("{} flows all arrived on one receive queue", net.flows));
@@ -670,6 +737,47 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vecto
         return Err(format!("unexpected warning: {}", l.text));
     }
     Ok(())
+}
+
+/// Checks the host side's transcript: every ping answered, every flood
+/// complete within its deadline and with at most [`FLOOD_MAX_LOST`] lost,
+/// the guest still answering afterwards. Returns how many frames must have
+/// reached the guest (at least).
+fn check_traffic(net: &NetCase, out: &str) -> Result<u64, String> {
+    use crate::traffic::{find_section, parse_ping, PingResult};
+    let ping = |step: &str| find_section(out, step).map(|o| parse_ping(&o)).ok_or(format!("no `{step}` step ran"));
+    let all_answered = |step: &str, p: &PingResult, count: u32| {
+        if p.sent == count && p.received == count {
+            Ok(())
+        } else {
+            Err(format!("{step}: {} sent, {} answered, {count} expected", p.sent, p.received))
+        }
+    };
+    let first = ping(STEP_PING)?;
+    all_answered(STEP_PING, &first, net.pings)?;
+    let mut arrived = u64::from(net.flows) * u64::from(net.per_flow) + u64::from(net.pings);
+    for &size in net.floods {
+        let step = flood_step(size);
+        let p = ping(&step)?;
+        if p.received < FLOOD_COUNT {
+            return Err(format!(
+                "{step}: only {} of {FLOOD_COUNT} echo requests answered within {} s ({} sent): the guest stalled",
+                p.received,
+                FLOOD_DEADLINE.as_secs(),
+                p.sent
+            ));
+        }
+        if p.lost() > FLOOD_MAX_LOST {
+            return Err(format!("{step}: {} of {} requests lost, more than {FLOOD_MAX_LOST}", p.lost(), p.sent));
+        }
+        arrived += u64::from(p.received);
+    }
+    if !net.floods.is_empty() {
+        let after = ping(STEP_AFTER_FLOODS)?;
+        all_answered(STEP_AFTER_FLOODS, &after, AFTER_FLOOD_PINGS)?;
+        arrived += u64::from(after.received);
+    }
+    Ok(arrived)
 }
 
 /// The number of milliseconds right after `prefix` in `line` ("10.002 ms").
@@ -883,12 +991,20 @@ mod tests {
     }
 
     fn net_case_lines(stats: &dyn Fn(u16) -> String) -> Vec<String> {
+        pair_lines(4, stats)
+    }
+
+    /// A boot with `pairs` queue pairs (per-queue MSI-X), cpu`p`'s net-stats
+    /// report `stats(p)`.
+    fn pair_lines(pairs: u16, stats: &dyn Fn(u16) -> String) -> Vec<String> {
         let mut l = good_boot();
-        l.push(
-            "virtio-net 00:02.0: MAC 52:54:00:12:34:56, link up, 4 pairs offered, 4 in use, 10 MSI-X entries".into(),
-        );
-        l.push("virtio-net 00:02.0: VQ_PAIRS_SET 4: acknowledged".into());
-        for p in 0..4u16 {
+        l.push(format!(
+            "virtio-net 00:02.0: MAC 52:54:00:12:34:56, link up, {pairs} pairs offered, {pairs} in use, 10 MSI-X entries"
+        ));
+        if pairs > 1 {
+            l.push(format!("virtio-net 00:02.0: VQ_PAIRS_SET {pairs}: acknowledged"));
+        }
+        for p in 0..pairs {
             l.push(format!(
                 "virtio-net 00:02.0: pair {p}: rxq {} MSI-X entry {} -> vector {:#x}, txq {} MSI-X entry {} -> vector {:#x}, cpu{p} (APIC id {p})",
                 2 * p, 2 * p, 0x40 + 2 * p, 2 * p + 1, 2 * p + 1, 0x41 + 2 * p
@@ -912,9 +1028,19 @@ mod tests {
     const TX_OK: &str = "packets 60 bytes 8800 irqs 0 full 2 kicks 12 rescues 1 watchdog 0";
     const OK_PING: &str = "20 packets transmitted, 20 received, 0% packet loss, time 1s";
 
+    /// A transcript of the host-side steps.
+    fn transcript(steps: &[(&str, &str)]) -> String {
+        steps.iter().map(|(name, out)| crate::traffic::section(name, out)).collect()
+    }
+
+    /// What `net-smp4-queues4`'s host side sees from a good guest.
+    fn ok_traffic() -> String {
+        transcript(&[(STEP_PING, OK_PING), (STEP_FLOWS, "128 datagrams on 32 flows")])
+    }
+
     fn net_report(l: &[String]) -> RunReport {
         let mut r = report(Outcome::Stopped(StopReason::Finished), &lines(l));
-        r.action = Some(Ok(OK_PING.into()));
+        r.action = Some(Ok(ok_traffic()));
         r
     }
 
@@ -934,7 +1060,7 @@ mod tests {
         });
         let mut r = net_report(&l);
         assert_eq!(check(&c, &r), Ok(()));
-        r.action = Some(Ok("20 packets transmitted, 19 received".into()));
+        r.action = Some(Ok(ok_traffic().replace("20 received", "19 received")));
         assert!(check(&c, &r).unwrap_err().contains("19 answered"));
         let mut bad = l.clone();
         bad.push("cpu1 WARN  net-stats: cpu1 took 3 interrupts of other CPUs' queues".into());
@@ -958,7 +1084,7 @@ mod tests {
         let r = net_report(&net_case_lines(&|p| new_stats(p, 60, NO_DROPS, TX_OK)));
         assert_eq!(check(&c, &r), Ok(()));
         assert_eq!(
-            network_note(&r),
+            network_note(&c, &r),
             "rxq0 60 pkts/14 irqs, rxq2 60 pkts/14 irqs, rxq4 60 pkts/14 irqs, rxq6 60 pkts/14 irqs, \
              tx kicks/1000 pkts 200.0, tx full 8, rescues 4, watchdog 0"
         );
@@ -1002,7 +1128,7 @@ mod tests {
         let tx = "packets 60 bytes 8800 irqs 0 full 500 kicks 60 rescues 7 watchdog 3";
         let r = net_report(&net_case_lines(&|p| new_stats(p, 60, NO_DROPS, tx)));
         assert_eq!(check(&c, &r), Ok(()));
-        assert!(network_note(&r).ends_with("tx kicks/1000 pkts 1000.0, tx full 2000, rescues 28, watchdog 12"));
+        assert!(network_note(&c, &r).ends_with("tx kicks/1000 pkts 1000.0, tx full 2000, rescues 28, watchdog 12"));
     }
 
     #[test]
@@ -1045,6 +1171,96 @@ mod tests {
         let mut l = net_case_lines(&|p| new_stats(p, 60, NO_DROPS, TX_OK));
         l.push(new_stats(0, 61, NO_DROPS, "packets 0"));
         assert!(check(&c, &net_report(&l)).unwrap_err().contains("cpu0 received 61 packets"));
+    }
+
+    fn named(name: &str) -> BootCase {
+        cases().into_iter().find(|c| c.name == name).unwrap()
+    }
+
+    /// A flood of `FLOOD_COUNT` replies with `lost` more requests sent.
+    fn flood_out(received: u32, lost: u32) -> String {
+        format!(
+            "PING 10.99.0.2 (10.99.0.2) 56(84) bytes of data.\n\n--- 10.99.0.2 ping statistics ---\n\
+             {} packets transmitted, {received} received, 0.1% packet loss, time 1843ms\n",
+            received + lost
+        )
+    }
+
+    const AFTER_OK: &str = "5 packets transmitted, 5 received, 0% packet loss, time 204ms";
+
+    fn flood_report(pairs: u16, rx_per_cpu: u32, steps: &[(&str, &str)]) -> RunReport {
+        let mut r = net_report(&pair_lines(pairs, &|p| new_stats(p, rx_per_cpu, NO_DROPS, TX_OK)));
+        r.action = Some(Ok(transcript(steps)));
+        r
+    }
+
+    #[test]
+    fn flood_cases_exist_with_generous_bounded_limits() {
+        for (name, cpus) in [
+            ("net-flood-smp1-queues1-boot1", 1),
+            ("net-flood-smp1-queues1-boot2", 1),
+            ("net-flood-smp1-queues1-boot3", 1),
+            ("net-flood-smp2-queues2-boot1", 2),
+            ("net-flood-smp2-queues2-boot2", 2),
+        ] {
+            let c = named(name);
+            let net = c.net.unwrap();
+            assert_eq!((c.cpus, net.queues, net.floods), (cpus, cpus, &[56, 1400][..]), "{name}");
+            assert!(matches!(c.expect, Expect::Network { pairs, .. } if pairs == cpus));
+            assert_eq!(time_limit(&c, Accel::Tcg), Duration::from_secs(90 + 2 * 60));
+            assert_eq!(then_wait(&c), Duration::from_secs(3), "a report after the floods");
+        }
+        assert_eq!(time_limit(&named("net-smp2-queues8"), Accel::Tcg), Duration::from_secs(90));
+        assert_eq!(then_wait(&named("net-smp2-queues8")), Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn floods_must_complete_with_few_losses() {
+        let c = named("net-flood-smp2-queues2-boot1");
+        let (f56, f1400) = (flood_step(56), flood_step(1400));
+        let ok = |lost56: u32, lost1400: u32| {
+            vec![
+                (STEP_PING, OK_PING.to_string()),
+                (STEP_FLOWS, String::new()),
+                (f56.as_str(), flood_out(FLOOD_COUNT, lost56)),
+                (f1400.as_str(), flood_out(FLOOD_COUNT, lost1400)),
+                (STEP_AFTER_FLOODS, AFTER_OK.to_string()),
+            ]
+        };
+        let run = |steps: &[(&str, String)], rx: u32| {
+            let steps: Vec<(&str, &str)> = steps.iter().map(|(n, o)| (*n, o.as_str())).collect();
+            let r = flood_report(2, rx, &steps);
+            check(&c, &r).map(|()| network_note(&c, &r))
+        };
+        let note = run(&ok(12, FLOOD_MAX_LOST), 40_100).unwrap();
+        assert!(
+            note.ends_with(
+                "flood -s 56: 40000 replies in 1.8 s, 12 lost, flood -s 1400: 40000 replies in 1.8 s, 64 lost"
+            ),
+            "{note}"
+        );
+        assert_eq!(
+            run(&ok(12, FLOOD_MAX_LOST + 1), 40_100).unwrap_err(),
+            "flood -s 1400: 65 of 40065 requests lost, more than 64"
+        );
+        // A guest that stalled: ping ran into its deadline, the next flood never started.
+        let mut stalled = ok(0, 0);
+        stalled[2].1 = "52000 packets transmitted, 2100 received, 95.9% packet loss, time 60004ms".into();
+        stalled.remove(3);
+        let err = run(&stalled, 40_100).unwrap_err();
+        assert_eq!(
+            err,
+            "flood -s 56: only 2100 of 40000 echo requests answered within 60 s (52000 sent): the guest stalled"
+        );
+        // Floods done, but the guest no longer answers.
+        let mut wedged = ok(0, 0);
+        wedged[4].1 = "5 packets transmitted, 0 received, 100% packet loss, time 4050ms".into();
+        assert_eq!(run(&wedged, 40_100).unwrap_err(), "ping after the floods: 5 sent, 0 answered, 5 expected");
+        let mut missing = ok(0, 0);
+        missing.remove(4);
+        assert_eq!(run(&missing, 40_100).unwrap_err(), "no `ping after the floods` step ran");
+        // The last reports must count the floods: reported before them, they cannot.
+        assert!(run(&ok(0, 0), 100).unwrap_err().contains("fewer than the 80153 sent"));
     }
 
     #[test]

@@ -222,27 +222,17 @@ fn run_case(
             config.network = Network::Tap { tap: tap.tap.clone(), queues: net.queues, mac: None, vectors: net.vectors };
             config = config.with_kernel_cmdline(&format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, case.cmdline));
             config.netns = Some(tap.netns.clone());
-            let (ns, guest) = (tap.netns.clone(), tap.guest_addr.to_string());
-            let qmp_path = std::env::temp_dir().join(format!("mqnet-qmp-{}.sock", std::process::id()));
-            if net.flap_link {
-                let _ = std::fs::remove_file(&qmp_path);
-                config.qmp = Some(qmp_path.clone());
-            }
+            let qmp = net.flap_link.then(|| {
+                let path = std::env::temp_dir().join(format!("mqnet-qmp-{}.sock", std::process::id()));
+                let _ = std::fs::remove_file(&path);
+                path
+            });
+            config.qmp = qmp.clone();
+            let host_end = tap.clone();
             opts.during = Some(During {
                 after: boot_tests::NET_READY.into(),
-                action: Box::new(move || {
-                    let ping = traffic::ping(&ns, &guest, net.pings, Duration::from_millis(50))?;
-                    let flows = traffic::udp_flows(&ns, &guest, net.flows, net.per_flow)?;
-                    if net.flap_link {
-                        let mut qmp = crate::qmp::Qmp::connect(&qmp_path)?;
-                        qmp.set_link("net0", false)?;
-                        std::thread::sleep(Duration::from_millis(500));
-                        qmp.set_link("net0", true)?;
-                        let _ = std::fs::remove_file(&qmp_path);
-                    }
-                    Ok(format!("{} packets transmitted, {} received\n{flows}", ping.sent, ping.received))
-                }),
-                then_wait: Duration::from_millis(1200),
+                action: Box::new(move || case_traffic(&net, &host_end, qmp.as_deref())),
+                then_wait: boot_tests::then_wait(case),
             });
             Some(guard)
         }
@@ -259,7 +249,7 @@ fn run_case(
                 }
             }
             if case.net.is_some() {
-                note.push_str(&format!(", {}", boot_tests::network_note(&report)));
+                note.push_str(&format!(", {}", boot_tests::network_note(case, &report)));
             } else if let Some(s) = &report.cpu_sample {
                 let max = s.vcpus.iter().map(|v| v.1).fold(0.0, f64::max);
                 note.push_str(&format!(", idle vCPU threads at most {:.1}% busy", max * 100.0));
@@ -270,10 +260,47 @@ fn run_case(
             let mut tail: Vec<String> = report.lines.iter().rev().take(15).map(|l| l.text.clone()).collect();
             tail.reverse();
             tail.extend(report.stderr.lines().map(|l| format!("qemu: {l}")));
+            // The host side's steps, without ping's line per reply.
+            if let Some(Ok(out)) = &report.action {
+                tail.extend(out.lines().filter(|l| !l.contains(" bytes from ")).map(|l| format!("host: {l}")));
+            }
             tail.insert(0, format!("$ {}", config.command_line()));
             Err((why, tail))
         }
     }
+}
+
+/// The host side of a network case, step by step from inside the
+/// namespace: pings, UDP flows, a link flap, floods and the pings after
+/// them, as the case asks. Returns the transcript of every step's output
+/// ([`traffic::section`]) for the checks.
+/// Every step bounds itself; after a flood that did not complete the next
+/// is not started (it would only run into its deadline too).
+fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::path::Path>) -> Result<String, String> {
+    use boot_tests::*;
+    let (ns, guest) = (tap.netns.as_str(), tap.guest_addr.to_string());
+    let ms = Duration::from_millis;
+    let mut out = traffic::section(STEP_PING, &traffic::ping(ns, &guest, net.pings, 56, ms(50), ms(2000))?);
+    out += &traffic::section(STEP_FLOWS, &traffic::udp_flows(ns, &guest, net.flows, net.per_flow)?);
+    if let Some(path) = qmp {
+        let mut qmp = crate::qmp::Qmp::connect(path)?;
+        qmp.set_link("net0", false)?;
+        std::thread::sleep(ms(500));
+        qmp.set_link("net0", true)?;
+        let _ = std::fs::remove_file(path);
+    }
+    for &size in net.floods {
+        let flood = traffic::flood(ns, &guest, size, FLOOD_COUNT, FLOOD_PRELOAD, FLOOD_DEADLINE)?;
+        out += &traffic::section(&flood_step(size), &flood);
+        if traffic::parse_ping(&flood).received < FLOOD_COUNT {
+            break;
+        }
+    }
+    if !net.floods.is_empty() {
+        let after = traffic::ping(ns, &guest, AFTER_FLOOD_PINGS, 56, ms(50), ms(1000))?;
+        out += &traffic::section(STEP_AFTER_FLOODS, &after);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

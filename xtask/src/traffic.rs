@@ -11,9 +11,19 @@ pub struct PingResult {
     pub received: u32,
     /// Round-trip time of each reply, in milliseconds.
     pub rtts_ms: Vec<f64>,
+    /// The whole run as ping timed it (`time 1843ms` in its summary).
+    pub time_ms: Option<u64>,
 }
 
-/// Parses `ping` output: every `time=X ms` and the summary counts.
+impl PingResult {
+    /// Requests without a reply (with a deadline, ping sends until it has
+    /// its count of replies, so this is not `count - received`).
+    pub fn lost(&self) -> u32 {
+        self.sent.saturating_sub(self.received)
+    }
+}
+
+/// Parses `ping` output: every `time=X ms` and the summary.
 pub fn parse_ping(out: &str) -> PingResult {
     let mut r = PingResult::default();
     for line in out.lines() {
@@ -28,9 +38,24 @@ pub fn parse_ping(out: &str) -> PingResult {
             };
             r.sent = num("transmitted").unwrap_or(0);
             r.received = num("received").unwrap_or(0);
+            r.time_ms = line.split(", ").find_map(|p| p.trim().strip_prefix("time ")?.strip_suffix("ms")?.parse().ok());
         }
     }
     r
+}
+
+/// One step of a case's host-side work in its transcript: a `== NAME`
+/// line, then what the step printed. The checks find each step's output by
+/// name, and a failure shows the whole transcript.
+pub fn section(name: &str, output: &str) -> String {
+    format!("== {name}\n{}\n", output.trim_end())
+}
+
+/// The output of step `name` in a transcript of [`section`]s.
+pub fn find_section(transcript: &str, name: &str) -> Option<String> {
+    let mut lines = transcript.lines().skip_while(|l| l.strip_prefix("== ") != Some(name));
+    lines.next()?;
+    Some(lines.take_while(|l| !l.starts_with("== ")).map(|l| format!("{l}\n")).collect())
 }
 
 fn in_netns(netns: &str, program: &str) -> Command {
@@ -39,13 +64,70 @@ fn in_netns(netns: &str, program: &str) -> Command {
     c
 }
 
-/// `count` pings, `interval` apart, each waiting at most 2 s.
-pub fn ping(netns: &str, addr: &str, count: u32, interval: Duration) -> Result<PingResult, String> {
-    let out = in_netns(netns, "ping")
-        .args(["-n", "-c", &count.to_string(), "-i", &format!("{:.3}", interval.as_secs_f64()), "-W", "2", addr])
-        .output()
-        .map_err(|e| format!("could not run ping: {e}"))?;
-    Ok(parse_ping(&String::from_utf8_lossy(&out.stdout)))
+/// Runs `ping ARGS` in the namespace and returns what it printed. Lost
+/// replies are a result, not an error (exit status 1); status 2 means ping
+/// itself could not do its job.
+fn run_ping(netns: &str, args: &[String]) -> Result<String, String> {
+    let out = in_netns(netns, "ping").args(args).output().map_err(|e| format!("could not run ping: {e}"))?;
+    if !matches!(out.status.code(), Some(0 | 1)) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("`ping {}` failed ({}): {}", args.join(" "), out.status, stderr.trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `count` pings with `size` bytes of payload, `interval` apart, each
+/// waiting at most `wait` for its reply (ping itself ends after about
+/// `count × interval + wait`).
+pub fn ping(
+    netns: &str,
+    addr: &str,
+    count: u32,
+    size: u32,
+    interval: Duration,
+    wait: Duration,
+) -> Result<String, String> {
+    let args = [
+        "-n".into(),
+        "-c".into(),
+        count.to_string(),
+        "-s".into(),
+        size.to_string(),
+        "-i".into(),
+        format!("{:.3}", interval.as_secs_f64()),
+        "-W".into(),
+        format!("{:.1}", wait.as_secs_f64()),
+        addr.into(),
+    ];
+    run_ping(netns, &args)
+}
+
+/// An ICMP flood (`ping -f`): requests as fast as replies come back, with
+/// `preload` in flight, until `count` replies have arrived or `deadline` has
+/// passed, whichever is first. Prints only the summary.
+pub fn flood(
+    netns: &str,
+    addr: &str,
+    size: u32,
+    count: u32,
+    preload: u32,
+    deadline: Duration,
+) -> Result<String, String> {
+    let args = [
+        "-n".into(),
+        "-q".into(),
+        "-f".into(),
+        "-l".into(),
+        preload.to_string(),
+        "-c".into(),
+        count.to_string(),
+        "-s".into(),
+        size.to_string(),
+        "-w".into(),
+        deadline.as_secs().to_string(),
+        addr.into(),
+    ];
+    run_ping(netns, &args)
 }
 
 /// `flows` UDP flows (distinct source and destination ports), `per_flow`
@@ -89,6 +171,32 @@ rtt min/avg/max/mdev = 0.555/1.472/3.260/1.264 ms
         let r = parse_ping(OUT);
         assert_eq!((r.sent, r.received), (4, 3));
         assert_eq!(r.rtts_ms, [3.26, 0.555, 0.603]);
+        assert_eq!((r.time_ms, r.lost()), (Some(816), 1));
         assert_eq!(parse_ping(""), PingResult::default());
+    }
+
+    #[test]
+    fn flood_summaries_are_parsed() {
+        let r = parse_ping(
+            "PING 10.99.0.2 (10.99.0.2) 56(84) bytes of data.\n\n--- 10.99.0.2 ping statistics ---\n\
+             40031 packets transmitted, 40000 received, 0.0774% packet loss, time 1843ms\n\
+             rtt min/avg/max/mdev = 0.021/0.043/1.200/0.010 ms, pipe 32, ipg/ewma 0.046/0.040 ms\n",
+        );
+        assert_eq!((r.sent, r.received, r.lost(), r.time_ms), (40031, 40000, 31, Some(1843)));
+        assert!(r.rtts_ms.is_empty());
+        // A flood that ran into its deadline, with errors reported.
+        let r = parse_ping("52000 packets transmitted, 2100 received, +3 errors, 95.9% packet loss, time 60004ms\n");
+        assert_eq!((r.sent, r.received, r.lost(), r.time_ms), (52000, 2100, 49900, Some(60004)));
+    }
+
+    #[test]
+    fn transcripts_are_split_into_sections() {
+        let t =
+            [section("ping", OUT), section("empty", ""), section("udp flows", "128 datagrams on 32 flows")].concat();
+        assert_eq!(find_section(&t, "ping").map(|p| parse_ping(&p).sent), Some(4));
+        assert_eq!(find_section(&t, "empty").as_deref(), Some("\n"));
+        assert_eq!(find_section(&t, "udp flows").as_deref(), Some("128 datagrams on 32 flows\n"));
+        assert_eq!(find_section(&t, "flood -s 56"), None);
+        assert_eq!(find_section(&t, "pin"), None, "whole names only");
     }
 }
