@@ -72,11 +72,26 @@ pub struct NetCase {
     /// ICMP floods (`ping -f`), one per payload size in turn, after the
     /// pings and flows; then [`AFTER_FLOOD_PINGS`] ordinary pings.
     pub floods: &'static [u32],
+    /// The tap's MTU (Linux's 1500 when `None`).
+    pub tap_mtu: Option<u32>,
+    /// [`JUMBO_PINGS`] pings with this payload size, larger than the
+    /// guest's MTU, after the rest (needs `tap_mtu`).
+    pub jumbo_pings: Option<u32>,
 }
 
 impl NetCase {
     const fn new(queues: u16) -> NetCase {
-        NetCase { queues, vectors: None, pings: 20, flows: 32, per_flow: 4, flap_link: false, floods: &[] }
+        NetCase {
+            queues,
+            vectors: None,
+            pings: 20,
+            flows: 32,
+            per_flow: 4,
+            flap_link: false,
+            floods: &[],
+            tap_mtu: None,
+            jumbo_pings: None,
+        }
     }
 }
 
@@ -95,6 +110,9 @@ pub const FLOOD_MAX_LOST: u32 = 64;
 /// Ordinary pings after the floods, every one to be answered: a guest whose
 /// transmit path wedged during a flood answers none.
 pub const AFTER_FLOOD_PINGS: u32 = 5;
+/// Pings with a payload beyond the guest's MTU, every one to be answered
+/// intact.
+pub const JUMBO_PINGS: u32 = 20;
 /// Step names in the host-side transcript (see [`crate::traffic::section`]).
 pub const STEP_PING: &str = "ping";
 pub const STEP_FLOWS: &str = "udp flows";
@@ -103,6 +121,11 @@ pub const STEP_AFTER_FLOODS: &str = "ping after the floods";
 /// The transcript step of the flood with `size` bytes of payload.
 pub fn flood_step(size: u32) -> String {
     format!("flood -s {size}")
+}
+
+/// The transcript step of the jumbo pings with `size` bytes of payload.
+pub fn jumbo_step(size: u32) -> String {
+    format!("ping -s {size}")
 }
 
 /// The kernel's line once every CPU's stack is up: traffic starts then.
@@ -280,6 +303,19 @@ pub fn cases() -> Vec<BootCase> {
         flood_case("net-flood-smp1-queues1-boot3", 1),
         flood_case("net-flood-smp2-queues2-boot1", 2),
         flood_case("net-flood-smp2-queues2-boot2", 2),
+        BootCase {
+            // 4042-byte frames, three merged 2 KiB receive buffers each; the
+            // guest keeps its MTU of 1500 and answers in IP fragments.
+            net: Some(NetCase { tap_mtu: Some(9000), jumbo_pings: Some(4000), ..NetCase::new(2) }),
+            ..case(
+                "net-jumbo-frames-from-a-mtu9000-tap",
+                Bios,
+                2,
+                256,
+                NET,
+                Expect::Network { pairs: 2, vectors: Vectors::PerQueue },
+            )
+        },
         BootCase {
             transitional_nic: true,
             also: &["WARN  virtio-net 00:02.0: transitional device (id 1000) is not supported; start QEMU with"],
@@ -619,8 +655,9 @@ pub fn last_net_stats(report: &RunReport) -> BTreeMap<u32, NetStats> {
 /// What a passing network case reports besides passing: the receive
 /// spread, how often the transmit path kicked the device, and how often
 /// anything had to step in (`full` transmit rings, `rescues`, `watchdog`);
-/// then each flood's time and loss where the case has floods. For
-/// information: none of these figures is a failure by itself.
+/// then each flood's time and loss, and merged receive buffers where the
+/// case has them. For information: none of these figures is a failure by
+/// itself.
 pub fn network_note(case: &BootCase, report: &RunReport) -> String {
     let last = last_net_stats(report);
     let mut parts: Vec<String> =
@@ -640,6 +677,9 @@ pub fn network_note(case: &BootCase, report: &RunReport) -> String {
             let secs = p.time_ms.map_or("?".into(), |ms| format!("{:.1}", ms as f64 / 1000.0));
             parts.push(format!("{step}: {} replies in {secs} s, {} lost", p.received, p.lost()));
         }
+    }
+    if net.jumbo_pings.is_some() {
+        parts.push(format!("merged {}", sum(&|s| s.rx.get("merged"))));
     }
     parts.join(", ")
 }
@@ -728,6 +768,11 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vecto
     if pairs > 1 && busy_queues < 2 {
         return Err(format!("{} flows all arrived on one receive queue", net.flows));
     }
+    if let Some(size) = net.jumbo_pings {
+        if !last.values().any(|s| s.rx.get("merged") > 0) {
+            return Err(format!("{} answered, but no CPU counts a merged receive buffer (merged 0)", jumbo_step(size)));
+        }
+    }
     if let Some(l) = report.lines.iter().find(|l| l.text.contains("interrupts of other CPUs' queues")) {
         return Err(format!("a queue interrupt reached the wrong CPU: {}", l.text));
     }
@@ -741,8 +786,8 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vecto
 
 /// Checks the host side's transcript: every ping answered, every flood
 /// complete within its deadline and with at most [`FLOOD_MAX_LOST`] lost,
-/// the guest still answering afterwards. Returns how many frames must have
-/// reached the guest (at least).
+/// the guest still answering afterwards, jumbo replies intact. Returns how
+/// many frames must have reached the guest (at least).
 fn check_traffic(net: &NetCase, out: &str) -> Result<u64, String> {
     use crate::traffic::{find_section, parse_ping, PingResult};
     let ping = |step: &str| find_section(out, step).map(|o| parse_ping(&o)).ok_or(format!("no `{step}` step ran"));
@@ -776,6 +821,15 @@ fn check_traffic(net: &NetCase, out: &str) -> Result<u64, String> {
         let after = ping(STEP_AFTER_FLOODS)?;
         all_answered(STEP_AFTER_FLOODS, &after, AFTER_FLOOD_PINGS)?;
         arrived += u64::from(after.received);
+    }
+    if let Some(size) = net.jumbo_pings {
+        let step = jumbo_step(size);
+        let p = ping(&step)?;
+        if let Some(line) = p.damaged.first() {
+            return Err(format!("{step}: a damaged reply: {line}"));
+        }
+        all_answered(&step, &p, JUMBO_PINGS)?;
+        arrived += u64::from(p.received);
     }
     Ok(arrived)
 }
@@ -1261,6 +1315,36 @@ mod tests {
         assert_eq!(run(&missing, 40_100).unwrap_err(), "no `ping after the floods` step ran");
         // The last reports must count the floods: reported before them, they cannot.
         assert!(run(&ok(0, 0), 100).unwrap_err().contains("fewer than the 80153 sent"));
+    }
+
+    #[test]
+    fn jumbo_replies_must_all_come_back_intact_through_merged_buffers() {
+        let c = named("net-jumbo-frames-from-a-mtu9000-tap");
+        let net = c.net.unwrap();
+        assert_eq!((net.tap_mtu, net.jumbo_pings, net.queues, c.cpus), (Some(9000), Some(4000), 2, 2));
+        let jumbo = jumbo_step(4000);
+        let good = "4008 bytes from 10.99.0.2: icmp_seq=1 ttl=64 time=1.1 ms\n\
+                    20 packets transmitted, 20 received, 0% packet loss, time 1000ms";
+        let run = |out: &str, merged: u32| {
+            let steps = [(STEP_PING, OK_PING), (STEP_FLOWS, ""), (jumbo.as_str(), out)];
+            let l =
+                pair_lines(2, &|p| new_stats(p, 100, NO_DROPS, TX_OK).replace("merged 0", &format!("merged {merged}")));
+            let mut r = net_report(&l);
+            r.action = Some(Ok(transcript(&steps)));
+            check(&c, &r).map(|()| network_note(&c, &r))
+        };
+        assert!(run(good, 40).unwrap().ends_with("merged 80"));
+        assert_eq!(
+            run(good, 0).unwrap_err(),
+            "ping -s 4000 answered, but no CPU counts a merged receive buffer (merged 0)"
+        );
+        let dropped = "20 packets transmitted, 0 received, 100% packet loss, time 1000ms";
+        assert_eq!(run(dropped, 0).unwrap_err(), "ping -s 4000: 20 sent, 0 answered, 20 expected");
+        let damaged = format!("wrong data byte #2000 should be 0xd0 but was 0x0\n{good}");
+        assert_eq!(
+            run(&damaged, 40).unwrap_err(),
+            "ping -s 4000: a damaged reply: wrong data byte #2000 should be 0xd0 but was 0x0"
+        );
     }
 
     #[test]

@@ -217,7 +217,7 @@ fn run_case(
     // goes out of scope (after QEMU has ended), whatever happened.
     let _netns = match case.net {
         Some(net) => {
-            let tap = TapNetwork::new(netns, net.queues).map_err(|e| (e, vec![]))?;
+            let tap = TapNetwork { mtu: net.tap_mtu, ..TapNetwork::new(netns, net.queues).map_err(|e| (e, vec![]))? };
             let guard = NetnsGuard::create(&tap).map_err(|e| (e, vec![]))?;
             config.network = Network::Tap { tap: tap.tap.clone(), queues: net.queues, mac: None, vectors: net.vectors };
             config = config.with_kernel_cmdline(&format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, case.cmdline));
@@ -272,8 +272,8 @@ fn run_case(
 
 /// The host side of a network case, step by step from inside the
 /// namespace: pings, UDP flows, a link flap, floods and the pings after
-/// them, as the case asks. Returns the transcript of every step's output
-/// ([`traffic::section`]) for the checks.
+/// them, jumbo pings, as the case asks. Returns the transcript of every
+/// step's output ([`traffic::section`]) for the checks.
 /// Every step bounds itself; after a flood that did not complete the next
 /// is not started (it would only run into its deadline too).
 fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::path::Path>) -> Result<String, String> {
@@ -299,6 +299,9 @@ fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::p
     if !net.floods.is_empty() {
         let after = traffic::ping(ns, &guest, AFTER_FLOOD_PINGS, 56, ms(50), ms(1000))?;
         out += &traffic::section(STEP_AFTER_FLOODS, &after);
+    }
+    if let Some(size) = net.jumbo_pings {
+        out += &traffic::section(&jumbo_step(size), &traffic::ping(ns, &guest, JUMBO_PINGS, size, ms(50), ms(2000))?);
     }
     Ok(out)
 }

@@ -13,6 +13,8 @@ pub struct PingResult {
     pub rtts_ms: Vec<f64>,
     /// The whole run as ping timed it (`time 1843ms` in its summary).
     pub time_ms: Option<u64>,
+    /// Lines about replies that came back different from the request.
+    pub damaged: Vec<String>,
 }
 
 impl PingResult {
@@ -23,7 +25,11 @@ impl PingResult {
     }
 }
 
-/// Parses `ping` output: every `time=X ms` and the summary.
+/// What iputils `ping` prints about a reply whose contents are wrong: a
+/// payload byte that differs, a bad ICMP checksum, a short reply.
+const DAMAGE: [&str; 4] = ["wrong data byte", "corrupted", "BAD CHECKSUM", "truncated"];
+
+/// Parses `ping` output: every `time=X ms`, damaged replies and the summary.
 pub fn parse_ping(out: &str) -> PingResult {
     let mut r = PingResult::default();
     for line in out.lines() {
@@ -31,6 +37,9 @@ pub fn parse_ping(out: &str) -> PingResult {
             if let Some(ms) = t.split_whitespace().next().and_then(|x| x.parse().ok()) {
                 r.rtts_ms.push(ms);
             }
+        }
+        if DAMAGE.iter().any(|d| line.contains(d)) {
+            r.damaged.push(line.trim().to_string());
         }
         if line.contains("packets transmitted") {
             let num = |word: &str| {
@@ -172,6 +181,7 @@ rtt min/avg/max/mdev = 0.555/1.472/3.260/1.264 ms
         assert_eq!((r.sent, r.received), (4, 3));
         assert_eq!(r.rtts_ms, [3.26, 0.555, 0.603]);
         assert_eq!((r.time_ms, r.lost()), (Some(816), 1));
+        assert!(r.damaged.is_empty());
         assert_eq!(parse_ping(""), PingResult::default());
     }
 
@@ -187,6 +197,21 @@ rtt min/avg/max/mdev = 0.555/1.472/3.260/1.264 ms
         // A flood that ran into its deadline, with errors reported.
         let r = parse_ping("52000 packets transmitted, 2100 received, +3 errors, 95.9% packet loss, time 60004ms\n");
         assert_eq!((r.sent, r.received, r.lost(), r.time_ms), (52000, 2100, 49900, Some(60004)));
+    }
+
+    #[test]
+    fn damaged_replies_are_found() {
+        let out = "4008 bytes from 10.99.0.2: icmp_seq=1 ttl=64 time=1.1 ms
+4008 bytes from 10.99.0.2: icmp_seq=2 ttl=64 time=1.0 ms
+wrong data byte #2000 should be 0xd0 but was 0x0
+#16\td0 d1 d2
+4008 bytes from 10.99.0.2: icmp_seq=3 ttl=64 time=1.0 ms (BAD CHECKSUM!)
+1500 bytes from 10.99.0.2: icmp_seq=4 ttl=64 (truncated)
+";
+        let r = parse_ping(out);
+        assert_eq!(r.damaged.len(), 3, "{:?}", r.damaged);
+        assert!(r.damaged[0].starts_with("wrong data byte #2000"));
+        assert!(parse_ping(OUT).damaged.is_empty());
     }
 
     #[test]
