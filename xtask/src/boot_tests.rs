@@ -77,6 +77,9 @@ pub struct NetCase {
     /// [`JUMBO_PINGS`] pings with this payload size, larger than the
     /// guest's MTU, after the rest (needs `tap_mtu`).
     pub jumbo_pings: Option<u32>,
+    /// At the end, one ARP request for the guest from the tap, which must
+    /// get exactly one reply however many stacks the guest runs.
+    pub arp_probe: bool,
 }
 
 impl NetCase {
@@ -91,6 +94,7 @@ impl NetCase {
             floods: &[],
             tap_mtu: None,
             jumbo_pings: None,
+            arp_probe: false,
         }
     }
 }
@@ -113,10 +117,13 @@ pub const AFTER_FLOOD_PINGS: u32 = 5;
 /// Pings with a payload beyond the guest's MTU, every one to be answered
 /// intact.
 pub const JUMBO_PINGS: u32 = 20;
+/// How long the ARP probe listens for replies after its one request.
+pub const ARP_LISTEN: Duration = Duration::from_millis(1500);
 /// Step names in the host-side transcript (see [`crate::traffic::section`]).
 pub const STEP_PING: &str = "ping";
 pub const STEP_FLOWS: &str = "udp flows";
 pub const STEP_AFTER_FLOODS: &str = "ping after the floods";
+pub const STEP_ARP: &str = "arp";
 
 /// The transcript step of the flood with `size` bytes of payload.
 pub fn flood_step(size: u32) -> String {
@@ -237,7 +244,7 @@ pub fn cases() -> Vec<BootCase> {
             )
         },
         BootCase {
-            net: Some(NetCase::new(4)),
+            net: Some(NetCase { arp_probe: true, ..NetCase::new(4) }),
             ..case("net-smp4-queues4", Bios, 4, 512, NET, Expect::Network { pairs: 4, vectors: Vectors::PerQueue })
         },
         BootCase {
@@ -655,9 +662,9 @@ pub fn last_net_stats(report: &RunReport) -> BTreeMap<u32, NetStats> {
 /// What a passing network case reports besides passing: the receive
 /// spread, how often the transmit path kicked the device, and how often
 /// anything had to step in (`full` transmit rings, `rescues`, `watchdog`);
-/// then each flood's time and loss, and merged receive buffers where the
-/// case has them. For information: none of these figures is a failure by
-/// itself.
+/// then each flood's time and loss, merged receive buffers and ARP
+/// replies where the case has them. For information: none of these
+/// figures is a failure by itself.
 pub fn network_note(case: &BootCase, report: &RunReport) -> String {
     let last = last_net_stats(report);
     let mut parts: Vec<String> =
@@ -680,6 +687,10 @@ pub fn network_note(case: &BootCase, report: &RunReport) -> String {
     }
     if net.jumbo_pings.is_some() {
         parts.push(format!("merged {}", sum(&|s| s.rx.get("merged"))));
+    }
+    if let Some(n) = crate::traffic::find_section(out, STEP_ARP).as_deref().and_then(crate::traffic::parse_arp_replies)
+    {
+        parts.push(format!("ARP replies {n}"));
     }
     parts.join(", ")
 }
@@ -786,10 +797,10 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vecto
 
 /// Checks the host side's transcript: every ping answered, every flood
 /// complete within its deadline and with at most [`FLOOD_MAX_LOST`] lost,
-/// the guest still answering afterwards, jumbo replies intact. Returns how
-/// many frames must have reached the guest (at least).
+/// the guest still answering afterwards, jumbo replies intact, one ARP
+/// reply. Returns how many frames must have reached the guest (at least).
 fn check_traffic(net: &NetCase, out: &str) -> Result<u64, String> {
-    use crate::traffic::{find_section, parse_ping, PingResult};
+    use crate::traffic::{find_section, parse_arp_replies, parse_ping, PingResult};
     let ping = |step: &str| find_section(out, step).map(|o| parse_ping(&o)).ok_or(format!("no `{step}` step ran"));
     let all_answered = |step: &str, p: &PingResult, count: u32| {
         if p.sent == count && p.received == count {
@@ -830,6 +841,15 @@ fn check_traffic(net: &NetCase, out: &str) -> Result<u64, String> {
         }
         all_answered(&step, &p, JUMBO_PINGS)?;
         arrived += u64::from(p.received);
+    }
+    if net.arp_probe {
+        let replies = find_section(out, STEP_ARP)
+            .as_deref()
+            .and_then(parse_arp_replies)
+            .ok_or(format!("no `arp replies N` from the `{STEP_ARP}` step"))?;
+        if replies != 1 {
+            return Err(format!("one ARP request for the guest's address got {replies} replies, not exactly 1"));
+        }
     }
     Ok(arrived)
 }
@@ -1089,7 +1109,7 @@ mod tests {
 
     /// What `net-smp4-queues4`'s host side sees from a good guest.
     fn ok_traffic() -> String {
-        transcript(&[(STEP_PING, OK_PING), (STEP_FLOWS, "128 datagrams on 32 flows")])
+        transcript(&[(STEP_PING, OK_PING), (STEP_FLOWS, "128 datagrams on 32 flows"), (STEP_ARP, "arp replies 1")])
     }
 
     fn net_report(l: &[String]) -> RunReport {
@@ -1140,7 +1160,7 @@ mod tests {
         assert_eq!(
             network_note(&c, &r),
             "rxq0 60 pkts/14 irqs, rxq2 60 pkts/14 irqs, rxq4 60 pkts/14 irqs, rxq6 60 pkts/14 irqs, \
-             tx kicks/1000 pkts 200.0, tx full 8, rescues 4, watchdog 0"
+             tx kicks/1000 pkts 200.0, tx full 8, rescues 4, watchdog 0, ARP replies 1"
         );
     }
 
@@ -1182,7 +1202,8 @@ mod tests {
         let tx = "packets 60 bytes 8800 irqs 0 full 500 kicks 60 rescues 7 watchdog 3";
         let r = net_report(&net_case_lines(&|p| new_stats(p, 60, NO_DROPS, tx)));
         assert_eq!(check(&c, &r), Ok(()));
-        assert!(network_note(&c, &r).ends_with("tx kicks/1000 pkts 1000.0, tx full 2000, rescues 28, watchdog 12"));
+        assert!(network_note(&c, &r)
+            .ends_with("tx kicks/1000 pkts 1000.0, tx full 2000, rescues 28, watchdog 12, ARP replies 1"));
     }
 
     #[test]
@@ -1345,6 +1366,32 @@ mod tests {
             run(&damaged, 40).unwrap_err(),
             "ping -s 4000: a damaged reply: wrong data byte #2000 should be 0xd0 but was 0x0"
         );
+    }
+
+    #[test]
+    fn one_arp_request_gets_exactly_one_reply() {
+        let c = smp4_queues4();
+        assert!(c.net.unwrap().arp_probe);
+        let run = |arp: Option<&str>| {
+            let mut r = net_report(&net_case_lines(&|p| new_stats(p, 60, NO_DROPS, TX_OK)));
+            let mut steps = vec![(STEP_PING, OK_PING), (STEP_FLOWS, "")];
+            steps.extend(arp.map(|a| (STEP_ARP, a)));
+            r.action = Some(Ok(transcript(&steps)));
+            check(&c, &r)
+        };
+        assert_eq!(run(Some("reply from 52:54:00:12:34:56\narp replies 1")), Ok(()));
+        let four = "reply from 52:54:00:12:34:56\n".repeat(4) + "arp replies 4";
+        assert_eq!(
+            run(Some(&four)).unwrap_err(),
+            "one ARP request for the guest's address got 4 replies, not exactly 1"
+        );
+        assert!(run(Some("arp replies 0")).unwrap_err().contains("got 0 replies"));
+        assert_eq!(run(None).unwrap_err(), "no `arp replies N` from the `arp` step");
+        // Cases without the probe do not ask for it.
+        let without = BootCase { net: Some(NetCase { arp_probe: false, ..c.net.unwrap() }), ..c.clone() };
+        let mut r = net_report(&net_case_lines(&|p| new_stats(p, 60, NO_DROPS, TX_OK)));
+        r.action = Some(Ok(transcript(&[(STEP_PING, OK_PING), (STEP_FLOWS, "")])));
+        assert_eq!(check(&without, &r), Ok(()));
     }
 
     #[test]

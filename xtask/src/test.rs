@@ -272,8 +272,8 @@ fn run_case(
 
 /// The host side of a network case, step by step from inside the
 /// namespace: pings, UDP flows, a link flap, floods and the pings after
-/// them, jumbo pings, as the case asks. Returns the transcript of every
-/// step's output ([`traffic::section`]) for the checks.
+/// them, jumbo pings, the ARP probe, as the case asks. Returns the
+/// transcript of every step's output ([`traffic::section`]) for the checks.
 /// Every step bounds itself; after a flood that did not complete the next
 /// is not started (it would only run into its deadline too).
 fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::path::Path>) -> Result<String, String> {
@@ -302,6 +302,10 @@ fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::p
     }
     if let Some(size) = net.jumbo_pings {
         out += &traffic::section(&jumbo_step(size), &traffic::ping(ns, &guest, JUMBO_PINGS, size, ms(50), ms(2000))?);
+    }
+    if net.arp_probe {
+        let arp = traffic::arp_probe(ns, &tap.tap, tap.host_addr, tap.guest_addr, ARP_LISTEN)?;
+        out += &traffic::section(STEP_ARP, &arp);
     }
     Ok(out)
 }

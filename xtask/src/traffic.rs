@@ -1,6 +1,7 @@
 //! Host-side traffic for the network tests, sent from inside the run's own
 //! network namespace to the guest. Every loop is bounded in count and time.
 
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -161,6 +162,48 @@ pub fn udp_flows(netns: &str, addr: &str, flows: u16, per_flow: u16) -> Result<S
     Ok(format!("{} datagrams on {flows} flows", flows as u32 * per_flow as u32))
 }
 
+/// Sends one broadcast ARP request for `guest` out of `tap` (sender: the
+/// tap's own MAC and `host`), then listens for `listen` and counts the ARP
+/// replies whose sender is `guest`: one frame out, a finite window. Prints
+/// each reply's sender MAC and `arp replies N`.
+pub fn arp_probe(netns: &str, tap: &str, host: Ipv4Addr, guest: Ipv4Addr, listen: Duration) -> Result<String, String> {
+    let script = format!(
+        "import socket, struct, time\n\
+         host, guest = socket.inet_aton('{host}'), socket.inet_aton('{guest}')\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))\n\
+         s.bind(('{tap}', 0x0806))\n\
+         mac = s.getsockname()[4]\n\
+         request = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 1) + mac + host + bytes(6) + guest\n\
+         s.send(b'\\xff' * 6 + mac + b'\\x08\\x06' + request)\n\
+         replies = 0\n\
+         end = time.monotonic() + {listen}\n\
+         while (left := end - time.monotonic()) > 0:\n\
+         \x20   s.settimeout(left)\n\
+         \x20   try:\n\
+         \x20       frame, addr = s.recvfrom(2048)\n\
+         \x20   except socket.timeout:\n\
+         \x20       break\n\
+         \x20   if addr[2] == socket.PACKET_OUTGOING or len(frame) < 42:\n\
+         \x20       continue\n\
+         \x20   if frame[12:14] == b'\\x08\\x06' and frame[20:22] == b'\\x00\\x02' and frame[28:32] == guest:\n\
+         \x20       replies += 1\n\
+         \x20       print('reply from', frame[22:28].hex(':'))\n\
+         print('arp replies', replies)\n",
+        listen = listen.as_secs_f64()
+    );
+    let out =
+        in_netns(netns, "python3").args(["-c", &script]).output().map_err(|e| format!("could not run python3: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ARP probe failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `arp replies N` count that [`arp_probe`] printed.
+pub fn parse_arp_replies(out: &str) -> Option<u32> {
+    out.lines().find_map(|l| l.strip_prefix("arp replies ")?.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +266,14 @@ wrong data byte #2000 should be 0xd0 but was 0x0
         assert_eq!(find_section(&t, "udp flows").as_deref(), Some("128 datagrams on 32 flows\n"));
         assert_eq!(find_section(&t, "flood -s 56"), None);
         assert_eq!(find_section(&t, "pin"), None, "whole names only");
+    }
+
+    #[test]
+    fn arp_reply_counts_are_parsed() {
+        assert_eq!(parse_arp_replies("reply from 52:54:00:12:34:56\narp replies 4\n"), Some(4));
+        let t = section("arp", "reply from 52:54:00:12:34:56\narp replies 1\n");
+        assert_eq!(find_section(&t, "arp").as_deref().and_then(parse_arp_replies), Some(1));
+        assert_eq!(parse_arp_replies("arp replies 0"), Some(0));
+        assert_eq!(parse_arp_replies("Traceback (most recent call last):"), None);
     }
 }
