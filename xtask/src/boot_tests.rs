@@ -104,7 +104,9 @@ pub const FLOOD_COUNT: u32 = 40_000;
 /// Requests a flood keeps in flight (`ping -l`).
 pub const FLOOD_PRELOAD: u32 = 32;
 /// How long ping may flood before giving up (`ping -w`). A flood takes
-/// 0.5–3 s here; a guest whose data path wedged makes it run this long.
+/// 0.5–3 s here; against a guest whose data path wedged ping runs until
+/// this deadline, or until its first ICMP error (the host's neighbour entry
+/// for a guest that no longer transmits fails), whichever comes first.
 pub const FLOOD_DEADLINE: Duration = Duration::from_secs(60);
 /// Most requests one flood may lose. When ping has its last reply it stops
 /// with up to [`FLOOD_PRELOAD`] requests still in flight, counted as lost;
@@ -816,11 +818,14 @@ fn check_traffic(net: &NetCase, out: &str) -> Result<u64, String> {
         let step = flood_step(size);
         let p = ping(&step)?;
         if p.received < FLOOD_COUNT {
+            let secs = p.time_ms.map_or("?".into(), |ms| format!("{:.1}", ms as f64 / 1000.0));
             return Err(format!(
-                "{step}: only {} of {FLOOD_COUNT} echo requests answered within {} s ({} sent): the guest stalled",
+                "{step} did not complete: {} of {FLOOD_COUNT} echo requests answered, {} sent, {} errors; \
+                 ping stopped after {secs} s (deadline {} s)",
                 p.received,
-                FLOOD_DEADLINE.as_secs(),
-                p.sent
+                p.sent,
+                p.errors,
+                FLOOD_DEADLINE.as_secs()
             ));
         }
         if p.lost() > FLOOD_MAX_LOST {
@@ -1325,8 +1330,16 @@ mod tests {
         let err = run(&stalled, 40_100).unwrap_err();
         assert_eq!(
             err,
-            "flood -s 56: only 2100 of 40000 echo requests answered within 60 s (52000 sent): the guest stalled"
+            "flood -s 56 did not complete: 2100 of 40000 echo requests answered, 52000 sent, 0 errors; \
+             ping stopped after 60.0 s (deadline 60 s)"
         );
+        // ping -w stops at its first error (the host's neighbour entry for a
+        // guest that no longer transmits fails).
+        stalled[2].1 =
+            "19332 packets transmitted, 17207 received, +4 errors, 10.9921% packet loss, time 37585ms".into();
+        assert!(run(&stalled, 40_100)
+            .unwrap_err()
+            .contains("17207 of 40000 echo requests answered, 19332 sent, 4 errors; ping stopped after 37.6 s"));
         // Floods done, but the guest no longer answers.
         let mut wedged = ok(0, 0);
         wedged[4].1 = "5 packets transmitted, 0 received, 100% packet loss, time 4050ms".into();

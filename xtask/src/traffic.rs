@@ -14,6 +14,9 @@ pub struct PingResult {
     pub rtts_ms: Vec<f64>,
     /// The whole run as ping timed it (`time 1843ms` in its summary).
     pub time_ms: Option<u64>,
+    /// ICMP errors instead of replies (`+N errors`: no route, a neighbour
+    /// that stopped answering ARP). With a deadline ping stops at the first.
+    pub errors: u32,
     /// Lines about replies that came back different from the request.
     pub damaged: Vec<String>,
 }
@@ -48,6 +51,10 @@ pub fn parse_ping(out: &str) -> PingResult {
             };
             r.sent = num("transmitted").unwrap_or(0);
             r.received = num("received").unwrap_or(0);
+            r.errors = line
+                .split(", ")
+                .find_map(|p| p.trim().strip_prefix('+')?.strip_suffix(" errors")?.parse().ok())
+                .unwrap_or(0);
             r.time_ms = line.split(", ").find_map(|p| p.trim().strip_prefix("time ")?.strip_suffix("ms")?.parse().ok());
         }
     }
@@ -235,11 +242,12 @@ rtt min/avg/max/mdev = 0.555/1.472/3.260/1.264 ms
              40031 packets transmitted, 40000 received, 0.0774% packet loss, time 1843ms\n\
              rtt min/avg/max/mdev = 0.021/0.043/1.200/0.010 ms, pipe 32, ipg/ewma 0.046/0.040 ms\n",
         );
-        assert_eq!((r.sent, r.received, r.lost(), r.time_ms), (40031, 40000, 31, Some(1843)));
+        assert_eq!((r.sent, r.received, r.lost(), r.time_ms, r.errors), (40031, 40000, 31, Some(1843), 0));
         assert!(r.rtts_ms.is_empty());
         // A flood that ran into its deadline, with errors reported.
-        let r = parse_ping("52000 packets transmitted, 2100 received, +3 errors, 95.9% packet loss, time 60004ms\n");
-        assert_eq!((r.sent, r.received, r.lost(), r.time_ms), (52000, 2100, 49900, Some(60004)));
+        let r =
+            parse_ping("19332 packets transmitted, 17207 received, +4 errors, 10.9921% packet loss, time 37585ms\n");
+        assert_eq!((r.sent, r.received, r.lost(), r.time_ms, r.errors), (19332, 17207, 2125, Some(37585), 4));
     }
 
     #[test]
