@@ -137,11 +137,11 @@ impl DmaBuf {
 /// memory shared with a device (stores before it are visible before loads
 /// after it are performed).
 ///
-/// On x86 this is `mfence`, not the `lock or` that `fence(SeqCst)` compiles
-/// to: QEMU's TCG emulates a locked instruction as a plain load/modify/store
-/// when the guest has one vCPU, so only `mfence` can become a real host
-/// barrier there (QEMU >= 8.1 emits it even for one vCPU; 7.2 drops both, see
-/// the transmit-stall notes in README).
+/// On x86 this is `mfence` rather than the `lock or` that `fence(SeqCst)`
+/// compiles to: under QEMU's TCG with one vCPU a locked instruction runs as a
+/// plain load, modify and store, while `mfence` is what QEMU 8.1 made a host
+/// barrier again in that mode. QEMU 7.2 honours neither there, which is why
+/// the queues do not rely on this alone (see "The data path" in README).
 #[inline(always)]
 pub fn device_barrier() {
     #[cfg(target_arch = "x86_64")]

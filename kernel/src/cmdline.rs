@@ -89,6 +89,30 @@ pub struct BootOptions {
     pub msix_per_pair: bool,
     /// The guest's IPv4 address and prefix length (`ip=10.99.0.2/24`).
     pub ip: Option<([u8; 4], u8)>,
+    /// A device fault to act out, so that the driver's reaction can be
+    /// tested under a device that behaves (`net-fault=`).
+    pub net_fault: Option<NetFault>,
+}
+
+/// Device misbehaviour the NIC driver can be told to act out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetFault {
+    /// Treat the answer to VQ_PAIRS_SET as never having come.
+    CtrlUnanswered,
+    /// Once cpu0 has received 10 frames, write a used index one and a half
+    /// rings ahead into its receive ring, as a broken device would.
+    UsedIndexJump,
+}
+
+impl NetFault {
+    pub const ALL: [NetFault; 2] = [NetFault::CtrlUnanswered, NetFault::UsedIndexJump];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NetFault::CtrlUnanswered => "ctrl-unanswered",
+            NetFault::UsedIndexJump => "used-index-jump",
+        }
+    }
 }
 
 /// Parses `a.b.c.d/len` (len 1–32; without `/len`, 24).
@@ -122,6 +146,7 @@ impl Default for BootOptions {
             net_stats_ms: None,
             msix_per_pair: false,
             ip: None,
+            net_fault: None,
         }
     }
 }
@@ -182,6 +207,11 @@ impl BootOptions {
                 }
                 .map(|v| opts.msix_per_pair = v),
                 "phantom-apic" => value.parse::<u32>().ok().map(|id| opts.phantom_apic = Some(id)),
+                "net-fault" => match value {
+                    "none" => Some(None),
+                    _ => NetFault::ALL.into_iter().find(|f| f.name() == value).map(Some),
+                }
+                .map(|v| opts.net_fault = v),
                 "selftest" => match value {
                     "smp" => Some(true),
                     "none" => Some(false),
@@ -220,8 +250,13 @@ mod tests {
     #[test]
     fn all_options_are_understood() {
         let (o, p) =
-            parse("exit=after-boot fault=stack-overflow log=debug cpus=3 fault-cpu=2 selftest=smp phantom-apic=9 queues=2 net-stats=500 msix=per-pair");
+            parse("exit=after-boot fault=stack-overflow log=debug cpus=3 fault-cpu=2 selftest=smp phantom-apic=9 queues=2 net-stats=500 msix=per-pair net-fault=used-index-jump");
         assert!(p.is_empty(), "{p:?}");
+        assert_eq!(o.net_fault, Some(NetFault::UsedIndexJump));
+        for f in NetFault::ALL {
+            assert_eq!(parse(&format!("net-fault={}", f.name())).0.net_fault, Some(f));
+        }
+        assert_eq!(parse("net-fault=flaky").1, ["bad value `flaky` for boot option `net-fault` ignored"]);
         assert_eq!((o.max_queue_pairs, o.net_stats_ms, o.msix_per_pair), (Some(2), Some(500), true));
         assert_eq!(o.phantom_apic, Some(9));
         assert_eq!(o.after_boot, AfterBoot::Exit);

@@ -30,6 +30,7 @@ use drivers::virtio::netdev::{
 use drivers::virtio::queue::BrokenRing;
 use drivers::virtio::transport::{read_layout, Region, Transport, NO_VECTOR};
 use drivers::virtio::{pci_kind, PciKind, DEVICE_TYPE_NET};
+use kernel::cmdline::NetFault;
 use kernel::timers::Expired;
 use log::{error, info, warn};
 use net::device::{Doorbell, QueuePair};
@@ -169,6 +170,8 @@ static NIC: Once<Nic> = Once::new();
 static NEIGHBOURS: NeighbourBoard = NeighbourBoard::new();
 
 static NIC_DONE: AtomicBool = AtomicBool::new(false);
+/// `net-fault=used-index-jump` has been acted out.
+static FAULT_ACTED: AtomicBool = AtomicBool::new(false);
 
 fn config_space() -> &'static dyn ConfigSpace {
     let ecam = acpi::info().and_then(|a| a.ecam.iter().find(|r| r.segment == 0).copied());
@@ -400,6 +403,10 @@ fn bring_up(
         if let Some((c, off)) = ctrl.as_mut() {
             let bell = CtrlBell { notify: doorbells.notify, offset: *off };
             let answer = match c.pairs_set(pairs, &bell) {
+                Ok(()) if crate::boot_options().net_fault == Some(NetFault::CtrlUnanswered) => {
+                    warn!("virtio-net {}: net-fault=ctrl-unanswered: not waiting for the answer", f.bdf);
+                    None
+                }
                 Ok(()) => {
                     let until = time::now().plus_nanos(CTRL_TIMEOUT_NS, time::clock());
                     loop {
@@ -591,6 +598,9 @@ fn poll(local: &mut Local) -> Poll {
     }
     mine.rx.refill(&nic.doorbells);
     mine.tx.reclaim();
+    if crate::boot_options().net_fault == Some(NetFault::UsedIndexJump) && local.cpu.index == 0 {
+        act_out_used_index_jump(&mut mine.rx);
+    }
     let broken = match (mine.rx.broken(), mine.tx.broken()) {
         (Some(b), _) => Some((mine.rx.index, b)),
         (_, Some(b)) => Some((mine.tx.index, b)),
@@ -621,6 +631,18 @@ fn poll(local: &mut Local) -> Poll {
     } else {
         Poll::Idle
     }
+}
+
+/// `net-fault=used-index-jump`: once 10 frames have arrived, a used index
+/// one and a half rings ahead, as a device that lost track would write.
+fn act_out_used_index_jump(rx: &mut RxQueue) {
+    if rx.stats().packets < 10 || FAULT_ACTED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let s = rx.ring_state();
+    let idx = s.last_used.wrapping_add(s.size + s.size / 2);
+    warn!("net-fault=used-index-jump: writing used index {idx} into rxq {} ({s})", rx.index);
+    rx.queue_mut().inject_device_used_idx(idx);
 }
 
 fn arm_watchdog(local: &mut Local) {

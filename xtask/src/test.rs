@@ -45,6 +45,7 @@ pub fn test(args: TestArgs) -> Result<i32, String> {
     let mut tally = Tally::default();
     if !args.boot_only {
         host_tests(&mut tally)?;
+        lints(&mut tally);
     }
     if !args.host_only {
         boot_tests(&args, &mut tally);
@@ -96,6 +97,59 @@ fn host_tests(tally: &mut Tally) -> Result<(), String> {
     }
     say!("host unit tests: {} ran", tally.passed + tally.failed.len() - before);
     Ok(())
+}
+
+/// The lint checks: clippy over the host crates (tests included) and over
+/// the kernel for its own target, every warning an error. The crates deny
+/// `clippy::undocumented_unsafe_blocks`, so an `unsafe` block without its
+/// `// SAFETY:` reason fails here. One check each in the tally.
+const LINTS: [(&str, &[&str]); 2] = [
+    (
+        "lint: clippy, host crates",
+        &[
+            "clippy",
+            "--package",
+            "drivers",
+            "--package",
+            "net",
+            "--package",
+            "kernel",
+            "--package",
+            "boot",
+            "--package",
+            "xtask",
+            "--all-targets",
+        ],
+    ),
+    (
+        "lint: clippy, kernel (x86_64-unknown-none)",
+        &["clippy", "--package", "kernel", "--bin", "kernel", "--target", kbuild::KERNEL_TARGET, "--release"],
+    ),
+];
+
+fn lints(tally: &mut Tally) {
+    for (name, args) in LINTS {
+        say!("{name}");
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(kbuild::workspace_root())
+            .args(args)
+            .args(["--", "-D", "warnings"])
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                println!("PASS {name}");
+                tally.passed += 1;
+            }
+            Ok(s) => {
+                println!("FAIL {name}: clippy exited with {s} (its findings are above)");
+                tally.failed.push(name.to_string());
+            }
+            Err(e) => {
+                println!("FAIL {name}: could not run cargo clippy: {e}");
+                tally.failed.push(name.to_string());
+            }
+        }
+    }
 }
 
 /// Why the network cases are skipped (not failed) when xtask is not root.

@@ -501,6 +501,13 @@ impl<T> SplitQueue<T> {
         }
     }
 
+    /// Fault injection, for testing an owner's reaction to a broken device
+    /// under a device that works: writes the device's `used.idx` as a broken
+    /// device would. Nothing calls it unless asked to act out that fault.
+    pub fn inject_device_used_idx(&mut self, idx: u16) {
+        self.used.write_u16(layout::USED_IDX, idx);
+    }
+
     /// Both ends' indices now.
     pub fn state(&self) -> RingState {
         RingState {
