@@ -101,6 +101,10 @@ pub struct TestArgs {
     /// Only boot tests whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Boot each selected boot test this many times (a fresh VM each time),
+    /// to catch what fails on some boots only.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeat: u32,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +256,17 @@ mod tests {
     }
 
     #[test]
+    fn test_repeats_boot_cases() {
+        let Cmd::Test(t) = parse(&["test", "--boot-only", "--filter", "net-flood", "--repeat", "20"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!((t.repeat, t.filter.as_deref(), t.boot_only), (20, Some("net-flood"), true));
+        let Cmd::Test(t) = parse(&["test"]).unwrap().command else { panic!() };
+        assert_eq!(t.repeat, 1);
+    }
+
+    #[test]
     fn bad_input_is_a_usage_error() {
         let kind = |args: &[&str]| parse(args).unwrap_err().kind();
         assert_eq!(kind(&["run", "--frobnicate"]), ErrorKind::UnknownArgument);
@@ -260,6 +275,7 @@ mod tests {
         assert_eq!(kind(&["run", "--memory", "12T"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["run", "--bios", "--uefi"]), ErrorKind::ArgumentConflict);
         assert_eq!(kind(&["launch"]), ErrorKind::InvalidSubcommand);
+        assert_eq!(kind(&["test", "--repeat", "0"]), ErrorKind::ValueValidation);
         assert_eq!(parse(&["run", "--smp", "x"]).unwrap_err().exit_code(), 2);
     }
 

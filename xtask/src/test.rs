@@ -197,8 +197,9 @@ fn boot_tests(args: &TestArgs, tally: &mut Tally) {
     say!("boot tests: {} cases, accelerator {} ({})", cases.len(), choice.accel, choice.reason);
     let stop = stop_flag();
     let network = if cases.iter().any(|c| c.net.is_some()) { prepare_network() } else { Ok(String::new()) };
-    for case in &cases {
-        let name = format!("boot: {}", case.name);
+    let runs = cases.iter().flat_map(|c| (1..=args.repeat).map(move |k| (c, k)));
+    for (case, k) in runs {
+        let name = if args.repeat > 1 { format!("boot: {} #{k}", case.name) } else { format!("boot: {}", case.name) };
         if stop.load(Ordering::SeqCst) {
             tally.skipped.push((name, "interrupted by Ctrl-C".into()));
             continue;

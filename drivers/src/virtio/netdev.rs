@@ -1011,6 +1011,59 @@ mod tests {
         assert!(ctrl.busy(), "still with the device: the owner must reset it");
     }
 
+    /// A receive queue under a device that writes whatever it likes: used
+    /// ids, lengths, `num_buffers`, header bytes. Every frame handed out
+    /// lies within a buffer or the join buffer and within the limits, the
+    /// ring's books balance after every step, and the queue keeps working.
+    #[test]
+    fn property_hostile_receive_completions() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n.max(1)
+        };
+        for _ in 0..200 {
+            let dma = TestDma::default();
+            let bell = Bell::default();
+            let size = 1u16 << (2 + next(4));
+            let mut rx = RxQueue::new(&dma, 0, size, next(2) == 0, true).unwrap();
+            let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
+            rx.refill(&bell);
+            for _ in 0..200 {
+                // The device completes one to three posted buffers with
+                // random contents and lengths, sometimes with a wrong id.
+                let mut entries = Vec::new();
+                for _ in 0..1 + next(3) {
+                    let Some((head, segs)) = dev.pop_avail() else { break };
+                    let mut bytes: Vec<u8> = (0..next(BUF_SIZE as u64 + 1)).map(|_| next(256) as u8).collect();
+                    if bytes.len() >= HDR_LEN && next(2) == 0 {
+                        bytes[..HDR_LEN].fill(0);
+                        bytes[10] = next(4) as u8;
+                    }
+                    let n = dev.fill(&segs, &bytes);
+                    let len = if next(8) == 0 { next(u64::from(u32::MAX)) as u32 } else { n };
+                    let id = if next(16) == 0 { next(u64::from(size) * 2) as u32 } else { u32::from(head) };
+                    entries.push((id, len));
+                }
+                for (id, len) in entries {
+                    dev.write_used(id, len);
+                }
+                let idx = dev.used_idx;
+                dev.set_used_idx(idx);
+                while let Some(frame) = rx.next_frame() {
+                    assert!(frame.len() >= ETH_HDR && frame.len() <= MAX_RX_FRAME, "frame of {} bytes", frame.len());
+                    rx.release();
+                }
+                rx.refill(&bell);
+                let q = rx.queue();
+                assert_eq!(q.num_free() as usize + q.in_flight() as usize, size as usize, "descriptors balance");
+                assert!(q.broken().is_none(), "a device that never over-claims does not break the ring");
+            }
+        }
+    }
+
     #[test]
     fn vector_plans() {
         let p = plan_vectors(4, 10, false);
