@@ -2,8 +2,8 @@
 //! the run itself creates, holding a tap device with one kernel queue per
 //! virtio-net queue pair.
 //!
-//! Every packet of a run stays inside that namespace (docs/testing.md, "The
-//! network rule"): QEMU is started inside it (`ip netns exec`), the host end
+//! Every packet of a run stays inside that namespace (the network rule, see
+//! `--net tap` in README.md): QEMU is started inside it (`ip netns exec`), the host end
 //! of the link has its address there, and host-side clients are run there
 //! too. Nothing here touches an interface outside the namespace, and nothing
 //! adds routes, forwarding, NAT or bridges.
