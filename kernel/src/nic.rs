@@ -97,15 +97,15 @@ impl Doorbell for Doorbells {
 }
 
 /// The control queue's doorbell (it sits after the maximum pairs, not
-/// among the data queues' offsets).
-struct CtrlBell {
-    notify: Mmio,
+/// among the data queues' offsets), rung through the transport.
+struct CtrlBell<'a> {
+    transport: &'a Transport<Mmio>,
     offset: u32,
 }
 
-impl Doorbell for CtrlBell {
+impl Doorbell for CtrlBell<'_> {
     fn ring(&self, queue: u16) {
-        self.notify.write16(self.offset as u64, queue);
+        self.transport.notify(self.offset, queue);
     }
 }
 
@@ -401,41 +401,41 @@ fn bring_up(
 
     if mq && pairs > 1 {
         if let Some((c, off)) = ctrl.as_mut() {
-            let bell = CtrlBell { notify: doorbells.notify, offset: *off };
-            let answer = match c.pairs_set(pairs, &bell) {
-                Ok(()) if crate::boot_options().net_fault == Some(NetFault::CtrlUnanswered) => {
+            let bell = CtrlBell { transport: &t, offset: *off };
+            let answer = c.pairs_set(pairs, &bell).map(|()| {
+                if crate::boot_options().net_fault == Some(NetFault::CtrlUnanswered) {
                     warn!("virtio-net {}: net-fault=ctrl-unanswered: not waiting for the answer", f.bdf);
-                    None
+                    return None;
                 }
-                Ok(()) => {
-                    let until = time::now().plus_nanos(CTRL_TIMEOUT_NS, time::clock());
-                    loop {
-                        if let Some(a) = c.poll() {
-                            break Some(a);
-                        }
-                        if time::now() > until {
-                            break None;
-                        }
-                        core::hint::spin_loop();
+                let until = time::now().plus_nanos(CTRL_TIMEOUT_NS, time::clock());
+                loop {
+                    if let Some(a) = c.poll() {
+                        break Some(a);
                     }
+                    if time::now() > until {
+                        break None;
+                    }
+                    core::hint::spin_loop();
                 }
-                Err(e) => {
-                    warn!("virtio-net {}: VQ_PAIRS_SET {pairs} could not be queued: {e:?}", f.bdf);
-                    Some(CtrlResult::NoAnswer)
-                }
-            };
+            });
             match answer {
-                Some(CtrlResult::Ok) => info!("virtio-net {}: VQ_PAIRS_SET {pairs}: acknowledged", f.bdf),
-                Some(CtrlResult::Refused(ack)) => {
-                    // Refused: the device keeps using one pair.
+                Ok(Some(CtrlResult::Ok)) => info!("virtio-net {}: VQ_PAIRS_SET {pairs}: acknowledged", f.bdf),
+                // Refused: the device keeps using one pair.
+                Ok(Some(CtrlResult::Refused(ack))) => {
                     warn!("virtio-net {}: VQ_PAIRS_SET {pairs}: refused (ack {ack}); using one pair", f.bdf);
+                    pairs = 1;
+                    queues.truncate(1);
+                }
+                // Never reached the device, which keeps using one pair.
+                Err(e) => {
+                    warn!("virtio-net {}: VQ_PAIRS_SET {pairs} could not be queued ({e:?}); using one pair", f.bdf);
                     pairs = 1;
                     queues.truncate(1);
                 }
                 // Completed without an answer, or still with the device: it
                 // may apply the command later, behind our back. Only a reset
                 // makes sure it will not.
-                outcome => {
+                Ok(outcome) => {
                     let _ = t.reset();
                     return Err(BringUpError::RetryWithoutMq(alloc::format!(
                         "VQ_PAIRS_SET {pairs}: {}",
@@ -568,7 +568,7 @@ fn poll(local: &mut Local) -> Poll {
     mine.rx.queue_mut().disable_interrupts();
     let mut busy = false;
     let now = now();
-    let addr = mine.cfg.local();
+    let addr = mine.cfg;
     // Neighbour bindings other CPUs' stacks learned (one atomic load when
     // there are none).
     if NEIGHBOURS.generation() != mine.neighbours_seen {

@@ -351,7 +351,7 @@ mod tests {
         let mut a = Guest::new(&dma, 1);
         let mut b = Guest::new(&dma, 2);
         let board = NeighbourBoard::new();
-        let local = CFG.local();
+        let local = CFG;
         a.deliver(&arp_request());
         let post = |f: &[u8]| {
             if is_arp(f) {

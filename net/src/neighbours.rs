@@ -20,6 +20,8 @@ use smoltcp::wire::{
 };
 use spin::Mutex;
 
+use crate::stack::NetConfig;
+
 /// Neighbours remembered (the test network has one: the host).
 pub const CAPACITY: usize = 16;
 /// A binding seen again is re-posted at most this often, so that every
@@ -43,25 +45,16 @@ struct Entry {
     posted_ms: u64,
 }
 
-/// This stack's own address, which an ARP packet must be aimed at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Local {
-    pub mac: [u8; 6],
-    pub ip: [u8; 4],
-    pub prefix_len: u8,
-}
-
-impl Local {
-    fn same_network(&self, ip: [u8; 4]) -> bool {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len.min(32))).unwrap_or(0);
-        u32::from_be_bytes(ip) & mask == u32::from_be_bytes(self.ip) & mask
-    }
+/// Whether `ip` is on the network of the stack configured by `local`.
+fn same_network(local: &NetConfig, ip: [u8; 4]) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(local.prefix_len.min(32))).unwrap_or(0);
+    u32::from_be_bytes(ip) & mask == u32::from_be_bytes(local.ip) & mask
 }
 
 /// The sender's binding of an ARP frame, when the frame is one a stack at
 /// `local` learns from (smoltcp's own rule: a request or reply aimed at our
 /// address, from a unicast sender on our network). Malformed frames: `None`.
-pub fn arp_sender(frame: &[u8], local: &Local) -> Option<Binding> {
+pub fn arp_sender(frame: &[u8], local: &NetConfig) -> Option<Binding> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     if eth.ethertype() != EthernetProtocol::Arp {
         return None;
@@ -83,13 +76,13 @@ pub fn arp_sender(frame: &[u8], local: &Local) -> Option<Binding> {
         && !source_protocol_addr.is_unspecified()
         && !source_protocol_addr.is_broadcast()
         && !source_protocol_addr.is_multicast()
-        && local.same_network(ip)
+        && same_network(local, ip)
         && ip != local.ip;
     usable.then_some(Binding { ip, mac: source_hardware_addr.0 })
 }
 
 /// The ARP reply that teaches a stack at `local` the binding `b`.
-pub fn arp_reply_frame(b: &Binding, local: &Local) -> [u8; ARP_FRAME_LEN] {
+pub fn arp_reply_frame(b: &Binding, local: &NetConfig) -> [u8; ARP_FRAME_LEN] {
     let mut out = [0u8; ARP_FRAME_LEN];
     let eth = EthernetRepr {
         src_addr: EthernetAddress(b.mac),
@@ -178,7 +171,7 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    const LOCAL: Local = Local { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24 };
+    const LOCAL: NetConfig = NetConfig { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24 };
     const HOST: Binding = Binding { ip: [10, 99, 0, 1], mac: [2, 0, 0, 0, 0, 1] };
 
     fn arp(op: ArpOperation, sender: Binding, target_ip: [u8; 4]) -> Vec<u8> {

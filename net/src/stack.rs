@@ -19,11 +19,6 @@ impl NetConfig {
     /// The guest's default address inside the test namespace.
     pub const DEFAULT_IP: [u8; 4] = [10, 99, 0, 2];
     pub const DEFAULT_PREFIX: u8 = 24;
-
-    /// This address as the neighbour board needs it.
-    pub fn local(&self) -> crate::neighbours::Local {
-        crate::neighbours::Local { mac: self.mac, ip: self.ip, prefix_len: self.prefix_len }
-    }
 }
 
 pub struct Stack {

@@ -59,7 +59,8 @@ pub struct QueueStats {
     pub packets: u64,
     pub bytes: u64,
     pub polls: u64,
-    /// Doorbell rings the device asked for (EVENT_IDX), rescues included.
+    /// Every doorbell ring: those the device asked for (EVENT_IDX) plus
+    /// `rescues` and `watchdog`.
     pub kicks: u64,
     /// Rings the device did not ask for: full or dry ring, or entries left
     /// unnotified when the owner goes idle.
@@ -334,8 +335,6 @@ pub struct TxQueue {
     pool: BufferPool,
     free: Vec<Buffer>,
     stats: QueueStats,
-    /// A completion interrupt was asked for because the ring was full.
-    rescue_pending: bool,
     /// The device's used index at the last watchdog tick (None: not watching).
     watched: Option<u16>,
     /// Consecutive ticks without progress.
@@ -349,31 +348,22 @@ impl TxQueue {
         // a full ring.
         queue.disable_interrupts();
         let (pool, free) = BufferPool::new(dma, BUF_SIZE, size as u32)?;
-        Some(TxQueue {
-            index,
-            queue,
-            pool,
-            free,
-            stats: QueueStats::default(),
-            rescue_pending: false,
-            watched: None,
-            silent_ticks: 0,
-        })
+        Some(TxQueue { index, queue, pool, free, stats: QueueStats::default(), watched: None, silent_ticks: 0 })
     }
 
     pub fn queue(&self) -> &SplitQueue<Buffer> {
         &self.queue
     }
 
-    /// Takes back buffers the device has sent.
+    /// Takes back buffers the device has sent. Progress ends a full-ring
+    /// rescue: completion interrupts go off again.
     pub fn reclaim(&mut self) {
         let mut progress = false;
         while let Some(Used { token, .. }) = self.queue.pop_used() {
             self.free.push(token);
             progress = true;
         }
-        if progress && self.rescue_pending {
-            self.rescue_pending = false;
+        if progress {
             self.queue.disable_interrupts();
         }
         self.stats.absorb(&self.queue.errors);
@@ -390,8 +380,8 @@ impl TxQueue {
         if !self.free.is_empty() {
             return true;
         }
-        if !self.rescue_pending && self.queue.broken().is_none() {
-            self.rescue_pending = true;
+        // Interrupts are on only during a rescue: one per full episode.
+        if !self.queue.interrupts_enabled() && self.queue.broken().is_none() {
             if self.queue.enable_interrupts_delayed() {
                 // Completions arrived meanwhile.
                 self.reclaim();

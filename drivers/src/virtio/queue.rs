@@ -344,11 +344,11 @@ impl<T> SplitQueue<T> {
     /// Whether the device must be notified although it did not ask: entries
     /// were published without a notification, are not used yet, and the
     /// device has used every entry it is sure to have heard of, so it may
-    /// have stopped looking. Under the notification protocol that cannot happen, but the
-    /// protocol rests on a full barrier on each side; when one is lost (QEMU
-    /// 7.2's TCG drops the guest's with one vCPU) the device sleeps on a
-    /// stale `avail.idx` and the driver on a stale `avail_event`. Owners ask
-    /// before they stop polling and when a ring runs full or dry.
+    /// have stopped looking. Under the notification protocol that cannot
+    /// happen, but the protocol rests on a full barrier on each side; when
+    /// one is lost (QEMU 7.2's TCG drops the guest's with one vCPU) the
+    /// device sleeps on a stale `avail.idx` and the driver on a stale
+    /// `avail_event`. Owners ask before they stop polling.
     pub fn needs_flush(&self) -> bool {
         if self.unnotified == 0 || self.broken.is_some() {
             return false;
@@ -371,9 +371,9 @@ impl<T> SplitQueue<T> {
         if self.broken.is_some() {
             return false;
         }
-        let idx = self.used.read_u16(layout::USED_IDX);
+        let ready = self.ready();
         fence(Ordering::Acquire);
-        idx != self.last_used
+        ready != 0
     }
 
     /// The device's `used.idx` as it stands (for progress checks).
@@ -473,8 +473,13 @@ impl<T> SplitQueue<T> {
             self.avail.write_u16(layout::AVAIL_FLAGS, 0);
         }
         device_barrier();
-        let done = self.device_used_idx().wrapping_sub(self.last_used);
+        let done = self.ready();
         done != 0 && done >= wait
+    }
+
+    /// Whether completion interrupts are asked for (by one of the enables).
+    pub fn interrupts_enabled(&self) -> bool {
+        self.interrupts == Interrupts::On
     }
 
     /// Stops completion interrupts while the owner polls anyway (or, for a

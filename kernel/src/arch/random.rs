@@ -28,26 +28,35 @@ fn has_rdseed() -> bool {
     ebx & (1 << 18) != 0
 }
 
+/// `step` (one RDSEED or RDRAND: the value and the carry flag) until it
+/// succeeds, at most [`TRIES`] times.
+fn retry(step: impl Fn() -> (u64, u8)) -> Option<u64> {
+    (0..TRIES).find_map(|_| match step() {
+        (v, 1) => Some(v),
+        _ => None,
+    })
+}
+
 fn rdseed() -> Option<u64> {
-    (0..TRIES).find_map(|_| {
+    retry(|| {
         let (v, ok): (u64, u8);
         // SAFETY: only called when CPUID reports RDSEED; it writes the two
         // named registers and the flags, touches no memory.
         unsafe {
             core::arch::asm!("rdseed {v}", "setc {ok}", v = out(reg) v, ok = out(reg_byte) ok, options(nomem, nostack))
         };
-        (ok == 1).then_some(v)
+        (v, ok)
     })
 }
 
 fn rdrand() -> Option<u64> {
-    (0..TRIES).find_map(|_| {
+    retry(|| {
         let (v, ok): (u64, u8);
         // SAFETY: only called when CPUID reports RDRAND; as for RDSEED.
         unsafe {
             core::arch::asm!("rdrand {v}", "setc {ok}", v = out(reg) v, ok = out(reg_byte) ok, options(nomem, nostack))
         };
-        (ok == 1).then_some(v)
+        (v, ok)
     })
 }
 
