@@ -146,7 +146,7 @@ impl TapNetwork {
 
     /// The guest's NIC on this network.
     pub fn network(&self) -> Network {
-        Network::Tap { tap: self.tap.clone(), queues: self.queues, mac: None, vectors: None }
+        Network::Tap { tap: self.tap.clone(), queues: self.queues, mac: None, vectors: None, rss: false }
     }
 }
 
@@ -320,7 +320,10 @@ mod tests {
             ]
         );
         assert_eq!(net.teardown(), strings(&["ip", "netns", "del", "mqnet"]));
-        assert_eq!(net.network(), Network::Tap { tap: "mqtap0".into(), queues: 4, mac: None, vectors: None });
+        assert_eq!(
+            net.network(),
+            Network::Tap { tap: "mqtap0".into(), queues: 4, mac: None, vectors: None, rss: false }
+        );
     }
 
     #[test]

@@ -75,7 +75,20 @@ pub enum Network {
     /// inside a network namespace that QEMU is started in
     /// ([`QemuConfig::netns`]). `queues` must be at least 1.
     /// `vectors` overrides the MSI-X table size (default 2Q+2; 0 = no MSI-X).
-    Tap { tap: String, queues: u16, mac: Option<String>, vectors: Option<u16> },
+    /// `rss` offers the guest receive-side scaling and hash reports
+    /// (`rss=on,hash=on`; QEMU steers in software or eBPF, never in vhost,
+    /// which the tap has off anyway).
+    Tap { tap: String, queues: u16, mac: Option<String>, vectors: Option<u16>, rss: bool },
+}
+
+impl Network {
+    /// The same network with RSS offered (a tap network) or not.
+    pub fn with_rss(self, on: bool) -> Network {
+        match self {
+            Network::Tap { tap, queues, mac, vectors, .. } => Network::Tap { tap, queues, mac, vectors, rss: on },
+            other => other,
+        }
+    }
 }
 
 /// A fw_cfg file with string contents.
@@ -189,7 +202,7 @@ impl QemuConfig {
                 let legacy = if self.network == Network::User { "on" } else { "off" };
                 a.pair("-device", format!("virtio-net-pci,netdev=net0,disable-legacy={legacy}"));
             }
-            Network::Tap { tap, queues, mac, vectors } => {
+            Network::Tap { tap, queues, mac, vectors, rss } => {
                 // The tap already exists (script=no: QEMU configures nothing
                 // on the host). vhost=off keeps the data path in QEMU's own
                 // threads, where the host accounts its CPU time per process.
@@ -202,9 +215,11 @@ impl QemuConfig {
                 let vectors = vectors.map_or(2 * u32::from(*queues) + 2, u32::from);
                 let mq = if *queues > 1 { "on" } else { "off" };
                 let mac = escape(mac.as_deref().unwrap_or(DEFAULT_MAC));
+                // RSS (VIRTIO_NET_F_RSS) and hash reports (VIRTIO_NET_F_HASH_REPORT).
+                let rss = if *rss { ",rss=on,hash=on" } else { "" };
                 a.pair(
                     "-device",
-                    format!("virtio-net-pci,netdev=net0,disable-legacy=on,mq={mq},vectors={vectors},mac={mac}"),
+                    format!("virtio-net-pci,netdev=net0,disable-legacy=on,mq={mq},vectors={vectors}{rss},mac={mac}"),
                 );
             }
         }
@@ -401,7 +416,7 @@ mod tests {
     #[test]
     fn multiqueue_tap_network() {
         let mut c = QemuConfig::new(Accel::Tcg, bios());
-        c.network = Network::Tap { tap: "mqtap0".into(), queues: 4, mac: None, vectors: None };
+        c.network = Network::Tap { tap: "mqtap0".into(), queues: 4, mac: None, vectors: None, rss: false };
         let a = strings(&c);
         assert_eq!(value_of(&a, "-netdev"), ["tap,id=net0,ifname=mqtap0,script=no,downscript=no,vhost=off,queues=4"]);
         assert_eq!(
@@ -418,17 +433,41 @@ mod tests {
     fn single_queue_tap_network_without_mq() {
         let mut c = QemuConfig::new(Accel::Tcg, bios());
         c.debug_exit = false;
-        c.network = Network::Tap { tap: "t,1".into(), queues: 1, mac: Some("52:54:00:00:00:01".into()), vectors: None };
+        c.network = Network::Tap {
+            tap: "t,1".into(),
+            queues: 1,
+            mac: Some("52:54:00:00:00:01".into()),
+            vectors: None,
+            rss: false,
+        };
         let a = strings(&c);
         assert_eq!(value_of(&a, "-netdev"), ["tap,id=net0,ifname=t,,1,script=no,downscript=no,vhost=off,queues=1"]);
         assert_eq!(
             value_of(&a, "-device"),
             ["virtio-net-pci,netdev=net0,disable-legacy=on,mq=off,vectors=4,mac=52:54:00:00:00:01"]
         );
-        c.network = Network::Tap { tap: "t".into(), queues: 16, mac: None, vectors: None };
+        c.network = Network::Tap { tap: "t".into(), queues: 16, mac: None, vectors: None, rss: false };
         assert!(value_of(&strings(&c), "-device")[0].contains(",mq=on,vectors=34,"));
-        c.network = Network::Tap { tap: "t".into(), queues: 2, mac: None, vectors: Some(0) };
+        c.network = Network::Tap { tap: "t".into(), queues: 2, mac: None, vectors: Some(0), rss: false };
         assert!(value_of(&strings(&c), "-device")[0].contains(",mq=on,vectors=0,"), "no MSI-X at all");
+    }
+
+    #[test]
+    fn rss_and_hash_reports_are_offered_on_request() {
+        let mut c = QemuConfig::new(Accel::Tcg, bios());
+        c.debug_exit = false;
+        c.network =
+            Network::Tap { tap: "mqtap0".into(), queues: 4, mac: None, vectors: None, rss: false }.with_rss(true);
+        let a = strings(&c);
+        // vhost stays off: QEMU's RSS runs in QEMU (software or eBPF), not in vhost-net.
+        assert_eq!(value_of(&a, "-netdev"), ["tap,id=net0,ifname=mqtap0,script=no,downscript=no,vhost=off,queues=4"]);
+        assert_eq!(
+            value_of(&a, "-device"),
+            ["virtio-net-pci,netdev=net0,disable-legacy=on,mq=on,vectors=10,rss=on,hash=on,mac=52:54:00:12:34:56"]
+        );
+        c.network = c.network.with_rss(false);
+        assert!(!value_of(&strings(&c), "-device")[0].contains("rss"));
+        assert_eq!(Network::User.with_rss(true), Network::User, "only a tap network has the option");
     }
 
     #[test]

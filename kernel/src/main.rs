@@ -55,8 +55,39 @@ mod boot {
 
     use crate::arch::apic::{self, TimerKind};
     use crate::arch::percpu::{self, PerCpu};
-    use crate::runloop::{self, Local, Poll};
+    use crate::nic::CpuNic;
+    use crate::runloop::{self, Poll};
+    use crate::selftest::SelfTest;
     use crate::{arch, faults, memory, selftest, serial};
+
+    /// What each CPU's loop keeps for its clients: composed here, so the
+    /// loop and its clients do not know each other.
+    #[derive(Default)]
+    struct CpuState {
+        selftest: SelfTest,
+        /// This vCPU's share of the NIC and its stack, once claimed.
+        nic: Option<CpuNic>,
+    }
+
+    impl AsMut<SelfTest> for CpuState {
+        fn as_mut(&mut self) -> &mut SelfTest {
+            &mut self.selftest
+        }
+    }
+
+    impl AsRef<SelfTest> for CpuState {
+        fn as_ref(&self) -> &SelfTest {
+            &self.selftest
+        }
+    }
+
+    impl AsMut<Option<CpuNic>> for CpuState {
+        fn as_mut(&mut self) -> &mut Option<CpuNic> {
+            &mut self.nic
+        }
+    }
+
+    type Local = runloop::Local<CpuState>;
 
     const KERNEL_STACK_SIZE: u64 = 256 * 1024;
     /// How long the boot CPU waits for the self-tests before giving up.
@@ -229,7 +260,7 @@ mod boot {
             cpu.wake();
         }
 
-        let mut local = Local::new(&cpus[0], timer, tsc_hz);
+        let mut local = Local::new(&cpus[0], timer, tsc_hz, CpuState::default());
         add_common_work(&mut local);
         if options.smp_selftest {
             selftest::start_ipi_test(&mut local);
@@ -366,7 +397,7 @@ mod boot {
             warn!("APIC id {id} differs from the MADT's {}", cpu.apic_id);
         }
         let config = CONFIG.get().expect("config set before APs start");
-        let mut local = Local::new(cpu, config.timer, config.tsc_hz);
+        let mut local = Local::new(cpu, config.timer, config.tsc_hz, CpuState::default());
         add_common_work(&mut local);
         info!("online: APIC id {id}");
         cpu.online.store(true, Ordering::Release);

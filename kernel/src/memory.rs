@@ -32,6 +32,13 @@ pub struct MemorySummary {
     pub uefi: bool,
 }
 
+static HEAP_BYTES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The heap's size (0 before [`init`]).
+pub fn heap_bytes() -> u64 {
+    HEAP_BYTES.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn init(boot_info: &BootInfo) -> MemorySummary {
     let Optional::Some(offset) = boot_info.physical_memory_offset else {
         panic!("the bootloader did not map physical memory (BootloaderConfig::mappings.physical_memory)");
@@ -62,6 +69,7 @@ pub fn init(boot_info: &BootInfo) -> MemorySummary {
     }
     let frames_free = frames.free_bytes();
     *FRAMES.lock() = Some(frames);
+    HEAP_BYTES.store(heap_bytes, core::sync::atomic::Ordering::Relaxed);
     MemorySummary { stats, heap_phys, heap_bytes, frames_free, direct_map_offset: offset, uefi }
 }
 

@@ -15,7 +15,6 @@ use x86_64::instructions::interrupts;
 use crate::arch::apic::{self, TimerKind};
 use crate::arch::percpu::{CpuStats, PerCpu};
 use crate::arch::time::rdtsc;
-use crate::selftest::SelfTest;
 
 const MAX_TIMERS: usize = 16;
 const MAX_WORK: usize = 8;
@@ -31,24 +30,24 @@ pub enum Poll {
     Done,
 }
 
-pub type WorkFn = fn(&mut Local) -> Poll;
-pub type TimerFn = fn(&mut Local, Expired);
+pub type WorkFn<S> = fn(&mut Local<S>) -> Poll;
+pub type TimerFn<S> = fn(&mut Local<S>, Expired);
 
-/// State owned by one CPU's loop (never touched by another CPU).
-pub struct Local {
+/// State owned by one CPU's loop (never touched by another CPU). `S` is
+/// what the loop's clients keep per CPU; `main.rs` composes it, so this
+/// loop knows none of them.
+pub struct Local<S> {
     pub cpu: &'static PerCpu,
     pub timer_kind: TimerKind,
     pub tsc_hz: u64,
     timers: TimerQueue<MAX_TIMERS>,
-    timer_fns: [Option<TimerFn>; MAX_TIMERS],
-    work: [Option<WorkFn>; MAX_WORK],
-    pub selftest: SelfTest,
-    /// This CPU's virtio-net queue pair and stack, once claimed.
-    pub nic: Option<crate::nic::CpuNic>,
+    timer_fns: [Option<TimerFn<S>>; MAX_TIMERS],
+    work: [Option<WorkFn<S>>; MAX_WORK],
+    pub state: S,
 }
 
-impl Local {
-    pub fn new(cpu: &'static PerCpu, timer_kind: TimerKind, tsc_hz: u64) -> Local {
+impl<S> Local<S> {
+    pub fn new(cpu: &'static PerCpu, timer_kind: TimerKind, tsc_hz: u64, state: S) -> Local<S> {
         Local {
             cpu,
             timer_kind,
@@ -56,19 +55,18 @@ impl Local {
             timers: TimerQueue::new(),
             timer_fns: [None; MAX_TIMERS],
             work: [None; MAX_WORK],
-            selftest: SelfTest::default(),
-            nic: None,
+            state,
         }
     }
 
-    pub fn add_work(&mut self, f: WorkFn) {
+    pub fn add_work(&mut self, f: WorkFn<S>) {
         let slot = self.work.iter_mut().find(|w| w.is_none()).expect("too many work functions on one CPU");
         *slot = Some(f);
     }
 
     /// Arms timer `id` (an index below 16, chosen by its owner) to call `f`
     /// at TSC `deadline`, then every `period` ticks unless `period` is 0.
-    pub fn add_timer(&mut self, id: TimerId, deadline: u64, period: u64, f: TimerFn) {
+    pub fn add_timer(&mut self, id: TimerId, deadline: u64, period: u64, f: TimerFn<S>) {
         self.timers.cancel(id);
         self.timers.add(id, deadline, period).expect("timer queue full");
         self.timer_fns[id as usize] = Some(f);
@@ -81,7 +79,7 @@ impl Local {
 }
 
 /// Runs `local`'s CPU forever.
-pub fn run(mut local: Local) -> ! {
+pub fn run<S>(mut local: Local<S>) -> ! {
     let stats = &local.cpu.stats;
     loop {
         let start = rdtsc();
@@ -116,7 +114,7 @@ pub fn run(mut local: Local) -> ! {
 /// Arms the timer for the next deadline and halts. Interrupts are disabled
 /// across the last check so a wake-up that arrives after it is not lost: the
 /// pending interrupt ends the `hlt` that `sti` enables.
-fn halt_until_interrupt(local: &Local) {
+fn halt_until_interrupt<S>(local: &Local<S>) {
     interrupts::disable();
     apic::arm_timer(local.timer_kind, local.timers.next_deadline(), local.tsc_hz);
     if local.cpu.wake_pending.load(Ordering::Acquire) {

@@ -12,6 +12,10 @@ use crate::arch::percpu;
 use crate::arch::time::rdtsc;
 use crate::runloop::{Local, Poll};
 
+/// Per-CPU state that carries the self-test's (composed in `main.rs`).
+pub trait HasSelfTest: AsMut<SelfTest> + AsRef<SelfTest> {}
+impl<S: AsMut<SelfTest> + AsRef<SelfTest>> HasSelfTest for S {}
+
 /// The timer test's interval and number of measured intervals.
 pub const TIMER_INTERVAL_NS: u64 = 10_000_000;
 pub const TIMER_INTERVALS: usize = 10;
@@ -45,14 +49,14 @@ struct IpiTest {
 }
 
 /// Starts the timer test on this CPU.
-pub fn start_timer_test(local: &mut Local) {
+pub fn start_timer_test<S: HasSelfTest>(local: &mut Local<S>) {
     let period = crate::arch::time::clock().nanos_to_ticks(TIMER_INTERVAL_NS);
     local.add_timer(TIMER_TEST_ID, rdtsc() + period, period, on_test_timer);
 }
 
-fn on_test_timer(local: &mut Local, e: Expired) {
+fn on_test_timer<S: HasSelfTest>(local: &mut Local<S>, e: Expired) {
     let now = rdtsc();
-    let t = &mut local.selftest;
+    let t = local.state.as_mut();
     t.max_late = t.max_late.max(now.saturating_sub(e.deadline));
     if t.last_fire != 0 {
         t.intervals[t.measured] = now - t.last_fire;
@@ -62,7 +66,7 @@ fn on_test_timer(local: &mut Local, e: Expired) {
     if t.measured == TIMER_INTERVALS {
         local.cancel_timer(TIMER_TEST_ID);
         let clock = crate::arch::time::clock();
-        let t = &mut local.selftest;
+        let t = local.state.as_mut();
         t.intervals.sort_unstable();
         let r = &local.cpu.timer_report;
         r.firings.store(TIMER_INTERVALS as u32 + 1, Relaxed);
@@ -79,7 +83,7 @@ fn on_test_timer(local: &mut Local, e: Expired) {
 }
 
 /// Every CPU answers pings left in its mailbox.
-pub fn answer_pings(local: &mut Local) -> Poll {
+pub fn answer_pings<S: HasSelfTest>(local: &mut Local<S>) -> Poll {
     let from = local.cpu.mailbox.ping_from.swap(0, Acquire);
     if from == 0 {
         return Poll::Idle;
@@ -93,10 +97,10 @@ pub fn answer_pings(local: &mut Local) -> Poll {
 }
 
 /// Starts the IPI test on the boot CPU (a no-op with one CPU).
-pub fn start_ipi_test(local: &mut Local) {
+pub fn start_ipi_test<S: HasSelfTest>(local: &mut Local<S>) {
     // Indexed by CPU index; CPUs that failed to start stay empty.
     let n = percpu::all().len();
-    local.selftest.ipi = Some(IpiTest {
+    local.state.as_mut().ipi = Some(IpiTest {
         target: 1,
         round: 0,
         sent_at: None,
@@ -107,8 +111,8 @@ pub fn start_ipi_test(local: &mut Local) {
     local.add_work(ipi_test_step);
 }
 
-fn ipi_test_step(local: &mut Local) -> Poll {
-    let Some(t) = local.selftest.ipi.as_mut() else { return Poll::Done };
+fn ipi_test_step<S: HasSelfTest>(local: &mut Local<S>) -> Poll {
+    let Some(t) = local.state.as_mut().ipi.as_mut() else { return Poll::Done };
     let all = percpu::all();
     if t.target >= all.len() {
         return Poll::Done;
@@ -148,7 +152,7 @@ fn ipi_test_step(local: &mut Local) -> Poll {
             t.pausing = true;
             let gap = crate::arch::time::clock().nanos_to_ticks(IPI_GAP_NS);
             local.add_timer(IPI_GAP_ID, rdtsc() + gap, 0, |l, _| {
-                if let Some(t) = l.selftest.ipi.as_mut() {
+                if let Some(t) = l.state.as_mut().ipi.as_mut() {
                     t.pausing = false;
                 }
             });
@@ -158,13 +162,13 @@ fn ipi_test_step(local: &mut Local) -> Poll {
 }
 
 /// Whether every online CPU finished its timer test and the IPI test is over.
-pub fn finished(local: &Local) -> bool {
-    let ipi_done = local.selftest.ipi.as_ref().is_none_or(|t| t.target >= percpu::all().len());
+pub fn finished<S: HasSelfTest>(local: &Local<S>) -> bool {
+    let ipi_done = local.state.as_ref().ipi.as_ref().is_none_or(|t| t.target >= percpu::all().len());
     ipi_done && percpu::online().all(|c| c.timer_report.done.load(Acquire))
 }
 
 /// Logs the results, one line per CPU and per IPI target.
-pub fn report(local: &Local) {
+pub fn report<S: HasSelfTest>(local: &Local<S>) {
     for c in percpu::online() {
         let r = &c.timer_report;
         if !r.done.load(Acquire) {
@@ -183,7 +187,7 @@ pub fn report(local: &Local) {
         );
     }
     let clock = crate::arch::time::clock();
-    if let Some(t) = &local.selftest.ipi {
+    if let Some(t) = &local.state.as_ref().ipi {
         for (target, rtts) in t.rtts.iter().enumerate().skip(1) {
             if rtts.is_empty() {
                 continue;

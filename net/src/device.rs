@@ -1,63 +1,205 @@
-//! smoltcp's `Device` over one virtio-net queue pair.
+//! smoltcp's `Device` over one vCPU's view of the NIC.
 //!
-//! Received frames are handed to smoltcp straight from the DMA buffer and
-//! the buffer goes back to the device afterwards; transmitted frames are
-//! written by smoltcp straight into a transmit buffer. Nothing allocates.
+//! A vCPU receives from its own receive queue (if it has one) and from its
+//! inbox (frames other vCPUs received for flows it owns), and transmits on
+//! its own transmit queue, on a queue it shares under a lock, or by handing
+//! frames to the queue's owner (see [`TxPath`]). Received frames are handed
+//! to smoltcp straight from the DMA buffer and the buffer goes back to the
+//! device afterwards; transmitted frames are written by smoltcp straight
+//! into a transmit buffer. Nothing allocates.
 
 pub use drivers::virtio::netdev::Doorbell;
 use drivers::virtio::netdev::{RxQueue, TxQueue, MAX_FRAME};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+use spin::Mutex;
+
+use crate::inbox::{Inbox, SLOT_BYTES};
+use crate::steer::{Flow, Steering};
+use crate::zerowin::{ZeroWindows, COPY_MAX};
 
 /// Whether an Ethernet frame is ARP (whose neighbour information every
-/// CPU's stack needs: each keeps its own neighbour cache).
+/// vCPU's stack needs: each keeps its own neighbour cache).
 pub fn is_arp(frame: &[u8]) -> bool {
     frame.len() >= 14 && frame[12..14] == [0x08, 0x06]
 }
 
-/// Something that looks at each received frame before the stack does.
-pub type Observer<'a> = &'a dyn Fn(&[u8]);
-
-/// One queue pair seen as a smoltcp device.
-pub struct QueuePair<'a, B: Doorbell> {
-    pub rx: &'a mut RxQueue,
-    pub tx: &'a mut TxQueue,
-    pub doorbell: &'a B,
-    /// Where a frame goes when the transmit queue is full (it is dropped).
-    pub scratch: &'a mut [u8; MAX_FRAME],
-    /// A frame that did not arrive on this queue (made up from neighbour
-    /// information another CPU learned), received before the queue's own.
-    pub injected: Option<&'a [u8]>,
-    /// Sees every frame received from the queue before the stack does.
-    pub observer: Option<Observer<'a>>,
+/// Whether an Ethernet frame is an IPv4 TCP segment with RST set (a stack
+/// answers a segment no connection of its own accepts with one: counted,
+/// because with steering right only a peer that really lost its
+/// connection should ever get one).
+pub fn is_tcp_reset(frame: &[u8]) -> bool {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] || frame[23] != 6 {
+        return false;
+    }
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    frame.get(14 + ihl + 13).is_some_and(|flags| flags & 0x04 != 0)
 }
 
-impl<'a, B: Doorbell> QueuePair<'a, B> {
-    pub fn new(rx: &'a mut RxQueue, tx: &'a mut TxQueue, doorbell: &'a B, scratch: &'a mut [u8; MAX_FRAME]) -> Self {
-        QueuePair { rx, tx, doorbell, scratch, injected: None, observer: None }
+/// Looks at each frame from the receive queue, with the hash the device
+/// reported for it (value and type, when it reports one), before the stack
+/// does; `false` means the frame was taken elsewhere (steered to its
+/// owner) and this stack must not see it.
+pub type Filter<'a> = &'a mut dyn FnMut(&[u8], Option<(u32, u16)>) -> bool;
+
+/// Where a vCPU's frames go out.
+pub enum TxPath<'a> {
+    /// Its own transmit queue.
+    Own(&'a mut TxQueue),
+    /// A queue it shares with other vCPUs: one lock per frame.
+    Shared(&'a Mutex<TxQueue>),
+    /// Handed to the queue owner's outbox, which that vCPU drains onto its
+    /// queue; a full outbox drops the frame (counted by the outbox).
+    Handoff(&'a Inbox),
+}
+
+/// One vCPU's NIC seen as a smoltcp device.
+pub struct NetDevice<'a, B: Doorbell> {
+    pub rx: Option<&'a mut RxQueue>,
+    pub tx: TxPath<'a>,
+    pub doorbell: &'a B,
+    /// Where a frame goes when the transmit queue is full (it is dropped),
+    /// and where a handed-off frame is written before it is copied out.
+    pub scratch: &'a mut [u8; MAX_FRAME],
+    /// A frame made up locally (from neighbour information another vCPU
+    /// learned), received before anything else.
+    pub injected: Option<&'a [u8]>,
+    /// Frames other vCPUs handed over, received before the queue's own, and
+    /// the buffer each is copied into.
+    pub inbox: Option<(&'a Inbox, &'a mut [u8; SLOT_BYTES])>,
+    pub filter: Option<Filter<'a>>,
+    /// Frames handed to the stack so far, and how many of them came from
+    /// the inbox.
+    pub received: usize,
+    pub from_inbox: usize,
+    pub resets: Resets<'a>,
+    /// Flows we advertised a zero window to (see `zerowin`): their data
+    /// segments reach the stack after a payload-less copy.
+    pub zero_windows: Option<&'a mut ZeroWindows>,
+    /// That copy, and the frame it was made from, handed out next.
+    strip_buf: [u8; COPY_MAX],
+    after_copy: Option<Source>,
+    /// Length of the frame taken from the inbox.
+    pending_len: usize,
+}
+
+impl<'a, B: Doorbell> NetDevice<'a, B> {
+    pub fn new(rx: Option<&'a mut RxQueue>, tx: TxPath<'a>, doorbell: &'a B, scratch: &'a mut [u8; MAX_FRAME]) -> Self {
+        NetDevice {
+            rx,
+            tx,
+            doorbell,
+            scratch,
+            injected: None,
+            inbox: None,
+            filter: None,
+            received: 0,
+            from_inbox: 0,
+            resets: Resets::default(),
+            zero_windows: None,
+            strip_buf: [0; COPY_MAX],
+            after_copy: None,
+            pending_len: 0,
+        }
+    }
+
+    /// Whether a frame is still due after the payload-less copy handed out
+    /// last (the caller must let the stack receive it before it stops).
+    pub fn has_pending(&self) -> bool {
+        self.after_copy.is_some()
+    }
+
+    fn tx_token(&mut self) -> Tx<'_, 'a, B> {
+        Tx {
+            tx: &mut self.tx,
+            doorbell: self.doorbell,
+            scratch: self.scratch,
+            resets: &mut self.resets,
+            zero_windows: self.zero_windows.as_deref_mut(),
+        }
+    }
+
+    /// Where the next frame comes from: a made-up one, the inbox (copied
+    /// out), or the receive queue (held there).
+    fn next_source(&mut self) -> Option<Source> {
+        if self.injected.is_some() {
+            return Some(Source::Injected);
+        }
+        if let Some((inbox, buf)) = self.inbox.as_mut() {
+            if !inbox.is_empty() {
+                if let Some(n) = inbox.pop(&mut buf[..]) {
+                    self.pending_len = n;
+                    return Some(Source::Inbox);
+                }
+            }
+        }
+        self.next_from_queue().then_some(Source::Queue)
+    }
+
+    /// A payload-less copy of the frame from `source` when its flow was
+    /// last told our window is zero (see `zerowin`), in `strip_buf`.
+    fn zero_window_copy(&mut self, source: Source) -> Option<usize> {
+        let z = self.zero_windows.as_deref_mut()?;
+        let frame = match source {
+            Source::Injected => return None,
+            Source::Inbox => &self.inbox.as_ref()?.1[..self.pending_len],
+            Source::Queue => self.rx.as_deref_mut()?.next_frame()?,
+        };
+        z.strip(frame, &mut self.strip_buf)
+    }
+
+    /// Takes frames from the receive queue until one is for this stack (it
+    /// stays held by the queue); frames the filter steered away are
+    /// released at once.
+    fn next_from_queue(&mut self) -> bool {
+        let Some(rx) = self.rx.as_deref_mut() else { return false };
+        loop {
+            if rx.next_frame().is_none() {
+                return false;
+            }
+            let hash = rx.hash_report();
+            let frame = rx.next_frame().expect("held");
+            let keep = match self.filter.as_mut() {
+                Some(f) => f(frame, hash),
+                None => true,
+            };
+            if keep {
+                return true;
+            }
+            rx.release();
+        }
     }
 }
 
 pub enum Rx<'a> {
-    Queue { rx: &'a mut RxQueue, observer: Option<Observer<'a>> },
-    Injected(&'a [u8]),
+    Queue(&'a mut RxQueue),
+    Bytes(&'a [u8]),
 }
 
-pub struct Tx<'a, B: Doorbell> {
-    tx: &'a mut TxQueue,
-    doorbell: &'a B,
-    scratch: &'a mut [u8; MAX_FRAME],
+pub struct Tx<'b, 'a, B: Doorbell> {
+    tx: &'b mut TxPath<'a>,
+    doorbell: &'b B,
+    scratch: &'b mut [u8; MAX_FRAME],
+    resets: &'b mut Resets<'a>,
+    zero_windows: Option<&'b mut ZeroWindows>,
+}
+
+/// TCP resets this device sent, and how many answered a flow that the
+/// steering says another vCPU owns.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resets<'a> {
+    /// Whose flows this device's stack should see: (steering, its vCPU).
+    pub owner: Option<(&'a Steering, u16)>,
+    pub count: usize,
+    pub unowned: usize,
 }
 
 impl phy::RxToken for Rx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         match self {
-            Rx::Injected(frame) => f(frame),
-            Rx::Queue { rx, observer } => {
+            Rx::Bytes(frame) => f(frame),
+            Rx::Queue(rx) => {
                 let frame = rx.next_frame().expect("receive() only hands out a token when a frame is held");
-                if let Some(o) = observer {
-                    o(frame);
-                }
                 let r = f(frame);
                 rx.release();
                 r
@@ -66,42 +208,114 @@ impl phy::RxToken for Rx<'_> {
     }
 }
 
-impl<B: Doorbell> phy::TxToken for Tx<'_, B> {
+/// Writes a frame onto `queue`, or into `scratch` to be dropped when the
+/// queue is full or the frame too long (counted by the queue).
+fn send_on<R>(
+    queue: &mut TxQueue,
+    bell: &dyn Doorbell,
+    scratch: &mut [u8; MAX_FRAME],
+    len: usize,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> R {
+    let mut f = Some(f);
+    if let Some(r) = queue.send(len, bell, |buf| (f.take().expect("called once"))(buf)) {
+        return r;
+    }
+    (f.take().expect("not called yet"))(&mut scratch[..len.min(MAX_FRAME)])
+}
+
+impl<B: Doorbell> phy::TxToken for Tx<'_, '_, B> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut f = Some(f);
-        if let Some(r) = self.tx.send(len, self.doorbell, |buf| (f.take().expect("called once"))(buf)) {
-            return r;
+        let (resets, zero_windows) = (self.resets, self.zero_windows);
+        let f = |buf: &mut [u8]| {
+            let r = f(buf);
+            if let Some(z) = zero_windows {
+                z.on_transmit(buf);
+            }
+            if is_tcp_reset(buf) {
+                resets.count += 1;
+                // The reset goes back along the flow it answers.
+                if let (Some((steering, me)), Some(flow)) = (resets.owner, Flow::parse(buf)) {
+                    if steering.owner_of_hash(steering.hash(&flow.reversed())) != me {
+                        resets.unowned += 1;
+                    }
+                }
+            }
+            r
+        };
+        match self.tx {
+            TxPath::Own(q) => send_on(q, self.doorbell, self.scratch, len, f),
+            TxPath::Shared(m) => send_on(&mut m.lock(), self.doorbell, self.scratch, len, f),
+            TxPath::Handoff(outbox) => {
+                let len = len.min(MAX_FRAME);
+                let r = f(&mut self.scratch[..len]);
+                // A full outbox drops the frame; the outbox counts it.
+                let _ = outbox.push(&self.scratch[..len]);
+                r
+            }
         }
-        // Full or too long (counted by the queue): let smoltcp write, then drop it.
-        let len = len.min(MAX_FRAME);
-        (f.take().expect("not called yet"))(&mut self.scratch[..len])
     }
 }
 
-impl<B: Doorbell> phy::Device for QueuePair<'_, B> {
+impl<'a, B: Doorbell> phy::Device for NetDevice<'a, B> {
     type RxToken<'b>
         = Rx<'b>
     where
         Self: 'b;
     type TxToken<'b>
-        = Tx<'b, B>
+        = Tx<'b, 'a, B>
     where
         Self: 'b;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let tx = Tx { tx: self.tx, doorbell: self.doorbell, scratch: self.scratch };
-        if let Some(frame) = self.injected.take() {
-            return Some((Rx::Injected(frame), tx));
-        }
-        self.rx.next_frame()?;
-        Some((Rx::Queue { rx: self.rx, observer: self.observer }, tx))
+        let source = match self.after_copy.take() {
+            Some(source) => source,
+            None => {
+                let source = self.next_source()?;
+                self.received += 1;
+                if let Some(n) = self.zero_window_copy(source) {
+                    self.after_copy = Some(source);
+                    let tx = Tx {
+                        tx: &mut self.tx,
+                        doorbell: self.doorbell,
+                        scratch: self.scratch,
+                        resets: &mut self.resets,
+                        zero_windows: self.zero_windows.as_deref_mut(),
+                    };
+                    return Some((Rx::Bytes(&self.strip_buf[..n]), tx));
+                }
+                source
+            }
+        };
+        let rx = match source {
+            Source::Injected => Rx::Bytes(self.injected.take().expect("checked")),
+            Source::Inbox => {
+                self.from_inbox += 1;
+                let (_, buf) = self.inbox.as_mut().expect("checked");
+                Rx::Bytes(&buf[..self.pending_len])
+            }
+            Source::Queue => Rx::Queue(self.rx.as_deref_mut().expect("checked")),
+        };
+        let tx = Tx {
+            tx: &mut self.tx,
+            doorbell: self.doorbell,
+            scratch: self.scratch,
+            resets: &mut self.resets,
+            zero_windows: self.zero_windows.as_deref_mut(),
+        };
+        Some((rx, tx))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        if !self.tx.has_room(self.doorbell) {
+        let room = match &mut self.tx {
+            TxPath::Own(q) => q.has_room(self.doorbell),
+            TxPath::Shared(m) => m.lock().has_room(self.doorbell),
+            TxPath::Handoff(_) => true,
+        };
+        if !room {
             return None;
         }
-        Some(Tx { tx: self.tx, doorbell: self.doorbell, scratch: self.scratch })
+        Some(self.tx_token())
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -111,6 +325,13 @@ impl<B: Doorbell> phy::Device for QueuePair<'_, B> {
         caps.max_burst_size = None;
         caps
     }
+}
+
+#[derive(Clone, Copy)]
+enum Source {
+    Injected,
+    Inbox,
+    Queue,
 }
 
 #[cfg(test)]
@@ -207,7 +428,7 @@ mod tests {
             let mut scratch = [0u8; MAX_FRAME];
             rx.refill(&bell);
             let stack = {
-                let mut dev = QueuePair::new(&mut rx, &mut tx, &bell, &mut scratch);
+                let mut dev = NetDevice::new(Some(&mut rx), TxPath::Own(&mut tx), &bell, &mut scratch);
                 Stack::new(&CFG, &mut dev, Instant::from_millis(1), seed)
             };
             Guest { rx, tx, rx_dev, tx_dev, bell, scratch, stack }
@@ -233,16 +454,18 @@ mod tests {
         }
 
         /// Runs the stack until it is done; `injected` first, if any.
-        fn poll(&mut self, injected: Option<&[u8]>, observer: Option<Observer>) {
-            let mut dev = QueuePair::new(&mut self.rx, &mut self.tx, &self.bell, &mut self.scratch);
+        fn poll<'s>(&'s mut self, injected: Option<&'s [u8]>, filter: Option<Filter<'s>>) {
+            let mut dev = NetDevice::new(Some(&mut self.rx), TxPath::Own(&mut self.tx), &self.bell, &mut self.scratch);
             dev.injected = injected;
-            dev.observer = observer;
+            dev.filter = filter;
             let mut rounds = 0;
             while self.stack.poll(&mut dev, Instant::from_millis(2)) {
                 rounds += 1;
                 assert!(rounds < 100, "poll keeps reporting progress");
             }
-            self.rx.refill(&self.bell);
+            if let Some(rx) = dev.rx.as_deref_mut() {
+                rx.refill(&self.bell);
+            }
         }
 
         /// Frames the guest sent, as the device reads them (no header).
@@ -284,10 +507,13 @@ mod tests {
         for seq in 0..3 {
             g.deliver(&echo_request(seq, b"mqnet ping"));
         }
-        let seen = RefCell::new(0usize);
-        let count = |_: &[u8]| *seen.borrow_mut() += 1;
-        g.poll(None, Some(&count));
-        assert_eq!(*seen.borrow(), 4, "the observer saw every received frame");
+        let mut seen = 0usize;
+        let mut count = |_: &[u8], _| {
+            seen += 1;
+            true
+        };
+        g.poll(None, Some(&mut count));
+        assert_eq!(seen, 4, "the filter saw every received frame");
         let sent = g.sent();
         assert_eq!(sent.len(), 4, "one ARP reply and three echo replies");
         assert!(is_arp_reply(&sent[0]));
@@ -353,14 +579,15 @@ mod tests {
         let board = NeighbourBoard::new();
         let local = CFG;
         a.deliver(&arp_request());
-        let post = |f: &[u8]| {
+        let mut post = |f: &[u8], _| {
             if is_arp(f) {
                 if let Some(binding) = arp_sender(f, &local) {
                     board.post(binding, 5);
                 }
             }
+            true
         };
-        a.poll(None, Some(&post));
+        a.poll(None, Some(&mut post));
         let replies = a.sent();
         assert_eq!(replies.iter().filter(|f| is_arp_reply(f)).count(), 1);
         assert_eq!(b.sent().len(), 0, "the other stack saw no request and sent nothing");

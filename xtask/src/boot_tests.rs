@@ -10,6 +10,8 @@ use boot::image::Firmware;
 use boot::outcome::{Outcome, StopReason};
 use boot::runner::RunReport;
 
+use crate::tcpload::LoadSummary;
+
 /// What a boot must show.
 #[derive(Clone, Debug)]
 pub enum Expect {
@@ -84,6 +86,29 @@ pub struct NetCase {
     /// At the end, one ARP request for the guest from the tap, which must
     /// get exactly one reply however many stacks the guest runs.
     pub arp_probe: bool,
+    /// Then TCP loads against the guest's echo and discard services.
+    pub tcp: Option<TcpCase>,
+    /// Offer the guest virtio-net RSS and hash reports (`rss=on,hash=on`).
+    pub rss: bool,
+}
+
+/// The TCP step of a network case: an echo load, then (if it passed) a
+/// discard load, each run by `xtask tcp-load` inside the namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpCase {
+    /// Concurrent echo connections × bytes each.
+    pub echo_connections: u32,
+    pub echo_bytes: u64,
+    /// Concurrent discard connections, bytes in all.
+    pub discard_connections: u32,
+    pub discard_bytes: u64,
+}
+
+impl TcpCase {
+    /// Connections the host opens in all.
+    pub fn connections(&self) -> u64 {
+        u64::from(self.echo_connections) + u64::from(self.discard_connections)
+    }
 }
 
 impl NetCase {
@@ -99,6 +124,8 @@ impl NetCase {
             tap_mtu: None,
             jumbo_pings: None,
             arp_probe: false,
+            tcp: None,
+            rss: false,
         }
     }
 }
@@ -130,6 +157,23 @@ pub const STEP_PING: &str = "ping";
 pub const STEP_FLOWS: &str = "udp flows";
 pub const STEP_AFTER_FLOODS: &str = "ping after the floods";
 pub const STEP_ARP: &str = "arp";
+
+pub const STEP_TCP_ECHO: &str = "tcp echo";
+pub const STEP_TCP_DISCARD: &str = "tcp discard";
+
+/// The TCP cases' load: 64 concurrent echo connections of 1 MiB each, then
+/// 100 MiB discarded over 4 connections.
+pub const TCP_LOAD: TcpCase =
+    TcpCase { echo_connections: 64, echo_bytes: 1 << 20, discard_connections: 4, discard_bytes: 100 << 20 };
+/// Deadline of the echo load: 64 MiB each way takes 10–60 s under
+/// multi-threaded TCG on 2 host cores; a hung guest fails the step then.
+pub const TCP_ECHO_DEADLINE: Duration = Duration::from_secs(240);
+/// Deadline of the discard load.
+pub const TCP_DISCARD_DEADLINE: Duration = Duration::from_secs(120);
+/// Frames of one flow that may reach a vCPU other than its owner without
+/// RSS, while the tap has not yet learnt the flow's queue from the guest's
+/// replies (it steers a flow to the queue the guest last transmitted it on).
+pub const MISSES_PER_FLOW: u64 = 4;
 
 /// The transcript step of the flood with `size` bytes of payload.
 pub fn flood_step(size: u32) -> String {
@@ -172,6 +216,30 @@ fn flood_case(name: &'static str, cpus: u16) -> BootCase {
             256,
             "net-stats=1000",
             Expect::Network { pairs: cpus, vectors: Vectors::PerQueue },
+        )
+    }
+}
+
+/// A TCP case: 4 vCPUs, `queues` queue pairs (RSS offered or not), the
+/// pings and UDP flows, then [`TCP_LOAD`]; counters every second.
+fn tcp_case(name: &'static str, queues: u16, rss: bool) -> BootCase {
+    // The kernel names the vCPUs left without a queue pair of their own.
+    let also: &'static [&'static str] = match queues {
+        1 => &["cpus 1..3 have no queue pair of their own"],
+        2 => &["cpus 2..3 have no queue pair of their own"],
+        3 => &["cpus 3..3 have no queue pair of their own"],
+        _ => &[],
+    };
+    BootCase {
+        net: Some(NetCase { tcp: Some(TCP_LOAD), rss, ..NetCase::new(queues) }),
+        also,
+        ..case(
+            name,
+            Firmware::Bios,
+            4,
+            512,
+            "net-stats=1000",
+            Expect::Network { pairs: queues.min(4), vectors: Vectors::PerQueue },
         )
     }
 }
@@ -373,6 +441,13 @@ pub fn cases() -> Vec<BootCase> {
             also: &["WARN  virtio-net 00:02.0: transitional device (id 1000) is not supported; start QEMU with"],
             ..case("transitional-virtio-net-is-refused", Bios, 1, 256, EXIT, Expect::CleanExit)
         },
+        // TCP echo and discard on every vCPU: with a queue pair per vCPU
+        // (flows steered by the tap's learning, or by RSS), and with fewer
+        // pairs than vCPUs (flows of queue-less vCPUs through their inboxes).
+        tcp_case("net-tcp-smp4-queues4", 4, false),
+        tcp_case("net-tcp-smp4-queues4-rss", 4, true),
+        tcp_case("net-tcp-smp4-queues2", 2, false),
+        tcp_case("net-tcp-smp4-queues1", 1, false),
         case(
             "panic-on-ap-stops-all-cpus",
             Bios,
@@ -470,7 +545,12 @@ pub fn time_limit(case: &BootCase, accel: Accel) -> Duration {
     // Every flood may run into its deadline (a wedged guest); the case
     // should then end with the checks' verdict, not with a timeout.
     let floods = case.net.map_or(0, |n| n.floods.len() as u32);
-    base + FLOOD_DEADLINE * floods
+    // Likewise every TCP load, and the grace its client gets beyond that.
+    let tcp = match case.net.and_then(|n| n.tcp) {
+        Some(_) => TCP_ECHO_DEADLINE + TCP_DISCARD_DEADLINE + 2 * crate::traffic::TCP_LOAD_GRACE,
+        None => Duration::ZERO,
+    };
+    base + FLOOD_DEADLINE * floods + tcp
 }
 
 /// How long a network case's VM keeps running after the host-side traffic:
@@ -720,6 +800,25 @@ pub fn last_net_stats(report: &RunReport) -> BTreeMap<u32, NetStats> {
     report.lines.iter().filter_map(|l| parse_net_stats(&l.text)).map(|s| (s.cpu, s)).collect()
 }
 
+/// Parses `net-cpu: cpuN accepted A active B closed C reset D misses E
+/// inbox_in F inbox_drops G` (keys in any order, missing ones 0): a vCPU's
+/// TCP service and flow-steering counters. `None` for any other line.
+pub fn parse_net_cpu(line: &str) -> Option<(u32, Counters)> {
+    let rest = &line[line.find("net-cpu: cpu")? + "net-cpu: cpu".len()..];
+    let (cpu, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((cpu.parse().ok()?, Counters::parse(rest)))
+}
+
+/// Each vCPU's last `net-cpu:` report, by CPU index.
+pub fn last_net_cpu(lines: &[boot::runner::Line]) -> BTreeMap<u32, Counters> {
+    lines.iter().filter_map(|l| parse_net_cpu(&l.text)).collect()
+}
+
+/// `key` of every vCPU's report, `17/16/18/17`.
+fn per_cpu(reports: &BTreeMap<u32, Counters>, key: &str) -> String {
+    reports.values().map(|c| c.get(key).to_string()).collect::<Vec<_>>().join("/")
+}
+
 /// What a passing network case reports besides passing: the receive
 /// spread, how often the transmit path kicked the device, and how often
 /// anything had to step in (`full` transmit rings, `rescues`, `watchdog`);
@@ -752,6 +851,21 @@ pub fn network_note(case: &BootCase, report: &RunReport) -> String {
     if let Some(n) = crate::traffic::find_section(out, STEP_ARP).as_deref().and_then(crate::traffic::parse_arp_replies)
     {
         parts.push(format!("ARP replies {n}"));
+    }
+    if net.tcp.is_some() {
+        for step in [STEP_TCP_ECHO, STEP_TCP_DISCARD] {
+            if let Some(s) = crate::traffic::find_section(out, step).as_deref().and_then(LoadSummary::parse) {
+                parts.push(format!("{step} {}", s.describe()));
+            }
+        }
+        let cpus = last_net_cpu(&report.lines);
+        let sum = |k: &str| cpus.values().map(|c| c.get(k)).sum::<u64>();
+        parts.push(format!("accepted per vCPU {}", per_cpu(&cpus, "accepted")));
+        parts.push(format!("misses {} (sum {})", per_cpu(&cpus, "misses"), sum("misses")));
+        parts.push(format!("inbox_in {}", per_cpu(&cpus, "inbox_in")));
+        parts.push(format!("inbox_drops {}", sum("inbox_drops")));
+        parts.push(format!("resets sent {}", sum("resets_sent")));
+        parts.push(format!("zero-window ACKs {}", sum("zero_window_acks")));
     }
     parts.join(", ")
 }
@@ -827,11 +941,15 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vecto
         };
         need(format!("pair {p}: rxq {rxq} {}, txq {txq} {}, cpu{p} (APIC id {p})", route(rxq), route(txq)))?;
     }
-    let arrived = match &report.action {
-        Some(Ok(out)) => check_traffic(&net, out)?,
+    let out = match &report.action {
+        Some(Ok(out)) => out,
         Some(Err(e)) => return Err(format!("host-side traffic failed: {e}")),
         None => return Err("the host-side traffic never ran".into()),
     };
+    let arrived = check_traffic(&net, out)?;
+    if let Some(tcp) = net.tcp {
+        check_tcp(case, &net, &tcp, out, report)?;
+    }
     let last = last_net_stats(report);
     let (total, busy_queues) = check_queue_reports(&last, case.cpus, pairs, polled)?;
     if total < arrived {
@@ -916,6 +1034,101 @@ fn check_traffic(net: &NetCase, out: &str) -> Result<u64, String> {
         }
     }
     Ok(arrived)
+}
+
+/// Checks a TCP case: both loads complete without an error, moving every
+/// byte; then every vCPU's last `net-cpu:` report: each accepted
+/// connections, together at least as many as the host opened, none still
+/// active, none reset; with RSS no frame reached a vCPU that does not own
+/// its flow (`misses`), with a queue pair per vCPU (the tap learning each
+/// flow's queue) at most [`MISSES_PER_FLOW`] per flow, with fewer pairs no
+/// bound (queue-less vCPUs' flows all pass through their inboxes).
+fn check_tcp(case: &BootCase, net: &NetCase, tcp: &TcpCase, out: &str, report: &RunReport) -> Result<(), String> {
+    use crate::traffic::find_section;
+    let step = |name: &str, connections: u32, bytes: u64| -> Result<LoadSummary, String> {
+        let o = find_section(out, name).ok_or(format!("no `{name}` step ran"))?;
+        let s = LoadSummary::parse(&o).ok_or(format!("{name}: no summary from tcp-load: {}", o.trim()))?;
+        if s.errors > 0 {
+            return Err(format!(
+                "{name}: {} of {} connections failed: {}",
+                s.errors,
+                s.connections,
+                s.error_list.join("; ")
+            ));
+        }
+        if s.connections != u64::from(connections) || s.completed != s.connections || s.done != bytes {
+            return Err(format!(
+                "{name}: {} of {} connections completed, {} bytes done, expected {connections} and {bytes}",
+                s.completed, s.connections, s.done
+            ));
+        }
+        Ok(s)
+    };
+    step(STEP_TCP_ECHO, tcp.echo_connections, u64::from(tcp.echo_connections) * tcp.echo_bytes)?;
+    step(STEP_TCP_DISCARD, tcp.discard_connections, tcp.discard_bytes)?;
+
+    let cpus = last_net_cpu(&report.lines);
+    for cpu in 0..u32::from(case.cpus) {
+        let c = cpus.get(&cpu).ok_or(format!("no net-cpu report from cpu{cpu}"))?;
+        if c.get("accepted") == 0 {
+            return Err(format!("cpu{cpu} accepted no connection (accepted per vCPU: {})", per_cpu(&cpus, "accepted")));
+        }
+    }
+    if let Some(cpu) = cpus.keys().find(|c| **c >= u32::from(case.cpus)) {
+        return Err(format!("a net-cpu report from cpu{cpu}, but the VM has {} CPUs", case.cpus));
+    }
+    let sum = |k: &str| cpus.values().map(|c| c.get(k)).sum::<u64>();
+    if sum("accepted") < tcp.connections() {
+        return Err(format!(
+            "the vCPUs accepted {} connections ({}), fewer than the {} the host opened",
+            sum("accepted"),
+            per_cpu(&cpus, "accepted"),
+            tcp.connections()
+        ));
+    }
+    if sum("active") != 0 {
+        return Err(format!(
+            "{} connections still active after the loads (per vCPU: {})",
+            sum("active"),
+            per_cpu(&cpus, "active")
+        ));
+    }
+    if sum("reset") != 0 {
+        return Err(format!("{} connections were reset (per vCPU: {})", sum("reset"), per_cpu(&cpus, "reset")));
+    }
+    // A reset for a flow another vCPU owns means a segment reached a stack
+    // that does not own its connection: steering failed.
+    if sum("resets_unowned") != 0 {
+        return Err(format!(
+            "{} TCP resets answered flows of another vCPU (per vCPU: {}): a segment reached a stack that does \
+             not own its connection",
+            sum("resets_unowned"),
+            per_cpu(&cpus, "resets_unowned")
+        ));
+    }
+    let misses = sum("misses");
+    if net.rss && misses != 0 {
+        return Err(format!(
+            "with RSS, {misses} frames arrived on a vCPU that does not own their flow (misses per vCPU: {}), \
+             expected none",
+            per_cpu(&cpus, "misses")
+        ));
+    }
+    if !net.rss && net.queues >= case.cpus {
+        // Every flow the host starts may miss until the tap learns it: the
+        // TCP connections, each UDP flow (whose datagrams the guest never
+        // answers on that flow, so the tap never learns it) and the pings.
+        let flows = tcp.connections() + u64::from(net.flows) + 1;
+        let budget = MISSES_PER_FLOW * flows;
+        if misses > budget {
+            return Err(format!(
+                "{misses} frames arrived on a vCPU that does not own their flow (misses per vCPU: {}), more \
+                 than {MISSES_PER_FLOW} for each of the {flows} flows",
+                per_cpu(&cpus, "misses")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The number of milliseconds right after `prefix` in `line` ("10.002 ms").
@@ -1474,6 +1687,227 @@ mod tests {
         assert!(err.starts_with("MQNET_TEST_NETNS: network namespace name `a/b` contains `/`"), "{err}");
         assert!(test_netns(Some("".into())).unwrap_err().contains("1 to 15 characters"));
         assert!(test_netns(Some("sixteen-chars-xx".into())).is_err());
+    }
+
+    /// A TCP case's boot: its queue pairs' net-stats, the kernel's note on
+    /// vCPUs without a pair, and `cpu(c)` as vCPU `c`'s last net-cpu report.
+    fn tcp_lines(c: &BootCase, cpu: &dyn Fn(u16) -> String) -> Vec<String> {
+        let pairs = c.net.unwrap().queues.min(c.cpus);
+        let mut l = pair_lines(pairs, &|p| new_stats(p, 5000, NO_DROPS, TX_OK));
+        l.extend(c.also.iter().map(|a| format!("[ 1.0] cpu0 INFO  virtio-net 00:02.0: {a}")));
+        for p in 0..c.cpus {
+            // An early report, superseded by the last one.
+            l.push(format!("[ 5.0] cpu{p} INFO  net-cpu: cpu{p} accepted 1 active 1 closed 0 reset 0 misses 0"));
+        }
+        for p in 0..c.cpus {
+            l.push(format!("[ 9.0] cpu{p} INFO  net-cpu: cpu{p} {}", cpu(p)));
+        }
+        l
+    }
+
+    /// A vCPU that accepted `accepted` connections and closed them all.
+    fn cpu_ok(accepted: u64, misses: u64) -> String {
+        format!(
+            "accepted {accepted} active 0 closed {accepted} reset 0 misses {misses} inbox_in {} inbox_drops 0",
+            3 * misses
+        )
+    }
+
+    fn load_summary(mode: &str, connections: u64, bytes: u64, done: u64, errors: &[&str]) -> String {
+        LoadSummary {
+            mode: mode.into(),
+            connections,
+            bytes,
+            completed: connections - errors.len() as u64,
+            done,
+            elapsed_s: 16.0,
+            mb_per_s: done as f64 / 16.0 / 1e6,
+            errors: errors.len() as u64,
+            error_list: errors.iter().map(|e| e.to_string()).collect(),
+            per_connection: vec![],
+        }
+        .to_json()
+    }
+
+    const ECHO_OK: u64 = 64 << 20;
+    const DISCARD_OK: u64 = 100 << 20;
+
+    /// The host side of a TCP case: pings, flows, then the loads' summaries.
+    fn tcp_traffic(echo: Option<String>, discard: Option<String>) -> String {
+        let mut steps = vec![(STEP_PING, OK_PING.to_string()), (STEP_FLOWS, "128 datagrams on 32 flows".to_string())];
+        steps.extend(echo.map(|e| (STEP_TCP_ECHO, format!("{e}\n"))));
+        steps.extend(discard.map(|d| (STEP_TCP_DISCARD, d)));
+        steps.iter().map(|(n, o)| crate::traffic::section(n, o)).collect()
+    }
+
+    fn good_loads() -> String {
+        tcp_traffic(
+            Some(load_summary("echo", 64, 1 << 20, ECHO_OK, &[])),
+            Some(load_summary("discard", 4, DISCARD_OK, DISCARD_OK, &[])),
+        )
+    }
+
+    /// Runs TCP case `name` (memory as the fake boot lines say) against
+    /// `cpu`'s net-cpu reports and the host side `traffic`.
+    fn tcp_run(name: &str, cpu: &dyn Fn(u16) -> String, traffic: String) -> Result<String, String> {
+        let c = BootCase { memory_mib: 256, ..named(name) };
+        let mut r = report(Outcome::Stopped(StopReason::Finished), &lines(&tcp_lines(&c, cpu)));
+        r.action = Some(Ok(traffic));
+        check(&c, &r).map(|()| network_note(&c, &r))
+    }
+
+    #[test]
+    fn tcp_cases_exist_with_their_loads_and_limits() {
+        for (name, queues, rss) in [
+            ("net-tcp-smp4-queues4", 4, false),
+            ("net-tcp-smp4-queues4-rss", 4, true),
+            ("net-tcp-smp4-queues2", 2, false),
+            ("net-tcp-smp4-queues1", 1, false),
+        ] {
+            let c = named(name);
+            let net = c.net.unwrap();
+            assert_eq!((c.cpus, c.memory_mib, net.queues, net.rss), (4, 512, queues, rss), "{name}");
+            assert!(matches!(c.expect, Expect::Network { pairs, vectors: Vectors::PerQueue } if pairs == queues));
+            let tcp = net.tcp.unwrap();
+            assert_eq!((tcp.echo_connections, tcp.echo_bytes), (64, 1 << 20));
+            assert_eq!((tcp.discard_connections, tcp.discard_bytes, tcp.connections()), (4, 100 << 20, 68));
+            assert!(c.cmdline.contains("net-stats="), "counters on");
+            // Both loads may run into their deadlines (and the client's
+            // grace) and the case still end with the checks' verdict.
+            assert_eq!(time_limit(&c, Accel::Tcg), Duration::from_secs(90 + 240 + 120 + 20));
+            assert_eq!(then_wait(&c), Duration::from_secs(3));
+        }
+        // The other network cases have no TCP load and no RSS.
+        assert!(cases()
+            .iter()
+            .filter(|c| !c.name.starts_with("net-tcp-"))
+            .all(|c| c.net.is_none_or(|n| n.tcp.is_none() && !n.rss)));
+    }
+
+    #[test]
+    fn tcp_cases_pass_with_good_loads_and_counters() {
+        let note = tcp_run("net-tcp-smp4-queues4", &|p| cpu_ok(17, u64::from(p)), good_loads()).unwrap();
+        assert!(
+            note.ends_with(
+                "tcp echo 64×1 MiB: 16.0 s, 4.19 MB/s, tcp discard 100 MiB in 4 conns: 16.0 s, 6.55 MB/s, \
+                 accepted per vCPU 17/17/17/17, misses 0/1/2/3 (sum 6), inbox_in 0/3/6/9, inbox_drops 0, \
+                 resets sent 0, zero-window ACKs 0"
+            ),
+            "{note}"
+        );
+        assert_eq!(tcp_run("net-tcp-smp4-queues4-rss", &|_| cpu_ok(17, 0), good_loads()).map(|_| ()), Ok(()));
+        assert!(tcp_run("net-tcp-smp4-queues2", &|_| cpu_ok(17, 40), good_loads()).is_ok());
+        // One queue: the flows of three vCPUs travel through their inboxes,
+        // misses are not bounded, inbox drops are reported.
+        let drops = |p: u16| cpu_ok(17, 5000).replace("inbox_drops 0", &format!("inbox_drops {p}"));
+        let note = tcp_run("net-tcp-smp4-queues1", &drops, good_loads()).unwrap();
+        assert!(
+            note.contains("misses 5000/5000/5000/5000 (sum 20000), inbox_in 15000/15000/15000/15000, inbox_drops 6,"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn failed_tcp_loads_fail_the_case_saying_why() {
+        let ok = |_: u16| cpu_ok(17, 0);
+        let bad = "conn 5: mismatch at receive offset 1234: expected 0x12, got 0x13";
+        let echo = load_summary("echo", 64, 1 << 20, ECHO_OK - 1000, &[bad]);
+        assert_eq!(
+            tcp_run("net-tcp-smp4-queues4", &ok, tcp_traffic(Some(echo), None)).unwrap_err(),
+            format!("tcp echo: 1 of 64 connections failed: {bad}")
+        );
+        let discard =
+            load_summary("discard", 4, DISCARD_OK, 0, &["conn 0: refused at connect offset 0: Connection refused"; 4]);
+        let traffic = tcp_traffic(Some(load_summary("echo", 64, 1 << 20, ECHO_OK, &[])), Some(discard));
+        let err = tcp_run("net-tcp-smp4-queues4", &ok, traffic).unwrap_err();
+        assert!(err.starts_with("tcp discard: 4 of 4 connections failed: conn 0: refused at connect"), "{err}");
+        // Fewer bytes than asked for, without an error, is a failure too.
+        let short = tcp_traffic(
+            Some(load_summary("echo", 64, 1 << 20, ECHO_OK - 1, &[])),
+            Some(load_summary("discard", 4, DISCARD_OK, DISCARD_OK, &[])),
+        );
+        assert_eq!(
+            tcp_run("net-tcp-smp4-queues4", &ok, short).unwrap_err(),
+            "tcp echo: 64 of 64 connections completed, 67108863 bytes done, expected 64 and 67108864"
+        );
+        let only_echo = tcp_traffic(Some(load_summary("echo", 64, 1 << 20, ECHO_OK, &[])), None);
+        assert_eq!(tcp_run("net-tcp-smp4-queues4", &ok, only_echo).unwrap_err(), "no `tcp discard` step ran");
+        let garbled = tcp_traffic(Some("Traceback".into()), None);
+        assert_eq!(
+            tcp_run("net-tcp-smp4-queues4", &ok, garbled).unwrap_err(),
+            "tcp echo: no summary from tcp-load: Traceback"
+        );
+    }
+
+    #[test]
+    fn every_vcpu_must_accept_and_close_its_connections() {
+        let run = |cpu: &dyn Fn(u16) -> String| tcp_run("net-tcp-smp4-queues4", cpu, good_loads());
+        let idle3 = |p: u16| if p == 3 { cpu_ok(0, 0) } else { cpu_ok(23, 0) };
+        assert_eq!(run(&idle3).unwrap_err(), "cpu3 accepted no connection (accepted per vCPU: 23/23/23/0)");
+        assert_eq!(
+            run(&|_| cpu_ok(16, 0)).unwrap_err(),
+            "the vCPUs accepted 64 connections (16/16/16/16), fewer than the 68 the host opened"
+        );
+        let active = |p: u16| if p == 1 { cpu_ok(17, 0).replace("active 0", "active 2") } else { cpu_ok(17, 0) };
+        assert_eq!(run(&active).unwrap_err(), "2 connections still active after the loads (per vCPU: 0/2/0/0)");
+        let reset = |p: u16| if p == 2 { cpu_ok(17, 0).replace("reset 0", "reset 1") } else { cpu_ok(17, 0) };
+        assert_eq!(run(&reset).unwrap_err(), "1 connections were reset (per vCPU: 0/0/1/0)");
+        // Every vCPU must report.
+        let c = BootCase { memory_mib: 256, ..named("net-tcp-smp4-queues4") };
+        let l: Vec<String> =
+            tcp_lines(&c, &|_| cpu_ok(17, 0)).into_iter().filter(|l| !l.contains("net-cpu: cpu2")).collect();
+        let mut r = report(Outcome::Stopped(StopReason::Finished), &lines(&l));
+        r.action = Some(Ok(good_loads()));
+        assert_eq!(check(&c, &r).unwrap_err(), "no net-cpu report from cpu2");
+        let mut l = tcp_lines(&c, &|_| cpu_ok(17, 0));
+        l.push(format!("[ 9.0] cpu0 INFO  net-cpu: cpu4 {}", cpu_ok(1, 0)));
+        let mut r = report(Outcome::Stopped(StopReason::Finished), &lines(&l));
+        r.action = Some(Ok(good_loads()));
+        assert_eq!(check(&c, &r).unwrap_err(), "a net-cpu report from cpu4, but the VM has 4 CPUs");
+    }
+
+    #[test]
+    fn misses_are_bounded_by_the_steering() {
+        // RSS: the device steers each flow to its owner, so none.
+        let one_miss = |p: u16| cpu_ok(17, u64::from(p == 1));
+        assert_eq!(
+            tcp_run("net-tcp-smp4-queues4-rss", &one_miss, good_loads()).unwrap_err(),
+            "with RSS, 1 frames arrived on a vCPU that does not own their flow (misses per vCPU: 0/1/0/0), expected none"
+        );
+        // A pair per vCPU without RSS: at most 4 per flow (68 connections,
+        // 32 UDP flows, the pings) = 404.
+        assert!(tcp_run("net-tcp-smp4-queues4", &|_| cpu_ok(17, 101), good_loads()).is_ok());
+        assert_eq!(
+            tcp_run("net-tcp-smp4-queues4", &|p| cpu_ok(17, 101 + u64::from(p == 0)), good_loads()).unwrap_err(),
+            "405 frames arrived on a vCPU that does not own their flow (misses per vCPU: 102/101/101/101), more than 4 \
+             for each of the 101 flows"
+        );
+        // Fewer pairs than vCPUs: no bound.
+        assert!(tcp_run("net-tcp-smp4-queues2", &|_| cpu_ok(17, 100_000), good_loads()).is_ok());
+        // Whatever the queues: a reset for another vCPU's flow is a steering failure.
+        let foreign_reset = |p: u16| format!("{} resets_sent 2 resets_unowned {}", cpu_ok(17, 0), u64::from(p == 3));
+        assert_eq!(
+            tcp_run("net-tcp-smp4-queues2", &foreign_reset, good_loads()).unwrap_err(),
+            "1 TCP resets answered flows of another vCPU (per vCPU: 0/0/0/1): a segment reached a stack that does not \
+             own its connection"
+        );
+    }
+
+    #[test]
+    fn net_cpu_lines_are_parsed() {
+        let (cpu, c) =
+            parse_net_cpu("[ 3.1] cpu2 INFO  net-cpu: cpu2 accepted 16 active 0 closed 16 reset 0 misses 3 inbox_in 120 inbox_drops 0")
+                .unwrap();
+        assert_eq!(cpu, 2);
+        assert_eq!(
+            ["accepted", "active", "closed", "reset", "misses", "inbox_in", "inbox_drops"].map(|k| c.get(k)),
+            [16, 0, 16, 0, 3, 120, 0]
+        );
+        // Any order, new keys, missing keys read 0.
+        let (_, c) = parse_net_cpu("net-cpu: cpu0 misses 1 future 9 accepted 2").unwrap();
+        assert_eq!((c.get("accepted"), c.get("misses"), c.get("future"), c.get("reset")), (2, 1, 9, 0));
+        assert_eq!(parse_net_cpu("net-stats: cpu0 rxq 0 packets 1 | txq 1 packets 1"), None);
+        assert_eq!(parse_net_cpu("net-cpu: cpuX accepted 1"), None);
     }
 
     #[test]

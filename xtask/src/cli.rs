@@ -26,6 +26,14 @@ pub enum Cmd {
     Run(RunArgs),
     /// Host unit tests of every crate, then boot tests of the real kernel.
     Test(TestArgs),
+    /// Benchmarks (they print tables and write JSON; they never pass or fail on speed).
+    Bench(BenchArgs),
+    /// Host-side TCP load against the guest's echo or discard service: run by
+    /// the network tests and benchmarks inside their namespace, e.g.
+    /// `ip netns exec NS xtask tcp-load echo --addr 10.99.0.2 ...`. Prints
+    /// one JSON summary line; exits 1 if any connection failed.
+    #[command(hide = true)]
+    TcpLoad(TcpLoadArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -70,21 +78,139 @@ pub struct RunArgs {
     /// Network namespace to create (and delete) for --net tap [default: mqnet].
     #[arg(long, value_parser = parse_netns)]
     pub netns: Option<String>,
+    /// Offer virtio-net RSS and hash reports (rss=on,hash=on), with --net tap.
+    #[arg(long)]
+    pub rss: bool,
     /// Kernel boot options, e.g. "log=debug" (see README).
     #[arg(long, default_value = "")]
     pub cmdline: String,
 }
 
 impl RunArgs {
-    /// Checks what clap cannot express: --queues and --netns only make sense
-    /// with --net tap, and silently ignoring them would mislead. The error
-    /// is a usage error (status 2), like clap's own.
+    /// Checks what clap cannot express: --queues, --netns and --rss only
+    /// make sense with --net tap, and silently ignoring them would mislead.
+    /// The error is a usage error (status 2), like clap's own.
     pub fn check(&self) -> Result<(), clap::Error> {
-        if self.net != NetArg::Tap && (self.queues.is_some() || self.netns.is_some()) {
-            return Err(Cli::command().error(ErrorKind::ArgumentConflict, "--queues and --netns need --net tap"));
+        if self.net != NetArg::Tap && (self.queues.is_some() || self.netns.is_some() || self.rss) {
+            return Err(Cli::command().error(ErrorKind::ArgumentConflict, "--queues, --netns and --rss need --net tap"));
         }
         Ok(())
     }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub bench: BenchCmd,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchCmd {
+    /// TCP echo throughput: boots the release kernel once per queue count
+    /// (inside a network namespace it creates; root) and runs echo loads of
+    /// each connection count from the host; prints a table and writes
+    /// target/bench/echo.json.
+    Echo(BenchEchoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchEchoArgs {
+    /// Queue pairs to boot with, one boot each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4",
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUES)))]
+    pub queues: Vec<u16>,
+    /// Concurrent connections per load, one load each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CONNECTIONS))]
+    pub connections: Vec<u32>,
+    /// Bytes each load echoes in all, split evenly over its connections (so
+    /// every load moves about the same volume): 16M, 64M, 1G, ...
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub bytes: u64,
+    /// vCPUs of every boot.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=255))]
+    pub smp: u16,
+    /// Offer virtio-net RSS (rss=on,hash=on) in every boot.
+    #[arg(long)]
+    pub rss: bool,
+    /// Extra kernel boot options for every boot, e.g. "tx-share=handoff".
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    pub accel: AccelArg,
+    /// Deadline of each load, in seconds.
+    #[arg(long, default_value = "120", value_parser = parse_timeout)]
+    pub timeout_secs: Duration,
+    /// Network namespace to create (and delete) for the boots.
+    #[arg(long, default_value = "mqnet-bench", value_parser = parse_netns)]
+    pub netns: String,
+}
+
+/// Most connections one load opens.
+pub const MAX_CONNECTIONS: i64 = 1024;
+
+#[derive(Args, Debug, Clone)]
+pub struct TcpLoadArgs {
+    /// The guest service to load.
+    #[arg(value_enum)]
+    pub mode: LoadModeArg,
+    /// The guest's address (inside the namespace this runs in).
+    #[arg(long)]
+    pub addr: std::net::IpAddr,
+    /// The service's port [default: 7 for echo, 9 for discard].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_CONNECTIONS))]
+    pub connections: u32,
+    /// Echo: bytes per connection; discard: bytes in all (1048576, 1M, 25MiB, 1G).
+    #[arg(long, value_parser = parse_size)]
+    pub bytes: u64,
+    /// Deadline of the whole load, in seconds: a connection still busy then fails.
+    #[arg(long, default_value = "60", value_parser = parse_timeout)]
+    pub timeout_secs: Duration,
+    /// Seed of the pseudo-random data (each connection derives its own).
+    #[arg(long, default_value_t = crate::tcpload::DEFAULT_SEED)]
+    pub seed: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadModeArg {
+    Echo,
+    Discard,
+}
+
+impl From<LoadModeArg> for crate::tcpload::Mode {
+    fn from(m: LoadModeArg) -> Self {
+        match m {
+            LoadModeArg::Echo => crate::tcpload::Mode::Echo,
+            LoadModeArg::Discard => crate::tcpload::Mode::Discard,
+        }
+    }
+}
+
+/// Largest `--bytes`: 64 GiB.
+const MAX_BYTES: u64 = 64 << 30;
+
+/// `4096`, `64K`, `25M`, `25MiB`, `1G` → bytes (binary units); 1 B to 64 GiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size like 4096, 64K, 25M or 1G"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("unknown unit in `{s}`: use K, M or G")),
+    };
+    let bytes = n.checked_shl(shift).filter(|b| b >> shift == n).unwrap_or(u64::MAX);
+    if !(1..=MAX_BYTES).contains(&bytes) {
+        return Err(format!("`{s}`: use 1 byte to {} GiB", MAX_BYTES >> 30));
+    }
+    Ok(bytes)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -196,7 +322,7 @@ mod tests {
         let Cmd::Run(r) = parse(&["run"]).unwrap().command else { panic!() };
         assert!(!r.bios && !r.uefi && !r.build.release);
         assert_eq!((r.smp, r.memory, r.accel, r.timeout), (1, 256, AccelArg::Auto, None));
-        assert_eq!((r.net, r.queues, r.netns.as_deref()), (NetArg::None, None, None));
+        assert_eq!((r.net, r.queues, r.netns.as_deref(), r.rss), (NetArg::None, None, None, false));
         assert!(r.check().is_ok());
     }
 
@@ -207,6 +333,10 @@ mod tests {
         let cli = parse(&["run", "--net", "tap", "--queues", "4", "--netns", "mq-2"]).unwrap();
         let Cmd::Run(r) = cli.command else { panic!() };
         assert_eq!((r.net, r.queues, r.netns.as_deref()), (NetArg::Tap, Some(4), Some("mq-2")));
+        assert!(!r.rss);
+        assert!(r.check().is_ok());
+        let Cmd::Run(r) = parse(&["run", "--net", "tap", "--queues", "4", "--rss"]).unwrap().command else { panic!() };
+        assert!(r.rss);
         assert!(r.check().is_ok());
     }
 
@@ -218,10 +348,16 @@ mod tests {
         assert_eq!(kind(&["run", "--net", "tap", "--netns", "a/b"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["run", "--net", "tap", "--netns", "sixteen-chars-xx"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["run", "--net", "bridge"]), ErrorKind::InvalidValue);
-        for args in [&["run", "--queues", "2"][..], &["run", "--net", "user", "--netns", "x"]] {
+        for args in [
+            &["run", "--queues", "2"][..],
+            &["run", "--net", "user", "--netns", "x"],
+            &["run", "--rss"],
+            &["run", "--net", "user", "--rss"],
+        ] {
             let Cmd::Run(r) = parse(args).unwrap().command else { panic!() };
             let err = r.check().unwrap_err();
             assert_eq!((err.kind(), err.exit_code()), (ErrorKind::ArgumentConflict, 2), "{args:?}");
+            assert!(err.to_string().contains("--queues, --netns and --rss need --net tap"), "{err}");
         }
     }
 
@@ -277,6 +413,98 @@ mod tests {
         assert_eq!(kind(&["launch"]), ErrorKind::InvalidSubcommand);
         assert_eq!(kind(&["test", "--repeat", "0"]), ErrorKind::ValueValidation);
         assert_eq!(parse(&["run", "--smp", "x"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn tcp_load_arguments() {
+        let cli = parse(&[
+            "tcp-load",
+            "echo",
+            "--addr",
+            "10.99.0.2",
+            "--port",
+            "7",
+            "--connections",
+            "64",
+            "--bytes",
+            "1M",
+            "--timeout-secs",
+            "240",
+        ])
+        .unwrap();
+        let Cmd::TcpLoad(t) = cli.command else { panic!() };
+        assert_eq!(
+            (t.mode, t.addr.to_string(), t.port, t.connections),
+            (LoadModeArg::Echo, "10.99.0.2".into(), Some(7), 64)
+        );
+        assert_eq!(
+            (t.bytes, t.timeout_secs, t.seed),
+            (1 << 20, Duration::from_secs(240), crate::tcpload::DEFAULT_SEED)
+        );
+        let Cmd::TcpLoad(t) =
+            parse(&["tcp-load", "discard", "--addr", "10.99.0.2", "--bytes", "100MiB"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!((t.mode, t.port, t.connections, t.bytes), (LoadModeArg::Discard, None, 1, 100 << 20));
+        assert_eq!(t.timeout_secs, Duration::from_secs(60));
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        let base = ["tcp-load", "echo", "--addr", "10.99.0.2", "--bytes", "1"];
+        let with = |extra: &[&'static str]| base.iter().copied().chain(extra.iter().copied()).collect::<Vec<_>>();
+        assert_eq!(kind(&with(&["--connections", "0"])), ErrorKind::ValueValidation);
+        assert_eq!(kind(&with(&["--connections", "1025"])), ErrorKind::ValueValidation);
+        assert_eq!(kind(&with(&["--port", "0"])), ErrorKind::ValueValidation);
+        assert_eq!(kind(&with(&["--timeout-secs", "0"])), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["tcp-load", "chargen", "--addr", "10.99.0.2", "--bytes", "1"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["tcp-load", "echo", "--addr", "guest", "--bytes", "1"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["tcp-load", "echo", "--addr", "10.99.0.2"]), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn bench_echo_arguments() {
+        let Cmd::Bench(b) = parse(&["bench", "echo"]).unwrap().command else { panic!() };
+        let BenchCmd::Echo(e) = b.bench;
+        assert_eq!((e.queues, e.connections, e.bytes, e.smp), (vec![1, 2, 4], vec![1, 4, 16], 16 << 20, 4));
+        assert_eq!((e.accel, e.rss, e.netns.as_str()), (AccelArg::Auto, false, "mqnet-bench"));
+        assert_eq!(e.timeout_secs, Duration::from_secs(120));
+        let cli = parse(&[
+            "bench",
+            "echo",
+            "--queues",
+            "4,1",
+            "--connections",
+            "2,8,32",
+            "--bytes",
+            "64M",
+            "--accel",
+            "tcg",
+            "--rss",
+        ])
+        .unwrap();
+        let Cmd::Bench(b) = cli.command else { panic!() };
+        let BenchCmd::Echo(e) = b.bench;
+        assert_eq!(
+            (e.queues, e.connections, e.bytes, e.accel, e.rss),
+            (vec![4, 1], vec![2, 8, 32], 64 << 20, AccelArg::Tcg, true)
+        );
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(kind(&["bench", "echo", "--queues", "1,17"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["bench", "echo", "--connections", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["bench", "echo", "--bytes", "lots"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["bench", "iperf"]), ErrorKind::InvalidSubcommand);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("25MiB"), Ok(25 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("65G").unwrap_err().contains("64 GiB"));
+        assert!(parse_size("99999999999999999G").is_err());
+        assert!(parse_size("1.5M").is_err());
+        assert!(parse_size("1T").unwrap_err().contains("unknown unit"));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! `cargo xtask`: build, run and test the mqnet kernel. See README.md.
 
+mod bench;
 mod boot_tests;
 mod cli;
 mod kbuild;
 mod libtest;
 mod qmp;
 mod run;
+mod tcpload;
 mod test;
 mod traffic;
 
@@ -30,6 +32,8 @@ fn main() {
             run::run(args)
         }
         Cmd::Test(args) => test::test(args),
+        Cmd::Bench(args) => bench::bench(args),
+        Cmd::TcpLoad(args) => tcpload::main(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -95,7 +95,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     config.cpus = args.smp;
     config.memory_mib = args.memory;
     config.network = match &tap {
-        Some(net) => net.network(),
+        Some(net) => net.network().with_rss(args.rss),
         None if args.net == NetArg::User => Network::User,
         None => Network::None,
     };
@@ -113,7 +113,10 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         Some(net) => {
             let guard = NetnsGuard::create(net)?;
             config.netns = Some(net.netns.clone());
-            let queues = if net.queues == 1 { "1 queue".to_string() } else { format!("{} queues", net.queues) };
+            let mut queues = if net.queues == 1 { "1 queue".to_string() } else { format!("{} queues", net.queues) };
+            if args.rss {
+                queues.push_str(", RSS offered");
+            }
             say!(
                 "network: namespace {}, tap {} with {queues}, host {}, guest {}",
                 net.netns,

@@ -274,7 +274,13 @@ fn run_case(
         Some(net) => {
             let tap = TapNetwork { mtu: net.tap_mtu, ..TapNetwork::new(netns, net.queues).map_err(|e| (e, vec![]))? };
             let guard = NetnsGuard::create(&tap).map_err(|e| (e, vec![]))?;
-            config.network = Network::Tap { tap: tap.tap.clone(), queues: net.queues, mac: None, vectors: net.vectors };
+            config.network = Network::Tap {
+                tap: tap.tap.clone(),
+                queues: net.queues,
+                mac: None,
+                vectors: net.vectors,
+                rss: net.rss,
+            };
             config = config.with_kernel_cmdline(&format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, case.cmdline));
             config.netns = Some(tap.netns.clone());
             let qmp = net.flap_link.then(|| {
@@ -327,7 +333,8 @@ fn run_case(
 
 /// The host side of a network case, step by step from inside the
 /// namespace: pings, UDP flows, a link flap, floods and the pings after
-/// them, jumbo pings, the ARP probe, as the case asks. Returns the
+/// them, jumbo pings, the ARP probe, TCP echo and discard loads (this
+/// executable's `tcp-load`), as the case asks. Returns the
 /// transcript of every step's output ([`traffic::section`]) for the checks.
 /// Every step bounds itself; after a flood that did not complete the next
 /// is not started (it would only run into its deadline too).
@@ -361,6 +368,19 @@ fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::p
     if net.arp_probe {
         let arp = traffic::arp_probe(ns, &tap.tap, tap.host_addr, tap.guest_addr, ARP_LISTEN)?;
         out += &traffic::section(STEP_ARP, &arp);
+    }
+    if let Some(tcp) = net.tcp {
+        use crate::tcpload::{LoadSummary, Mode, DISCARD_PORT, ECHO_PORT};
+        let (c, b) = (tcp.echo_connections, tcp.echo_bytes);
+        let echo = traffic::tcp_load(ns, &guest, Mode::Echo, ECHO_PORT, c, b, TCP_ECHO_DEADLINE)?;
+        out += &traffic::section(STEP_TCP_ECHO, &echo);
+        // A guest that failed the echo load would most likely only run the
+        // discard load into its deadline too.
+        if LoadSummary::parse(&echo).is_some_and(|s| s.ok()) {
+            let (c, b) = (tcp.discard_connections, tcp.discard_bytes);
+            let discard = traffic::tcp_load(ns, &guest, Mode::Discard, DISCARD_PORT, c, b, TCP_DISCARD_DEADLINE)?;
+            out += &traffic::section(STEP_TCP_DISCARD, &discard);
+        }
     }
     Ok(out)
 }

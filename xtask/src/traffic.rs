@@ -1,9 +1,14 @@
 //! Host-side traffic for the network tests, sent from inside the run's own
 //! network namespace to the guest. Every loop is bounded in count and time.
 
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
 use std::net::Ipv4Addr;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::tcpload::{LoadSummary, Mode};
 
 /// What `ping` reported.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -75,9 +80,9 @@ pub fn find_section(transcript: &str, name: &str) -> Option<String> {
     Some(lines.take_while(|l| !l.starts_with("== ")).map(|l| format!("{l}\n")).collect())
 }
 
-fn in_netns(netns: &str, program: &str) -> Command {
+fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", netns, program]);
+    c.args(["netns", "exec", netns]).arg(program);
     c
 }
 
@@ -145,6 +150,101 @@ pub fn flood(
         addr.into(),
     ];
     run_ping(netns, &args)
+}
+
+/// How long a `tcp-load` client may outlive its own deadline before it is
+/// killed: it bounds itself, this only guards against a client that hangs
+/// outside its sockets.
+pub const TCP_LOAD_GRACE: Duration = Duration::from_secs(10);
+
+/// The arguments of one `xtask tcp-load` run (after the program).
+pub fn tcp_load_args(
+    mode: Mode,
+    addr: &str,
+    port: u16,
+    connections: u32,
+    bytes: u64,
+    timeout: Duration,
+) -> Vec<String> {
+    [
+        "tcp-load",
+        mode.name(),
+        "--addr",
+        addr,
+        "--port",
+        &port.to_string(),
+        "--connections",
+        &connections.to_string(),
+        "--bytes",
+        &bytes.to_string(),
+        "--timeout-secs",
+        &format!("{:.1}", timeout.as_secs_f64()),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A TCP load from inside the namespace: this very xtask executable as the
+/// client, `ip netns exec NETNS XTASK tcp-load MODE --addr ADDR ...`,
+/// bounded by `timeout` (the client's own deadline) plus
+/// [`TCP_LOAD_GRACE`]. Returns what it printed, its JSON summary line last;
+/// a failed load (exit status 1) is a result, not an error. Err when no
+/// summary came out (the client could not run).
+pub fn tcp_load(
+    netns: &str,
+    addr: &str,
+    mode: Mode,
+    port: u16,
+    connections: u32,
+    bytes: u64,
+    timeout: Duration,
+) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the xtask executable: {e}"))?;
+    let args = tcp_load_args(mode, addr, port, connections, bytes, timeout);
+    let mut cmd = in_netns(netns, &exe);
+    cmd.args(&args);
+    let shown = format!("ip netns exec {netns} {} {}", exe.display(), args.join(" "));
+    let (status, stdout, stderr) = run_bounded(cmd, timeout + TCP_LOAD_GRACE)?;
+    match LoadSummary::parse(&stdout) {
+        Some(_) => Ok(stdout),
+        None => Err(format!("`{shown}` printed no summary ({status}): {}", stderr.trim())),
+    }
+}
+
+/// Runs `cmd` (stdin closed, output captured) for at most `limit`; a child
+/// still running then is killed (it is ours, by its PID) and reported.
+fn run_bounded(mut cmd: Command, limit: Duration) -> Result<(String, String, String), String> {
+    let program: OsString = cmd.get_program().to_owned();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not run {}: {e}", program.to_string_lossy()))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut s = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut s);
+            }
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let until = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status.to_string();
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            break format!("killed after {:.1} s", limit.as_secs_f64());
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Ok((status, out.join().unwrap_or_default(), err.join().unwrap_or_default()))
 }
 
 /// `flows` UDP flows (distinct source and destination ports), `per_flow`
@@ -274,6 +374,41 @@ wrong data byte #2000 should be 0xd0 but was 0x0
         assert_eq!(find_section(&t, "udp flows").as_deref(), Some("128 datagrams on 32 flows\n"));
         assert_eq!(find_section(&t, "flood -s 56"), None);
         assert_eq!(find_section(&t, "pin"), None, "whole names only");
+    }
+
+    #[test]
+    fn tcp_loads_run_this_executable_inside_the_namespace() {
+        let args = tcp_load_args(Mode::Echo, "10.99.0.2", 7, 64, 1 << 20, Duration::from_secs(240));
+        assert_eq!(
+            args.join(" "),
+            "tcp-load echo --addr 10.99.0.2 --port 7 --connections 64 --bytes 1048576 --timeout-secs 240.0"
+        );
+        let cmd = in_netns("mqnet-test", "/t/debug/xtask");
+        let words: Vec<_> = std::iter::once(cmd.get_program()).chain(cmd.get_args()).collect();
+        assert_eq!(words, ["ip", "netns", "exec", "mqnet-test", "/t/debug/xtask"]);
+        // The arguments parse as the hidden subcommand's.
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(std::iter::once("xtask".to_string()).chain(args)).unwrap();
+        let crate::cli::Cmd::TcpLoad(t) = cli.command else { panic!() };
+        assert_eq!((t.connections, t.bytes, t.port, t.timeout_secs), (64, 1 << 20, Some(7), Duration::from_secs(240)));
+        let args = tcp_load_args(Mode::Discard, "10.99.0.2", 9, 4, 100 << 20, Duration::from_millis(120_500));
+        assert_eq!(args[1], "discard");
+        assert_eq!(args.last().unwrap(), "120.5");
+    }
+
+    #[test]
+    fn bounded_commands_are_killed_at_their_limit() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2"]);
+        let (status, out, err) = run_bounded(cmd, Duration::from_secs(10)).unwrap();
+        assert_eq!((status.as_str(), out.as_str(), err.as_str()), ("exit status: 0", "out\n", "err\n"));
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let started = Instant::now();
+        let (status, _, _) = run_bounded(cmd, Duration::from_millis(200)).unwrap();
+        assert_eq!(status, "killed after 0.2 s");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(run_bounded(Command::new("/nonexistent/program"), Duration::from_secs(1)).is_err());
     }
 
     #[test]

@@ -36,16 +36,33 @@ fn help_lists_the_commands() {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["build", "run", "test"] {
+    for cmd in ["build", "run", "test", "bench"] {
         assert!(text.contains(cmd), "{text}");
     }
+    // tcp-load is the tests' and benchmarks' own client: not listed.
+    assert!(!text.contains("tcp-load"), "{text}");
+}
+
+#[test]
+fn tcp_load_usage_errors_exit_2() {
+    let (code, err) = xtask(&["tcp-load", "echo", "--addr", "10.99.0.2"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--bytes"), "{err}");
+    let (code, err) = xtask(&["tcp-load", "chargen", "--addr", "10.99.0.2", "--bytes", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid value 'chargen'") && err.contains("echo, discard"), "{err}");
+    let (code, _) = xtask(&["bench", "echo", "--queues", "0"]);
+    assert_eq!(code, 2);
 }
 
 #[test]
 fn tap_options_without_net_tap_exit_2() {
     let (code, err) = xtask(&["run", "--net", "user", "--queues", "4"]);
     assert_eq!(code, 2);
-    assert!(err.contains("--queues and --netns need --net tap"), "{err}");
+    assert!(err.contains("--queues, --netns and --rss need --net tap"), "{err}");
+    let (code, err) = xtask(&["run", "--rss"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--queues, --netns and --rss need --net tap"), "{err}");
     let (code, err) = xtask(&["run", "--net", "tap", "--netns", "no/slash"]);
     assert_eq!(code, 2);
     assert!(err.contains("network namespace name `no/slash` contains `/`"), "{err}");

@@ -4,6 +4,7 @@
 use core::fmt;
 
 use super::feature as common;
+use super::netdev;
 use crate::regs::RegisterBlock;
 
 pub mod feature {
@@ -32,8 +33,9 @@ pub mod feature {
     pub const RSS: u64 = 1 << 60;
 }
 
-/// What this driver negotiates when offered. Checksum/TSO offloads and RSS
-/// come later; the header handling is 12 bytes (VERSION_1) either way.
+/// What this driver negotiates when offered. Checksum/TSO offloads come
+/// later; RSS and hash reports are asked for separately ([`WANTED_RSS`],
+/// [`WANTED_HASH_REPORT`]). The header is 12 bytes (VERSION_1) with these.
 ///
 /// Not INDIRECT_DESC: every receive and transmit chain is one descriptor
 /// (header and frame share a buffer, merged receive buffers are one
@@ -46,6 +48,40 @@ pub const WANTED: u64 = common::VERSION_1
     | feature::MQ
     | feature::MRG_RXBUF
     | common::EVENT_IDX;
+
+/// Receive-side scaling (`RSS_CONFIG`): asked for on top of [`WANTED`] only
+/// when the user wants device-side steering; the kernel ORs it in.
+pub const WANTED_RSS: u64 = feature::RSS;
+
+/// Per-packet hash reports. Negotiating it makes the `virtio_net_hdr` 20
+/// bytes long in both directions (see `netdev::HASH_HDR_LEN`), so the queues
+/// must then be built with that header length.
+pub const WANTED_HASH_REPORT: u64 = feature::HASH_REPORT;
+
+/// The `virtio_net_hdr` length in both directions for the negotiated
+/// `features`: 20 bytes with HASH_REPORT, else 12 (VERSION_1, which this
+/// driver always negotiates). What the queues are built `with_header`.
+pub fn header_len(features: u64) -> usize {
+    if features & feature::HASH_REPORT != 0 {
+        netdev::HASH_HDR_LEN
+    } else {
+        netdev::HDR_LEN
+    }
+}
+
+/// `supported_hash_types` and `RSS_CONFIG.hash_types` bits (virtio 1.2+,
+/// "Supported/enabled hash types"): bit n-1 for hash report type n.
+pub mod hash_type {
+    pub const IPV4: u32 = 1 << 0;
+    pub const TCPV4: u32 = 1 << 1;
+    pub const UDPV4: u32 = 1 << 2;
+    pub const IPV6: u32 = 1 << 3;
+    pub const TCPV6: u32 = 1 << 4;
+    pub const UDPV6: u32 = 1 << 5;
+    pub const IPV6_EX: u32 = 1 << 6;
+    pub const TCPV6_EX: u32 = 1 << 7;
+    pub const UDPV6_EX: u32 = 1 << 8;
+}
 
 const NAMES: [(u64, &str); 26] = [
     (feature::CSUM, "CSUM"),
@@ -110,9 +146,18 @@ pub struct NetConfig {
     pub mac: Option<[u8; 6]>,
     /// Link up (bit 0 of `status`); assumed up without STATUS.
     pub link_up: bool,
-    /// At least 1; from `max_virtqueue_pairs` with MQ.
+    /// At least 1; from `max_virtqueue_pairs` with MQ or RSS.
     pub max_pairs: u16,
     pub mtu: Option<u16>,
+    /// Longest RSS key the device takes (at least 40 by the spec); 0
+    /// without RSS and HASH_REPORT.
+    pub rss_max_key_size: u8,
+    /// Most indirection-table entries the device takes (at least 128 by the
+    /// spec); 0 without RSS (HASH_REPORT alone has no table).
+    pub rss_max_table_len: u16,
+    /// [`hash_type`] bits the device can compute; 0 without RSS and
+    /// HASH_REPORT.
+    pub supported_hash_types: u32,
 }
 
 impl NetConfig {
@@ -120,19 +165,44 @@ impl NetConfig {
     pub fn read(regs: &impl RegisterBlock, features: u64) -> NetConfig {
         let mac = (features & feature::MAC != 0).then(|| core::array::from_fn(|i| regs.read8(i as u64)));
         let link_up = features & feature::STATUS == 0 || regs.read16(6) & 1 != 0;
-        // The spec bounds max_virtqueue_pairs to 1..=0x8000; anything else
-        // is treated as one pair.
-        let max_pairs = if features & feature::MQ != 0 {
-            match regs.read16(8) {
-                p @ 1..=0x8000 => p,
-                _ => 1,
-            }
-        } else {
-            1
-        };
         let mtu = (features & feature::MTU != 0).then(|| regs.read16(10));
-        NetConfig { mac, link_up, max_pairs, mtu }
+        let (rss_max_key_size, rss_max_table_len, supported_hash_types) = read_rss(regs, features);
+        NetConfig {
+            mac,
+            link_up,
+            max_pairs: read_max_pairs(regs, features),
+            mtu,
+            rss_max_key_size,
+            rss_max_table_len,
+            supported_hash_types,
+        }
     }
+}
+
+/// `max_virtqueue_pairs` exists with MQ *or* RSS (the spec's queue
+/// numbering takes N from it with either). The spec bounds it to
+/// 1..=0x8000; anything else is treated as one pair.
+fn read_max_pairs(regs: &impl RegisterBlock, features: u64) -> u16 {
+    if features & (feature::MQ | feature::RSS) == 0 {
+        return 1;
+    }
+    match regs.read16(8) {
+        p @ 1..=0x8000 => p,
+        _ => 1,
+    }
+}
+
+/// `(rss_max_key_size, rss_max_indirection_table_length,
+/// supported_hash_types)`: the key size and hash types exist with RSS or
+/// HASH_REPORT, the table length only with RSS; absent fields read as 0.
+/// Values are passed on as the device gives them: they only bound what the
+/// driver sends, and the device refuses an RSS_CONFIG beyond its limits.
+fn read_rss(regs: &impl RegisterBlock, features: u64) -> (u8, u16, u32) {
+    if features & (feature::RSS | feature::HASH_REPORT) == 0 {
+        return (0, 0, 0);
+    }
+    let table_len = if features & feature::RSS != 0 { regs.read16(18) } else { 0 };
+    (regs.read8(17), table_len, regs.read32(20))
 }
 
 /// How many queue pairs to use: min(device's maximum, CPUs, configured
@@ -185,11 +255,76 @@ mod tests {
         let all = feature::MAC | feature::STATUS | feature::MQ | feature::MTU;
         assert_eq!(
             NetConfig::read(&regs, all),
-            NetConfig { mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]), link_up: true, max_pairs: 4, mtu: Some(1500) }
+            NetConfig {
+                mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+                link_up: true,
+                max_pairs: 4,
+                mtu: Some(1500),
+                ..NONE
+            }
         );
-        assert_eq!(NetConfig::read(&regs, 0), NetConfig { mac: None, link_up: true, max_pairs: 1, mtu: None });
+        assert_eq!(NetConfig::read(&regs, 0), NONE);
         let down = config([0; 6], 0, 4, 0);
         assert!(!NetConfig::read(&down, feature::STATUS).link_up);
+    }
+
+    /// What a device with no optional feature reads as.
+    const NONE: NetConfig = NetConfig {
+        mac: None,
+        link_up: true,
+        max_pairs: 1,
+        mtu: None,
+        rss_max_key_size: 0,
+        rss_max_table_len: 0,
+        supported_hash_types: 0,
+    };
+
+    /// QEMU's `rss=on,hash=on` answers: 40-byte key, 128 entries, every
+    /// IPv4/IPv6 hash type.
+    fn rss_config() -> Memory {
+        let m = config([0; 6], 1, 4, 1500);
+        m.write8(17, 40);
+        m.write16(18, 128);
+        m.write32(20, 0x1ff);
+        m
+    }
+
+    #[test]
+    fn rss_fields_are_read_with_rss() {
+        let c = NetConfig::read(&rss_config(), feature::RSS);
+        assert_eq!((c.rss_max_key_size, c.rss_max_table_len, c.supported_hash_types), (40, 128, 0x1ff));
+        assert_eq!(c.max_pairs, 4, "max_virtqueue_pairs exists with RSS as with MQ");
+    }
+
+    #[test]
+    fn hash_report_alone_has_no_indirection_table() {
+        let c = NetConfig::read(&rss_config(), feature::HASH_REPORT);
+        assert_eq!((c.rss_max_key_size, c.rss_max_table_len, c.supported_hash_types), (40, 0, 0x1ff));
+        assert_eq!(c.max_pairs, 1, "HASH_REPORT alone does not make the pair count valid");
+    }
+
+    #[test]
+    fn rss_fields_are_zero_without_the_features() {
+        let all_but = feature::MAC | feature::STATUS | feature::MQ | feature::MTU;
+        let c = NetConfig::read(&rss_config(), all_but);
+        assert_eq!((c.rss_max_key_size, c.rss_max_table_len, c.supported_hash_types), (0, 0, 0));
+        assert_eq!(c.max_pairs, 4);
+    }
+
+    #[test]
+    fn wanted_features() {
+        assert_eq!(WANTED & (WANTED_RSS | WANTED_HASH_REPORT), 0, "asked for only when the user wants RSS");
+        assert_eq!(FeatureNames(WANTED_RSS | WANTED_HASH_REPORT).to_string(), "HASH_REPORT RSS");
+        // Hash type bit n-1 is hash report type n (spec, "Hash reporting").
+        assert_eq!(hash_type::TCPV4, 1 << (2 - 1));
+        assert_eq!(hash_type::UDPV4, 1 << (3 - 1));
+    }
+
+    #[test]
+    fn header_length_follows_hash_report() {
+        assert_eq!(header_len(WANTED), 12);
+        assert_eq!(header_len(WANTED | WANTED_RSS), 12, "RSS alone keeps the short header");
+        assert_eq!(header_len(WANTED | WANTED_HASH_REPORT), 20);
     }
 
     #[test]

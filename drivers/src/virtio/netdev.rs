@@ -25,8 +25,15 @@ use super::queue::{BrokenRing, QueueError, RingState, Segment, SplitQueue, Used,
 use super::transport::NO_VECTOR;
 use crate::dma::{Buffer, BufferPool, DmaAlloc, DmaBuf};
 
-/// `virtio_net_hdr` with VERSION_1 (num_buffers included).
+/// `virtio_net_hdr` with VERSION_1 (num_buffers included): the header of
+/// queues built with `new`.
 pub const HDR_LEN: usize = 12;
+/// `virtio_net_hdr` with HASH_REPORT negotiated: `hash_value` (le32 @12),
+/// `hash_report` (le16 @16) and padding (@18) follow. The device and the
+/// driver use this length in *both* directions once the feature is
+/// negotiated (QEMU's `guest_hdr_len`, Linux's `vi->hdr_len`), so both
+/// queues of a pair must be built `with_header(.., HASH_HDR_LEN)`.
+pub const HASH_HDR_LEN: usize = 20;
 /// One receive/transmit buffer: header + a 1514-byte frame, rounded up.
 pub const BUF_SIZE: usize = 2048;
 /// Largest Ethernet frame without offloads (no FCS): what is transmitted.
@@ -37,14 +44,46 @@ pub const MAX_RX_FRAME: usize = 65_535 + 18;
 /// Ethernet header: shorter frames are malformed.
 const ETH_HDR: usize = 14;
 
+// A header of either length and the largest transmitted (or unmerged
+// received) frame share one buffer.
+const _: () = assert!(HASH_HDR_LEN + MAX_FRAME <= BUF_SIZE);
+
+/// The header lengths a queue can be built with.
+fn valid_header_len(hdr_len: usize) -> bool {
+    hdr_len == HDR_LEN || hdr_len == HASH_HDR_LEN
+}
+
 /// `virtio_net_hdr.flags` and `gso_type` values this driver understands.
 mod hdr {
     pub const FLAGS: usize = 0;
     pub const GSO_TYPE: usize = 1;
+    /// Same place in both header lengths.
     pub const NUM_BUFFERS: usize = 10;
+    /// Only in the 20-byte header.
+    pub const HASH_VALUE: usize = 12;
+    pub const HASH_REPORT: usize = 16;
     /// The checksum is partial (only with GUEST_CSUM, not negotiated yet).
     pub const F_NEEDS_CSUM: u8 = 1;
     pub const GSO_NONE: u8 = 0;
+}
+
+/// `virtio_net_hdr.hash_report` values (virtio spec, "Hash reporting for
+/// incoming packets"; the same numbers as Linux's and QEMU's
+/// `VIRTIO_NET_HASH_REPORT_*`). Report n corresponds to hash type bit n-1
+/// (`net::hash_type`).
+pub mod hash_report {
+    /// No hash computed: the frame matched no enabled hash type, or hashing
+    /// is not configured (the device starts with every type disabled).
+    pub const NONE: u16 = 0;
+    pub const IPV4: u16 = 1;
+    pub const TCPV4: u16 = 2;
+    pub const UDPV4: u16 = 3;
+    pub const IPV6: u16 = 4;
+    pub const TCPV6: u16 = 5;
+    pub const UDPV6: u16 = 6;
+    pub const IPV6_EX: u16 = 7;
+    pub const TCPV6_EX: u16 = 8;
+    pub const UDPV6_EX: u16 = 9;
 }
 
 /// Rings the doorbell of a queue. The kernel implements it with the
@@ -84,6 +123,9 @@ pub struct QueueStats {
     /// Receive: a joined frame beyond [`MAX_RX_FRAME`]; transmit: a frame
     /// beyond [`MAX_FRAME`].
     pub drop_too_long: u64,
+    /// Receive: hash reports of a type the spec does not define. The frame
+    /// is delivered; only the report is ignored.
+    pub hash_unknown: u64,
 }
 
 impl QueueStats {
@@ -112,7 +154,7 @@ enum Ring {
 
 /// What a received frame is held in until [`RxQueue::release`].
 enum Held {
-    /// One buffer: the frame is `HDR_LEN..HDR_LEN+len` of it.
+    /// One buffer: the frame is `hdr_len..hdr_len+len` of it.
     Buffer(Buffer, usize),
     /// Joined into the queue's join buffer: its first `len` bytes.
     Joined(usize),
@@ -130,15 +172,52 @@ pub struct RxQueue {
     /// Where frames spanning buffers are joined (allocated once).
     join: Box<[u8]>,
     held: Option<Held>,
+    /// The hash report of the held frame (checked; None when not reported).
+    hash: Option<(u32, u16)>,
+    /// [`HDR_LEN`], or [`HASH_HDR_LEN`] with HASH_REPORT.
+    hdr_len: usize,
     stats: QueueStats,
 }
 
+/// What the header of a received buffer says, once checked.
+struct RxHeader {
+    num_buffers: u16,
+    hash: Option<(u32, u16)>,
+}
+
+/// A hash report of a type the spec does not define.
+struct UnknownHash;
+
 impl RxQueue {
+    /// A receive queue with the 12-byte header (no HASH_REPORT).
     pub fn new(dma: &dyn DmaAlloc, index: u16, size: u16, event_idx: bool, mergeable: bool) -> Option<RxQueue> {
+        RxQueue::with_header(dma, index, size, event_idx, mergeable, HDR_LEN)
+    }
+
+    /// A receive queue whose buffers start with a `hdr_len`-byte
+    /// `virtio_net_hdr`: [`HDR_LEN`], or [`HASH_HDR_LEN`] when HASH_REPORT
+    /// is negotiated. `None` for any other length, or without DMA memory.
+    pub fn with_header(
+        dma: &dyn DmaAlloc,
+        index: u16,
+        size: u16,
+        event_idx: bool,
+        mergeable: bool,
+        hdr_len: usize,
+    ) -> Option<RxQueue> {
+        if !valid_header_len(hdr_len) {
+            return None;
+        }
         let queue = SplitQueue::new(dma, size, event_idx).ok()?;
         let (pool, free) = BufferPool::new(dma, BUF_SIZE, size as u32)?;
         let join = if mergeable { alloc::vec![0u8; MAX_RX_FRAME].into_boxed_slice() } else { Box::default() };
-        Some(RxQueue { index, queue, pool, free, mergeable, join, held: None, stats: QueueStats::default() })
+        let stats = QueueStats::default();
+        Some(RxQueue { index, queue, pool, free, mergeable, join, held: None, hash: None, hdr_len, stats })
+    }
+
+    /// The `virtio_net_hdr` length this queue was built with.
+    pub fn header_len(&self) -> usize {
+        self.hdr_len
     }
 
     pub fn queue(&self) -> &SplitQueue<Buffer> {
@@ -187,9 +266,20 @@ impl RxQueue {
             self.held = self.take_frame();
         }
         match self.held.as_ref()? {
-            Held::Buffer(buf, len) => Some(self.pool.bytes(buf, HDR_LEN, *len)),
+            Held::Buffer(buf, len) => Some(self.pool.bytes(buf, self.hdr_len, *len)),
             Held::Joined(len) => Some(&self.join[..*len]),
         }
+    }
+
+    /// The hash the device reported for the frame returned by
+    /// [`Self::next_frame`] and not yet released: `(hash_value,
+    /// hash_report)` with a [`hash_report`] type other than NONE. `None`
+    /// without a held frame, on a queue with the 12-byte header, when the
+    /// device computed no hash, or when it reported an undefined type
+    /// (counted in `hash_unknown`). Device data: a steering hint, never a
+    /// reason to trust the frame.
+    pub fn hash_report(&self) -> Option<(u32, u16)> {
+        self.held.as_ref().and(self.hash)
     }
 
     fn take_frame(&mut self) -> Option<Held> {
@@ -207,30 +297,44 @@ impl RxQueue {
                 self.free.push(buf);
                 continue;
             }
-            let header = self.pool.bytes(&buf, 0, HDR_LEN.min(len));
-            if len < HDR_LEN + ETH_HDR
-                || header[hdr::GSO_TYPE] != hdr::GSO_NONE
-                || header[hdr::FLAGS] & hdr::F_NEEDS_CSUM != 0
-            {
+            let Some(header) = self.header(&buf, len) else {
                 self.stats.drop_header += 1;
                 self.free.push(buf);
                 continue;
-            }
-            let num_buffers = if self.mergeable {
-                u16::from_le_bytes([header[hdr::NUM_BUFFERS], header[hdr::NUM_BUFFERS + 1]])
-            } else {
-                1
             };
-            match num_buffers {
-                1 => return Some(Held::Buffer(buf, len - HDR_LEN)),
-                _ => {
-                    if let Some(joined) = self.join_frame(buf, len, num_buffers) {
-                        self.stats.merged += 1;
-                        return Some(Held::Joined(joined));
-                    }
-                }
+            let held = match header.num_buffers {
+                1 => Some(Held::Buffer(buf, len - self.hdr_len)),
+                n => self.join_frame(buf, len, n).map(|joined| {
+                    self.stats.merged += 1;
+                    Held::Joined(joined)
+                }),
+            };
+            if held.is_some() {
+                self.hash = header.hash;
+                return held;
             }
         }
+    }
+
+    /// Checks the header of a buffer the device filled with `len` (> 0)
+    /// bytes: room for the header and an Ethernet header, and nothing this
+    /// driver did not negotiate (GSO, partial checksum). `None` when it is
+    /// malformed. Without MRG_RXBUF `num_buffers` is not meaningful and
+    /// reads as 1.
+    fn header(&mut self, buf: &Buffer, len: usize) -> Option<RxHeader> {
+        if len < self.hdr_len + ETH_HDR {
+            return None;
+        }
+        let header = self.pool.bytes(buf, 0, self.hdr_len);
+        if header[hdr::GSO_TYPE] != hdr::GSO_NONE || header[hdr::FLAGS] & hdr::F_NEEDS_CSUM != 0 {
+            return None;
+        }
+        let num_buffers = if self.mergeable { le16(header, hdr::NUM_BUFFERS) } else { 1 };
+        let hash = hash_in(header).unwrap_or_else(|UnknownHash| {
+            self.stats.hash_unknown += 1;
+            None
+        });
+        Some(RxHeader { num_buffers, hash })
     }
 
     /// Joins a frame whose first buffer `first` (`len` bytes used) says it
@@ -244,8 +348,9 @@ impl RxQueue {
             self.free.push(first);
             return None;
         }
-        let mut total = len - HDR_LEN;
-        self.join[..total].copy_from_slice(self.pool.bytes(&first, HDR_LEN, total));
+        // Only the first buffer carries the header.
+        let mut total = len - self.hdr_len;
+        self.join[..total].copy_from_slice(self.pool.bytes(&first, self.hdr_len, total));
         self.free.push(first);
         let mut too_long = false;
         for _ in 1..count {
@@ -282,6 +387,7 @@ impl RxQueue {
             Some(Held::Joined(len)) => len,
             None => return,
         };
+        self.hash = None;
         self.stats.packets += 1;
         self.stats.bytes += len as u64;
     }
@@ -298,6 +404,28 @@ impl RxQueue {
     pub fn stats(&mut self) -> QueueStats {
         self.stats.absorb(&self.queue.errors);
         self.stats
+    }
+}
+
+fn le16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn le32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// The hash report in a received header: `Ok(None)` for a 12-byte header
+/// or a NONE report, `Ok(Some((hash_value, hash_report)))` for a defined
+/// type, `Err` for a type beyond the spec's (a confused or hostile device).
+fn hash_in(header: &[u8]) -> Result<Option<(u32, u16)>, UnknownHash> {
+    if header.len() < HASH_HDR_LEN {
+        return Ok(None);
+    }
+    match le16(header, hdr::HASH_REPORT) {
+        hash_report::NONE => Ok(None),
+        report @ hash_report::IPV4..=hash_report::UDPV6_EX => Ok(Some((le32(header, hdr::HASH_VALUE), report))),
+        _ => Err(UnknownHash),
     }
 }
 
@@ -339,16 +467,54 @@ pub struct TxQueue {
     watched: Option<u16>,
     /// Consecutive ticks without progress.
     silent_ticks: u32,
+    /// [`HDR_LEN`], or [`HASH_HDR_LEN`] with HASH_REPORT.
+    hdr_len: usize,
+    /// Frames are queued without being published: the owner publishes
+    /// them once per poll round ([`Self::publish`]), so a burst costs one
+    /// notification check (and at most one notification) instead of one
+    /// per frame.
+    batched: bool,
+    /// Frames queued since the last publish.
+    unpublished: u32,
 }
 
 impl TxQueue {
+    /// A transmit queue with the 12-byte header (no HASH_REPORT).
     pub fn new(dma: &dyn DmaAlloc, index: u16, size: u16, event_idx: bool) -> Option<TxQueue> {
+        TxQueue::with_header(dma, index, size, event_idx, HDR_LEN)
+    }
+
+    /// A transmit queue that puts a zeroed `hdr_len`-byte `virtio_net_hdr`
+    /// before each frame: [`HDR_LEN`], or [`HASH_HDR_LEN`] when HASH_REPORT
+    /// is negotiated (the device then expects 20 bytes on transmit too).
+    /// `None` for any other length, or without DMA memory.
+    pub fn with_header(dma: &dyn DmaAlloc, index: u16, size: u16, event_idx: bool, hdr_len: usize) -> Option<TxQueue> {
+        if !valid_header_len(hdr_len) {
+            return None;
+        }
         let mut queue = SplitQueue::new(dma, size, event_idx).ok()?;
         // Completions are reclaimed when sending; interrupts only to rescue
         // a full ring.
         queue.disable_interrupts();
         let (pool, free) = BufferPool::new(dma, BUF_SIZE, size as u32)?;
-        Some(TxQueue { index, queue, pool, free, stats: QueueStats::default(), watched: None, silent_ticks: 0 })
+        let stats = QueueStats::default();
+        Some(TxQueue {
+            index,
+            queue,
+            pool,
+            free,
+            stats,
+            watched: None,
+            silent_ticks: 0,
+            hdr_len,
+            batched: false,
+            unpublished: 0,
+        })
+    }
+
+    /// The `virtio_net_hdr` length this queue was built with.
+    pub fn header_len(&self) -> usize {
+        self.hdr_len
     }
 
     pub fn queue(&self) -> &SplitQueue<Buffer> {
@@ -380,6 +546,8 @@ impl TxQueue {
         if !self.free.is_empty() {
             return true;
         }
+        // Full: the device must see what is queued before it can free any.
+        self.publish(bell);
         // Interrupts are on only during a rescue: one per full episode.
         if !self.queue.interrupts_enabled() && self.queue.broken().is_none() {
             if self.queue.enable_interrupts_delayed() {
@@ -405,10 +573,13 @@ impl TxQueue {
             return None;
         }
         let mut buf = self.free.pop()?;
-        let bytes = self.pool.bytes_mut(&mut buf, 0, HDR_LEN + len);
-        bytes[..HDR_LEN].fill(0);
-        let r = fill(&mut bytes[HDR_LEN..]);
-        let seg = Segment { phys: self.pool.phys(&buf), len: (HDR_LEN + len) as u32, writable: false };
+        let hdr_len = self.hdr_len;
+        let bytes = self.pool.bytes_mut(&mut buf, 0, hdr_len + len);
+        // No offload requested, and no hash: a buffer is reused, so the
+        // previous frame's bytes must not leak into the header.
+        bytes[..hdr_len].fill(0);
+        let r = fill(&mut bytes[hdr_len..]);
+        let seg = Segment { phys: self.pool.phys(&buf), len: (hdr_len + len) as u32, writable: false };
         if let Err((_, buf)) = self.queue.add(&[seg], buf) {
             self.free.push(buf);
             self.stats.full += 1;
@@ -416,15 +587,39 @@ impl TxQueue {
         }
         self.stats.packets += 1;
         self.stats.bytes += len as u64;
+        self.unpublished += 1;
+        if !self.batched {
+            self.publish(bell);
+        }
+        Some(r)
+    }
+
+    /// Batched mode on or off (see [`Self::publish`]); turning it off
+    /// publishes what is queued.
+    pub fn set_batched(&mut self, batched: bool, bell: &dyn Doorbell) {
+        self.batched = batched;
+        if !batched {
+            self.publish(bell);
+        }
+    }
+
+    /// Makes every queued frame visible to the device and notifies it if it
+    /// asked. In batched mode the owner calls this at the end of each poll
+    /// round; a full ring publishes by itself.
+    pub fn publish(&mut self, bell: &dyn Doorbell) {
+        if self.unpublished == 0 {
+            return;
+        }
+        self.unpublished = 0;
         if self.queue.publish() {
             self.stats.ring(bell, self.index, Ring::Asked);
         }
-        Some(r)
     }
 
     /// Before the owner goes idle: notifies the device if it may not have
     /// seen every queued frame. Returns whether it rang.
     pub fn flush(&mut self, bell: &dyn Doorbell) -> bool {
+        self.publish(bell);
         flush(&mut self.queue, &mut self.stats, bell, self.index)
     }
 
@@ -438,6 +633,7 @@ impl TxQueue {
     /// nothing since the last tick while holding frames, notifies it again
     /// on the 1st, 2nd, 4th, 8th... silent tick, and reports the stall once.
     pub fn watchdog_tick(&mut self, bell: &dyn Doorbell) -> Watchdog {
+        self.publish(bell);
         self.reclaim();
         if self.queue.in_flight() == 0 || self.queue.broken().is_some() {
             self.watched = None;
@@ -479,6 +675,8 @@ impl TxQueue {
 pub mod ctrl {
     pub const CLASS_MQ: u8 = 4;
     pub const MQ_VQ_PAIRS_SET: u8 = 0;
+    /// Needs VIRTIO_NET_F_RSS; data from [`super::encode_rss_config`].
+    pub const MQ_RSS_CONFIG: u8 = 1;
     pub const OK: u8 = 0;
     pub const ERR: u8 = 1;
 }
@@ -498,8 +696,11 @@ pub enum CtrlResult {
 pub enum CtrlError {
     /// A command is still with the device; only one at a time.
     Busy,
-    /// The command does not fit the command buffer.
+    /// The command does not fit the command buffer ([`CTRL_MAX_DATA`]), or
+    /// an encoder's output.
     TooLong,
+    /// The command's fields break a rule of its format (what, in words).
+    Invalid(&'static str),
     /// The ring refused it (broken or full).
     Queue(QueueError),
 }
@@ -513,15 +714,21 @@ pub struct CtrlQueue {
     mem: DmaBuf,
 }
 
+/// The command buffer: `{class, command, data}` from offset 0, the ack byte
+/// after the longest command. Sized for an RSS_CONFIG with QEMU's limits
+/// (128 entries, 40-byte key: 2 + 309 bytes).
+const CTRL_BUF: usize = 512;
 /// Where the ack byte lives in the command buffer.
-const CTRL_ACK: usize = 64;
+const CTRL_ACK: usize = CTRL_BUF - 1;
+/// The longest command data `submit` takes (after class and command).
+pub const CTRL_MAX_DATA: usize = CTRL_ACK - 2;
 
 impl CtrlQueue {
     pub fn new(dma: &dyn DmaAlloc, index: u16, size: u16) -> Option<CtrlQueue> {
         let mut queue = SplitQueue::new(dma, size, false).ok()?;
         // Polled: the driver waits for the answer.
         queue.disable_interrupts();
-        Some(CtrlQueue { index, queue, mem: dma.alloc(128, 64)? })
+        Some(CtrlQueue { index, queue, mem: dma.alloc(CTRL_BUF, 64)? })
     }
 
     pub fn queue(&self) -> &SplitQueue<()> {
@@ -571,6 +778,131 @@ impl CtrlQueue {
     /// `VQ_PAIRS_SET`.
     pub fn pairs_set(&mut self, pairs: u16, bell: &dyn Doorbell) -> Result<(), CtrlError> {
         self.submit(ctrl::CLASS_MQ, ctrl::MQ_VQ_PAIRS_SET, &pairs.to_le_bytes(), bell)
+    }
+
+    /// `RSS_CONFIG` (only with VIRTIO_NET_F_RSS negotiated, after
+    /// DRIVER_OK). Checked and encoded by [`encode_rss_config`]; a
+    /// configuration beyond [`CTRL_MAX_DATA`] bytes is `TooLong`.
+    ///
+    /// QEMU (7.2, `virtio_net_handle_mq`) turns RSS off at the start of
+    /// *every* MQ command, VQ_PAIRS_SET included, and an accepted RSS_CONFIG
+    /// sets the active pairs to `max_tx_vq` itself: send RSS_CONFIG instead
+    /// of VQ_PAIRS_SET, or after it, never before it. A refused RSS_CONFIG
+    /// leaves RSS off and the pair count unchanged.
+    pub fn rss_config(&mut self, cfg: &RssConfig, bell: &dyn Doorbell) -> Result<(), CtrlError> {
+        let mut data = [0u8; CTRL_MAX_DATA];
+        let len = encode_rss_config(cfg, &mut data)?;
+        self.submit(ctrl::CLASS_MQ, ctrl::MQ_RSS_CONFIG, &data[..len], bell)
+    }
+}
+
+/// The data of an `RSS_CONFIG` command (`virtio_net_rss_config`).
+///
+/// Queue numbers (`table` entries and `unclassified`) are *pair indices*
+/// k = 0..pairs-1, i.e. receiveq(k+1), virtqueue 2k: the spec's `rss_rq_id`
+/// holds "bits 1 to 16 of the virtqueue index" (virtio spec, "Setting RSS
+/// parameters": value 3 is virtqueue 6, receiveq4), and QEMU steers a
+/// packet to `qemu_get_subqueue(nic, table[hash & mask])`, the pair's
+/// subqueue (hw/net/virtio-net.c, `virtio_net_process_rss`); Linux fills the
+/// table with `i % queue_pairs`. Not the virtqueue index 2k.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RssConfig<'a> {
+    /// `net::hash_type` bits; only types in the device's
+    /// `supported_hash_types`. QEMU refuses types without a key.
+    pub hash_types: u32,
+    /// The indirection table: the pair each `hash & (len - 1)` goes to.
+    /// Its length is a power of two, at most the device's
+    /// `rss_max_table_len` (QEMU: 128).
+    pub table: &'a [u16],
+    /// The pair for packets the device computed no hash for.
+    pub unclassified: u16,
+    /// How many transmit queues the driver uses (transmitq1..max_tx_vq).
+    /// QEMU 7.2 also takes it as the number of active pairs, so every
+    /// receive pair named above must be below it (checked).
+    pub max_tx_vq: u16,
+    /// The Toeplitz key, at most the device's `rss_max_key_size` (QEMU: 40).
+    pub key: &'a [u8],
+}
+
+impl RssConfig<'_> {
+    /// The encoded length: hash_types, mask, unclassified, table, max_tx_vq,
+    /// key length, key.
+    pub fn encoded_len(&self) -> usize {
+        4 + 2 + 2 + 2 * self.table.len() + 2 + 1 + self.key.len()
+    }
+}
+
+/// Largest table and pair count the wire format carries: the mask is le16,
+/// and `rss_rq_id` has 15 bits (its top bit is reserved, zero); the spec
+/// bounds pairs to 0x8000 as well.
+const RSS_MAX_ENTRIES: usize = 0x8000;
+
+/// Checks what the format and the spec require of an RSS configuration,
+/// before anything is written.
+fn check_rss(cfg: &RssConfig) -> Result<(), CtrlError> {
+    if cfg.max_tx_vq == 0 || cfg.max_tx_vq as usize > RSS_MAX_ENTRIES {
+        return Err(CtrlError::Invalid("max_tx_vq must be 1..=0x8000"));
+    }
+    if !cfg.table.len().is_power_of_two() || cfg.table.len() > RSS_MAX_ENTRIES {
+        return Err(CtrlError::Invalid("indirection table length must be a power of two, 1..=0x8000"));
+    }
+    if cfg.key.len() > u8::MAX as usize {
+        return Err(CtrlError::Invalid("RSS key longer than 255 bytes"));
+    }
+    // The driver must name only enabled receive queues; with QEMU 7.2 those
+    // are the first max_tx_vq pairs. A packet steered beyond would sit on a
+    // disabled queue.
+    if cfg.unclassified >= cfg.max_tx_vq || cfg.table.iter().any(|&q| q >= cfg.max_tx_vq) {
+        return Err(CtrlError::Invalid("RSS queue beyond max_tx_vq pairs"));
+    }
+    Ok(())
+}
+
+/// Encodes `cfg` as the data of an `RSS_CONFIG` command into `out`; returns
+/// the length written ([`RssConfig::encoded_len`]). Little-endian:
+/// le32 hash_types, le16 indirection_table_mask (len - 1), le16
+/// unclassified_queue, `le16 indirection_table[len]`, le16 max_tx_vq, u8
+/// hash_key_length, key. `Invalid` when `cfg` breaks a rule (see
+/// [`RssConfig`]), `TooLong` when `out` is too short.
+pub fn encode_rss_config(cfg: &RssConfig, out: &mut [u8]) -> Result<usize, CtrlError> {
+    check_rss(cfg)?;
+    let len = cfg.encoded_len();
+    let out = out.get_mut(..len).ok_or(CtrlError::TooLong)?;
+    let mut w = Writer { out, at: 0 };
+    w.put(&cfg.hash_types.to_le_bytes());
+    // Both fit a u16: checked above.
+    w.put(&((cfg.table.len() - 1) as u16).to_le_bytes());
+    w.put(&cfg.unclassified.to_le_bytes());
+    for entry in cfg.table {
+        w.put(&entry.to_le_bytes());
+    }
+    w.put(&cfg.max_tx_vq.to_le_bytes());
+    w.put(&[cfg.key.len() as u8]);
+    w.put(cfg.key);
+    Ok(w.at)
+}
+
+/// Spreads `pairs` pairs over an indirection table round robin (entry i
+/// is pair i % pairs), as Linux does by default: with a table length that
+/// is a multiple of `pairs`, each pair gets the same share of hashes.
+/// `pairs` 0 is taken as 1.
+pub fn spread_rss_table(table: &mut [u16], pairs: u16) {
+    let pairs = pairs.max(1) as usize;
+    for (i, entry) in table.iter_mut().enumerate() {
+        *entry = (i % pairs) as u16;
+    }
+}
+
+/// Appends bytes to a slice sized beforehand.
+struct Writer<'a> {
+    out: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.out[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
     }
 }
 
@@ -858,6 +1190,43 @@ mod tests {
         assert_eq!(tx.stats().drop_too_long, 1);
     }
 
+    /// Batched transmit: frames queued in a poll round reach the device
+    /// together, at the round's end, with one notification; a ring that
+    /// fills publishes by itself, so the device can free it.
+    #[test]
+    fn batched_transmit_publishes_once_per_round() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut tx = TxQueue::new(&dma, 1, 8, false).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
+        tx.set_batched(true, &bell);
+        for i in 0..5u8 {
+            tx.send(60, &bell, |b| b.fill(i)).expect("room");
+        }
+        assert!(dev.pop_avail().is_none(), "nothing visible before the round ends");
+        assert_eq!(bell.0.borrow().len(), 0);
+        tx.publish(&bell);
+        assert_eq!(bell.0.borrow().len(), 1, "one notification for five frames");
+        let mut seen = 0;
+        while let Some((head, segs)) = dev.pop_avail() {
+            assert_eq!(dev.read(&segs)[HDR_LEN], seen);
+            dev.push_used(head as u32, 0);
+            seen += 1;
+        }
+        assert_eq!(seen, 5);
+        tx.publish(&bell);
+        assert_eq!(bell.0.borrow().len(), 1, "nothing new: no notification");
+        // A round that fills the ring: the frames are published when it is
+        // found full, not left invisible behind a full ring.
+        tx.reclaim();
+        for i in 0..8u8 {
+            tx.send(60, &bell, |b| b.fill(i)).expect("room");
+        }
+        assert!(!tx.has_room(&bell));
+        assert_eq!(std::iter::from_fn(|| dev.pop_avail()).count(), 8, "published when full");
+        assert_eq!(tx.stats().packets, 13);
+    }
+
     /// The transmit stall: the device misses the notification for frame 3
     /// (it went idle having asked about entry 3, the driver read a stale
     /// `avail_event`), the ring fills, and from then on every send finds it
@@ -994,17 +1363,257 @@ mod tests {
         let (head, _) = dev.pop_avail().unwrap();
         dev.push_used(head as u32, 0);
         assert_eq!(ctrl.poll(), Some(CtrlResult::NoAnswer));
-        assert_eq!(ctrl.submit(1, 2, &[0; 63], &bell), Err(CtrlError::TooLong));
+        assert_eq!(ctrl.submit(1, 2, &[0; CTRL_MAX_DATA + 1], &bell), Err(CtrlError::TooLong));
         // One that never answers: the command stays in flight.
         ctrl.pairs_set(3, &bell).unwrap();
         assert_eq!(ctrl.poll(), None);
         assert!(ctrl.busy(), "still with the device: the owner must reset it");
     }
 
+    #[test]
+    fn the_longest_command_and_its_ack_do_not_overlap() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut ctrl = CtrlQueue::new(&dma, 8, 16).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, ctrl.queue());
+        ctrl.submit(1, 2, &[0xaa; CTRL_MAX_DATA], &bell).unwrap();
+        let (head, segs) = dev.pop_avail().unwrap();
+        let cmd = dev.read(&segs);
+        assert_eq!(cmd.len(), 2 + CTRL_MAX_DATA);
+        assert!(cmd[2..].iter().all(|&b| b == 0xaa));
+        let (read, ack) = (segs[0], segs[1]);
+        assert!(ack.writable && ack.len == 1);
+        assert!(ack.phys >= read.phys + u64::from(read.len), "the ack follows the command area");
+        dev.fill(&segs, &[ctrl::ERR]);
+        dev.push_used(head as u32, 1);
+        assert_eq!(ctrl.poll(), Some(CtrlResult::Refused(ctrl::ERR)));
+        assert!(dev.read(&segs)[2..].iter().all(|&b| b == 0xaa), "the answer did not land in the command");
+    }
+
+    const KEY: [u8; 40] = [
+        0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca,
+        0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b,
+        0xbe, 0xac, 0x01, 0xfa,
+    ];
+
+    #[test]
+    fn rss_config_wire_layout() {
+        let cfg = RssConfig {
+            hash_types: crate::virtio::net::hash_type::TCPV4 | crate::virtio::net::hash_type::IPV4,
+            table: &[0, 1, 2, 1],
+            unclassified: 2,
+            max_tx_vq: 3,
+            key: &[0xa1, 0xa2, 0xa3],
+        };
+        let mut out = [0xeeu8; 64];
+        let n = encode_rss_config(&cfg, &mut out).unwrap();
+        #[rustfmt::skip]
+        let expected = [
+            3, 0, 0, 0,       // hash_types (le32)
+            3, 0,             // indirection_table_mask = 4 - 1
+            2, 0,             // unclassified_queue: pair 2
+            0, 0, 1, 0, 2, 0, 1, 0, // table: pairs, not virtqueue numbers
+            3, 0,             // max_tx_vq
+            3,                // hash_key_length
+            0xa1, 0xa2, 0xa3, // key
+        ];
+        assert_eq!(&out[..n], &expected);
+        assert_eq!(n, cfg.encoded_len());
+        assert_eq!(out[n], 0xee, "nothing written past the command");
+    }
+
+    #[test]
+    fn rss_config_reaches_the_device_exactly() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut ctrl = CtrlQueue::new(&dma, 8, 16).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, ctrl.queue());
+        let mut table = [0u16; 128];
+        spread_rss_table(&mut table, 4);
+        assert_eq!(&table[..6], &[0, 1, 2, 3, 0, 1]);
+        let cfg = RssConfig { hash_types: 0x1ff, table: &table, unclassified: 0, max_tx_vq: 4, key: &KEY };
+        let mut encoded = [0u8; 512];
+        let n = encode_rss_config(&cfg, &mut encoded).unwrap();
+        assert_eq!(2 + n, 2 + 4 + 2 + 2 + 256 + 2 + 1 + 40, "309 bytes with class and command");
+        for (answer, expected) in [(ctrl::OK, CtrlResult::Ok), (ctrl::ERR, CtrlResult::Refused(ctrl::ERR))] {
+            ctrl.rss_config(&cfg, &bell).unwrap();
+            let (head, segs) = dev.pop_avail().unwrap();
+            let cmd = dev.read(&segs);
+            assert_eq!(&cmd[..2], &[ctrl::CLASS_MQ, ctrl::MQ_RSS_CONFIG]);
+            assert!(cmd[2..] == encoded[..n], "the device reads exactly the encoded configuration");
+            assert_eq!(segs.iter().filter(|s| s.writable).map(|s| s.len).sum::<u32>(), 1);
+            assert_eq!(ctrl.rss_config(&cfg, &bell), Err(CtrlError::Busy));
+            dev.fill(&segs, &[answer]);
+            dev.push_used(head as u32, 1);
+            assert_eq!(ctrl.poll(), Some(expected));
+        }
+    }
+
+    #[test]
+    fn rss_configs_breaking_the_rules_are_not_sent() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut ctrl = CtrlQueue::new(&dma, 8, 16).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, ctrl.queue());
+        let good = RssConfig { hash_types: 0x3, table: &[0, 1], unclassified: 0, max_tx_vq: 2, key: &KEY };
+        let long_key = [0u8; 256];
+        let big_table = [0u16; 256];
+        let invalid = [
+            RssConfig { table: &[], ..good },
+            RssConfig { table: &[0, 1, 0], ..good },
+            RssConfig { table: &[0, 2], ..good },
+            RssConfig { unclassified: 2, ..good },
+            RssConfig { max_tx_vq: 0, table: &[0], ..good },
+            RssConfig { key: &long_key, ..good },
+        ];
+        for cfg in invalid {
+            assert!(matches!(ctrl.rss_config(&cfg, &bell), Err(CtrlError::Invalid(_))), "{cfg:?}");
+        }
+        // 256 entries and a 40-byte key: 565 bytes, beyond the buffer.
+        assert_eq!(ctrl.rss_config(&RssConfig { table: &big_table, ..good }, &bell), Err(CtrlError::TooLong));
+        assert_eq!(encode_rss_config(&good, &mut [0u8; 20]), Err(CtrlError::TooLong), "short output");
+        assert!(dev.pop_avail().is_none() && !ctrl.busy(), "nothing reached the device");
+        assert_eq!(bell.rings(), 0);
+        ctrl.rss_config(&good, &bell).unwrap();
+        assert!(dev.pop_avail().is_some());
+    }
+
+    /// A 20-byte header: hash_value and hash_report after num_buffers.
+    fn with_hash_header(frame: &[u8], num_buffers: u16, hash: u32, report: u16) -> Vec<u8> {
+        let mut v = std::vec![0u8; HASH_HDR_LEN];
+        v[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        v[12..16].copy_from_slice(&hash.to_le_bytes());
+        v[16..18].copy_from_slice(&report.to_le_bytes());
+        v[18..20].copy_from_slice(&[0xff, 0xff]); // padding: ignored
+        v.extend_from_slice(frame);
+        v
+    }
+
+    /// Completes the next posted buffers with `packet` (header included)
+    /// spread over as many buffers as it needs, published together.
+    fn complete_packet(dev: &mut FakeDeviceQueue, packet: &[u8]) {
+        let mut parts = Vec::new();
+        for chunk in packet.chunks(BUF_SIZE) {
+            let (head, segs) = dev.pop_avail().expect("posted buffer");
+            parts.push((head, dev.fill(&segs, chunk)));
+        }
+        for (head, n) in parts {
+            dev.write_used(head as u32, n);
+        }
+        let idx = dev.used_idx;
+        dev.set_used_idx(idx);
+    }
+
+    #[test]
+    fn a_hash_header_queue_delivers_frames_and_their_hash() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut rx = RxQueue::with_header(&dma, 2, 8, true, true, HASH_HDR_LEN).unwrap();
+        assert_eq!(rx.header_len(), HASH_HDR_LEN);
+        let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
+        rx.refill(&bell);
+        let cases = [
+            (100, 0xdead_beef, hash_report::TCPV4, Some((0xdead_beef, hash_report::TCPV4))),
+            (BUF_SIZE - HASH_HDR_LEN, 7, hash_report::IPV4, Some((7, hash_report::IPV4))), // one full buffer
+            (3000, 0x1234_5678, hash_report::UDPV4, Some((0x1234_5678, hash_report::UDPV4))), // two buffers
+            (5000, 0xffff_ffff, hash_report::UDPV6_EX, Some((0xffff_ffff, hash_report::UDPV6_EX))), // three
+            (60, 0xabcd, hash_report::NONE, None),
+        ];
+        for (len, hash, report, expected) in cases {
+            let data = pattern(len);
+            let count = (HASH_HDR_LEN + len).div_ceil(BUF_SIZE) as u16;
+            complete_packet(&mut dev, &with_hash_header(&data, count, hash, report));
+            assert_eq!(rx.hash_report(), None, "no frame held yet");
+            let frame = rx.next_frame().expect("a frame");
+            assert!(frame == data.as_slice(), "{len}-byte frame intact after a 20-byte header");
+            assert_eq!(rx.hash_report(), expected, "{len}-byte frame");
+            rx.release();
+            assert_eq!(rx.hash_report(), None, "released");
+            rx.refill(&bell);
+        }
+        let s = rx.stats();
+        assert_eq!((s.packets, s.merged, s.hash_unknown), (5, 2, 0));
+        assert_eq!(s.drop_header + s.drop_merge + s.drop_too_long + s.drop_bad_id + s.drop_bad_len, 0);
+    }
+
+    #[test]
+    fn an_undefined_hash_report_is_counted_and_the_frame_kept() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut rx = RxQueue::with_header(&dma, 0, 8, false, false, HASH_HDR_LEN).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
+        rx.refill(&bell);
+        complete_packet(&mut dev, &with_hash_header(&pattern(80), 1, 42, 10));
+        assert_eq!(rx.next_frame().map(|f| f.len()), Some(80));
+        assert_eq!(rx.hash_report(), None);
+        rx.release();
+        // Shorter than a 20-byte header and an Ethernet header.
+        complete_packet(&mut dev, &with_hash_header(&pattern(13), 1, 42, hash_report::TCPV4));
+        assert_eq!(rx.next_frame(), None);
+        let s = rx.stats();
+        assert_eq!((s.hash_unknown, s.drop_header, s.packets), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_twelve_byte_header_queue_reports_no_hash() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut rx = RxQueue::new(&dma, 0, 8, true, true).unwrap();
+        assert_eq!(rx.header_len(), HDR_LEN);
+        let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
+        rx.refill(&bell);
+        // Frame bytes 0..8 look like a hash and a TCPv4 report would in a
+        // 20-byte header: they are frame, not header.
+        let mut data = pattern(64);
+        data[..8].copy_from_slice(&[1, 2, 3, 4, 2, 0, 0, 0]);
+        complete_packet(&mut dev, &with_header(&data, 1));
+        assert!(rx.next_frame().expect("a frame") == data.as_slice());
+        assert_eq!(rx.hash_report(), None);
+        rx.release();
+        assert_eq!(rx.stats().hash_unknown, 0);
+    }
+
+    #[test]
+    fn queues_take_only_the_two_header_lengths() {
+        let dma = TestDma::default();
+        for bad in [0, 10, 16, 24] {
+            assert!(RxQueue::with_header(&dma, 0, 8, true, true, bad).is_none(), "{bad}");
+            assert!(TxQueue::with_header(&dma, 1, 8, true, bad).is_none(), "{bad}");
+        }
+        assert_eq!(TxQueue::with_header(&dma, 1, 8, true, HASH_HDR_LEN).unwrap().header_len(), HASH_HDR_LEN);
+        assert_eq!(TxQueue::new(&dma, 1, 8, true).unwrap().header_len(), HDR_LEN);
+    }
+
+    #[test]
+    fn transmit_with_a_hash_header_writes_a_zeroed_20_byte_header() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut tx = TxQueue::with_header(&dma, 1, 4, false, HASH_HDR_LEN).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
+        for round in 0..3u8 {
+            for i in 0..4u8 {
+                tx.send(MAX_FRAME, &bell, |b| b.fill(round * 4 + i + 1)).expect("room");
+            }
+            while let Some((head, segs)) = dev.pop_avail() {
+                let bytes = dev.read(&segs);
+                assert_eq!(bytes.len(), HASH_HDR_LEN + MAX_FRAME);
+                assert!(bytes[..HASH_HDR_LEN].iter().all(|&b| b == 0), "round {round}: {:?}", &bytes[..20]);
+                assert!(bytes[HASH_HDR_LEN..].iter().all(|&b| b == bytes[HASH_HDR_LEN] && b != 0));
+                // A device scribbling over the buffer it was lent: the next
+                // frame in it must still get a clean header.
+                dma.resolve(segs[0].phys, segs[0].len as usize).unwrap().write_bytes(0, &[0xff; HASH_HDR_LEN]);
+                dev.push_used(head as u32, 0);
+            }
+        }
+        assert_eq!(tx.stats().packets, 12);
+    }
+
     /// A receive queue under a device that writes whatever it likes: used
-    /// ids, lengths, `num_buffers`, header bytes. Every frame handed out
-    /// lies within a buffer or the join buffer and within the limits, the
-    /// ring's books balance after every step, and the queue keeps working.
+    /// ids, lengths, `num_buffers`, header bytes (hash reports included,
+    /// with either header length). Every frame handed out lies within a
+    /// buffer or the join buffer and within the limits, every hash report
+    /// handed out has a defined type, the ring's books balance after every
+    /// step, and the queue keeps working.
     #[test]
     fn property_hostile_receive_completions() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -1018,7 +1627,8 @@ mod tests {
             let dma = TestDma::default();
             let bell = Bell::default();
             let size = 1u16 << (2 + next(4));
-            let mut rx = RxQueue::new(&dma, 0, size, next(2) == 0, true).unwrap();
+            let hdr_len = if next(2) == 0 { HDR_LEN } else { HASH_HDR_LEN };
+            let mut rx = RxQueue::with_header(&dma, 0, size, next(2) == 0, true, hdr_len).unwrap();
             let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
             rx.refill(&bell);
             for _ in 0..200 {
@@ -1028,9 +1638,13 @@ mod tests {
                 for _ in 0..1 + next(3) {
                     let Some((head, segs)) = dev.pop_avail() else { break };
                     let mut bytes: Vec<u8> = (0..next(BUF_SIZE as u64 + 1)).map(|_| next(256) as u8).collect();
-                    if bytes.len() >= HDR_LEN && next(2) == 0 {
+                    if bytes.len() >= hdr_len && next(2) == 0 {
                         bytes[..HDR_LEN].fill(0);
                         bytes[10] = next(4) as u8;
+                        if hdr_len == HASH_HDR_LEN {
+                            bytes[17] = 0; // report types around the defined range
+                            bytes[16] = next(12) as u8;
+                        }
                     }
                     let n = dev.fill(&segs, &bytes);
                     let len = if next(8) == 0 { next(u64::from(u32::MAX)) as u32 } else { n };
@@ -1044,6 +1658,9 @@ mod tests {
                 dev.set_used_idx(idx);
                 while let Some(frame) = rx.next_frame() {
                     assert!(frame.len() >= ETH_HDR && frame.len() <= MAX_RX_FRAME, "frame of {} bytes", frame.len());
+                    if let Some((_, report)) = rx.hash_report() {
+                        assert!(hdr_len == HASH_HDR_LEN && (1..=9).contains(&report), "report {report}");
+                    }
                     rx.release();
                 }
                 rx.refill(&bell);

@@ -1,17 +1,19 @@
-//! The multiqueue virtio-net NIC: probe, bring-up and the per-CPU data path.
+//! The multiqueue virtio-net NIC: probe and bring-up (this file), and each
+//! vCPU's glue to its share of it (`cpu`).
 //!
 //! Bring-up (on the boot CPU): PCI enumeration, virtio-pci transport,
 //! feature negotiation, N = min(max pairs, online CPUs, `queues=`) queue
-//! pairs, one MSI-X vector per queue aimed at the CPU that owns the queue,
-//! the control queue, DRIVER_OK, VQ_PAIRS_SET, receive buffers posted.
-//! Then each CPU i < N claims pair i and polls it from its own event loop,
-//! NAPI style: the queue's interrupt only wakes the CPU; the loop keeps
-//! interrupts off while it finds work and turns them back on (re-checking
-//! for a race) before it halts. Before it halts it also makes sure the
-//! device has heard of every buffer it was given (`flush`), and while frames
-//! sit with the device a watchdog on the CPU's own timer checks that the
-//! device makes progress. A device that breaks the ring protocol is reset and
-//! the network stopped, loudly.
+//! pairs, one MSI-X vector per queue aimed at the online CPU that owns the
+//! queue, the control queue, DRIVER_OK, VQ_PAIRS_SET, RSS_CONFIG when the
+//! device offers RSS, receive buffers posted. Then every online vCPU claims
+//! its share (`net::cpu::plan_shares`) and runs its stack from its own
+//! event loop. A device that breaks the ring protocol is reset and the
+//! network stopped, loudly.
+
+mod cpu;
+
+pub use cpu::{claim, count_queue_irq, CpuNic};
+use cpu::{claims, Claim};
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -24,23 +26,21 @@ use drivers::dma::{DmaAlloc, DmaBuf};
 use drivers::msix::{self, MsixCapability, MsixTable};
 use drivers::pci::{self, Bar, ConfigSpace, Function, CAP_MSIX};
 use drivers::virtio::net::{self as vnet, FeatureNames, NetConfig as DeviceConfig};
-use drivers::virtio::netdev::{
-    plan_vectors, CtrlQueue, CtrlResult, PlanKind, QueueStats, RxQueue, TxQueue, Watchdog, MAX_FRAME, STALL_TICKS,
-};
+use drivers::virtio::netdev::{plan_vectors, CtrlQueue, CtrlResult, PlanKind, RssConfig, RxQueue, TxQueue};
 use drivers::virtio::queue::BrokenRing;
 use drivers::virtio::transport::{read_layout, Region, Transport, NO_VECTOR};
 use drivers::virtio::{pci_kind, PciKind, DEVICE_TYPE_NET};
-use kernel::cmdline::NetFault;
-use kernel::timers::Expired;
+use kernel::cmdline::{NetFault, TxShare};
 use log::{error, info, warn};
-use net::device::{Doorbell, QueuePair};
-use net::neighbours::{arp_reply_frame, arp_sender, NeighbourBoard};
-use net::stack::{NetConfig, Stack};
+use net::cpu::Fabric;
+use net::device::Doorbell;
+use net::stack::NetConfig;
+use net::steer::{hash_type, KEY_LEN};
 use spin::{Mutex, Once};
 
 use crate::arch::mmio::Mmio;
 use crate::arch::pci::{EcamConfig, PortConfig};
-use crate::arch::percpu::{self, CpuStats};
+use crate::arch::percpu;
 use crate::arch::{acpi, paging, time};
 use crate::runloop::{Local, Poll};
 
@@ -52,15 +52,6 @@ pub const MAX_VECTORED_QUEUES: u16 = 64;
 pub const CONFIG_VECTOR: u8 = 0x3f;
 /// Entries per receive/transmit queue.
 const QUEUE_SIZE: u16 = 256;
-/// smoltcp polls per loop iteration before other work gets a turn.
-const POLL_BUDGET: usize = 64;
-/// Without MSI-X, how often an owning CPU polls its queues.
-const POLL_INTERVAL_NS: u64 = 1_000_000;
-const NET_STATS_TIMER: u32 = 4;
-const POLL_TIMER: u32 = 5;
-const WATCHDOG_TIMER: u32 = 6;
-/// How often the transmit watchdog looks while frames sit with the device.
-const WATCHDOG_PERIOD_NS: u64 = 5_000_000;
 /// How long to wait for the device to answer a control command.
 const CTRL_TIMEOUT_NS: u64 = 100_000_000;
 
@@ -109,24 +100,15 @@ impl Doorbell for CtrlBell<'_> {
     }
 }
 
-/// What a CPU owns of the NIC, once it has claimed its pair.
-pub struct CpuNic {
-    rx: RxQueue,
-    tx: TxQueue,
-    stack: Stack,
-    scratch: Box<[u8; MAX_FRAME]>,
-    cfg: NetConfig,
-    /// The neighbour board's generation this stack has caught up with.
-    neighbours_seen: u32,
-    watchdog_armed: bool,
-}
-
 struct Nic {
     pairs: u16,
     doorbells: Doorbells,
-    mac: [u8; 6],
-    /// Pair i's queues, until CPU i claims them.
-    unclaimed: Vec<Mutex<Option<(RxQueue, TxQueue)>>>,
+    /// By network vCPU index: what it has not claimed yet.
+    unclaimed: Vec<Mutex<Option<Claim>>>,
+    /// The per-CPU index (`percpu`) of each network vCPU: the online CPUs
+    /// in order.
+    cpus: Vec<u32>,
+    fabric: &'static Fabric,
     /// No MSI-X for the queues: owners poll on a timer.
     polled: bool,
     /// For re-reading the device configuration (link status) on a
@@ -148,7 +130,7 @@ pub fn config_changed() {
 }
 
 /// Boot CPU: reports link changes after a configuration-change interrupt.
-fn watch_link(_local: &mut Local) -> Poll {
+fn watch_link<S>(_local: &mut Local<S>) -> Poll {
     if !CONFIG_CHANGED.swap(false, Ordering::AcqRel) {
         return Poll::Idle;
     }
@@ -164,14 +146,7 @@ fn watch_link(_local: &mut Local) -> Poll {
 
 static NIC: Once<Nic> = Once::new();
 
-/// Neighbour bindings learned by one CPU's stack, for all the others (see
-/// `net::neighbours`): an ARP request is answered once, by the stack it
-/// reached, and no CPU is interrupted for it.
-static NEIGHBOURS: NeighbourBoard = NeighbourBoard::new();
-
 static NIC_DONE: AtomicBool = AtomicBool::new(false);
-/// `net-fault=used-index-jump` has been acted out.
-static FAULT_ACTED: AtomicBool = AtomicBool::new(false);
 
 fn config_space() -> &'static dyn ConfigSpace {
     let ecam = acpi::info().and_then(|a| a.ecam.iter().find(|r| r.segment == 0).copied());
@@ -307,16 +282,27 @@ fn bring_up(
         layout.device.map(|r| map(cfg, f, r)).transpose()?,
     );
     let offered = t.device_features();
-    let wanted = if allow_mq { vnet::WANTED } else { vnet::WANTED & !vnet::feature::MQ };
+    // RSS (when offered: QEMU `rss=on`) steers each flow's first packet to
+    // its owner's queue; the reported hash saves computing it again.
+    let wanted = if allow_mq {
+        vnet::WANTED | vnet::WANTED_RSS | vnet::WANTED_HASH_REPORT
+    } else {
+        vnet::WANTED & !vnet::feature::MQ
+    };
     let features = t.negotiate(wanted).map_err(|e| e.to_string())?;
     let event_idx = features & drivers::virtio::feature::EVENT_IDX != 0;
     let mergeable = features & vnet::feature::MRG_RXBUF != 0;
+    let hdr_len = vnet::header_len(features);
     let dev = t.read_device_config(|d| DeviceConfig::read(d, features)).ok_or("no (stable) device configuration")?;
     info!("virtio-net {}: offered {}", f.bdf, FeatureNames(offered));
     info!("virtio-net {}: negotiated {}", f.bdf, FeatureNames(features));
     let mac = dev.mac.unwrap_or([0x52, 0x54, 0x00, 0x6d, 0x71, 0x01]);
     let has_ctrl = features & vnet::feature::CTRL_VQ != 0;
     let mq = features & vnet::feature::MQ != 0 && has_ctrl;
+    let rss = features & vnet::feature::RSS != 0 && has_ctrl;
+    // Queue pairs go to the online CPUs in order (pair p to the p-th).
+    let online: Vec<u32> = percpu::online().map(|c| c.index).collect();
+    let cpus = cpus.min(online.len()).max(1);
     let mut pairs =
         vnet::pairs_to_use(if mq { dev.max_pairs } else { 1 }, cpus, max_pairs).min(MAX_VECTORED_QUEUES / 2);
 
@@ -342,7 +328,8 @@ fn bring_up(
         cap.set_control(cfg, f.bdf, true, false);
     }
     let msix_table = table.as_ref().map(|(c, r)| MsixTable::new(r, *c));
-    let cpu_apic = |cpu: u16| percpu::all().get(cpu as usize).map_or(0, |c| c.apic_id);
+    let cpu_apic =
+        |n: u16| online.get(n as usize).and_then(|&i| percpu::all().get(i as usize)).map_or(0, |c| c.apic_id);
     let program = |entry: u16, cpu: u16, vector: u8| -> Result<(), String> {
         let Some(t) = &msix_table else { return Ok(()) };
         let m = msix::message(cpu_apic(cpu), vector).map_err(|e| e.to_string())?;
@@ -366,8 +353,9 @@ fn bring_up(
                 n => Ok(prev_pow2(n)),
             }
         };
-        let rx = RxQueue::new(&dma, rxq, size(rxq)?, event_idx, mergeable).ok_or("out of DMA memory")?;
-        let tx = TxQueue::new(&dma, txq, size(txq)?, event_idx).ok_or("out of DMA memory")?;
+        let rx =
+            RxQueue::with_header(&dma, rxq, size(rxq)?, event_idx, mergeable, hdr_len).ok_or("out of DMA memory")?;
+        let tx = TxQueue::with_header(&dma, txq, size(txq)?, event_idx, hdr_len).ok_or("out of DMA memory")?;
         let (rv, tv) = plan.pairs[p as usize];
         for (queue, entry, addrs) in [(rxq, rv, rx.queue().addresses()), (txq, tv, tx.queue().addresses())] {
             if entry != NO_VECTOR {
@@ -407,16 +395,7 @@ fn bring_up(
                     warn!("virtio-net {}: net-fault=ctrl-unanswered: not waiting for the answer", f.bdf);
                     return None;
                 }
-                let until = time::now().plus_nanos(CTRL_TIMEOUT_NS, time::clock());
-                loop {
-                    if let Some(a) = c.poll() {
-                        break Some(a);
-                    }
-                    if time::now() > until {
-                        break None;
-                    }
-                    core::hint::spin_loop();
-                }
+                await_answer(c)
             });
             match answer {
                 Ok(Some(CtrlResult::Ok)) => info!("virtio-net {}: VQ_PAIRS_SET {pairs}: acknowledged", f.bdf),
@@ -445,6 +424,22 @@ fn bring_up(
             }
         }
     }
+    let (ip, prefix_len) = crate::boot_options().ip.unwrap_or((NetConfig::DEFAULT_IP, NetConfig::DEFAULT_PREFIX));
+    let share = crate::boot_options().tx_share;
+    let shared_pairs = (cpus as u16).saturating_sub(pairs).min(pairs);
+    let outboxes = if share == TxShare::Handoff { shared_pairs } else { 0 };
+    // Shared by every vCPU for good (the NIC is never torn down).
+    let mut fabric = Fabric::new(NetConfig { mac, ip, prefix_len }, steering_key(), cpus as u16, outboxes);
+    // RSS goes after VQ_PAIRS_SET: QEMU turns RSS off when it gets one.
+    if rss {
+        if let Some((c, off)) = ctrl.as_mut() {
+            let programmed = program_rss(c, &CtrlBell { transport: &t, offset: *off }, &fabric, pairs, &dev, f);
+            // Until RSS is acknowledged the reported hash is whatever the
+            // tap left in the header: only then is it ours.
+            fabric.hash_reported = programmed && hdr_len == drivers::virtio::netdev::HASH_HDR_LEN;
+        }
+    }
+    let fabric: &'static Fabric = Box::leak(Box::new(fabric));
     for (rx, _) in queues.iter_mut() {
         rx.refill(&doorbells);
     }
@@ -476,24 +471,101 @@ fn bring_up(
     }
     if cpus > pairs as usize {
         info!(
-            "virtio-net {}: cpus {}..{} have no queue pair of their own and stay off the network",
+            "virtio-net {}: cpus {}..{} have no queue pair of their own: they receive their flows from the \
+             pairs' owners and transmit {}",
             f.bdf,
             pairs,
-            cpus - 1
+            cpus - 1,
+            match share {
+                TxShare::Lock => "on a pair they share under a lock (tx-share=lock)",
+                TxShare::Handoff => "by handing frames to the pair's owner (tx-share=handoff)",
+            }
         );
     }
-    let unclaimed = queues.into_iter().map(|pair| Mutex::new(Some(pair))).collect();
+    let unclaimed = claims(queues, cpus as u16, share, fabric).into_iter().map(|c| Mutex::new(Some(c))).collect();
     Ok(Nic {
         pairs,
         doorbells,
-        mac,
         unclaimed,
+        cpus: online.into_iter().take(cpus).collect(),
+        fabric,
         polled: plan.kind == PlanKind::Polling,
         transport: t,
         features,
         link_up: AtomicBool::new(dev.link_up),
         failed: AtomicBool::new(false),
     })
+}
+
+/// Waits (spinning, at bring-up) up to 100 ms for the answer to the
+/// control command just submitted.
+fn await_answer(c: &mut CtrlQueue) -> Option<CtrlResult> {
+    let until = time::now().plus_nanos(CTRL_TIMEOUT_NS, time::clock());
+    loop {
+        if let Some(a) = c.poll() {
+            return Some(a);
+        }
+        if time::now() > until {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// A random steering key (RSS's Toeplitz key): a key an outsider knows
+/// lets them aim every flow at one vCPU.
+fn steering_key() -> [u8; KEY_LEN] {
+    let mut key = [0u8; KEY_LEN];
+    for (i, chunk) in key.chunks_mut(8).enumerate() {
+        let (v, _) = crate::arch::random::stack_seed(0x5eed_0000 + i as u32);
+        chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
+    }
+    key
+}
+
+/// Programs the device's RSS with the steering key and table, so that a
+/// flow's first packet already lands on its owner's queue. A flow whose
+/// owner has no queue of its own is sent to the queue of the pair it
+/// shares (its owner's inbox is fed from there). Without an answer, or
+/// with limits our table does not fit, software steering does the work.
+/// Returns whether the device took it.
+fn program_rss(
+    c: &mut CtrlQueue,
+    bell: &dyn Doorbell,
+    fabric: &Fabric,
+    pairs: u16,
+    dev: &DeviceConfig,
+    f: &Function,
+) -> bool {
+    let steering = &fabric.steering;
+    let table_len = steering.table().len();
+    if (dev.rss_max_key_size as usize) < KEY_LEN || (dev.rss_max_table_len as usize) < table_len {
+        warn!(
+            "virtio-net {}: RSS limits (key {} bytes, table {}) are below ours ({KEY_LEN}, {table_len}): \
+             steering in software only",
+            f.bdf, dev.rss_max_key_size, dev.rss_max_table_len
+        );
+        return false;
+    }
+    let hash_types = hash_type::STEERED & dev.supported_hash_types;
+    let table = steering.queue_table(pairs);
+    let cfg = RssConfig { hash_types, table: &table, unclassified: 0, max_tx_vq: pairs, key: steering.key() };
+    match c.rss_config(&cfg, bell).map(|()| await_answer(c)) {
+        Ok(Some(CtrlResult::Ok)) => {
+            info!(
+                "virtio-net {}: RSS: Toeplitz key of {KEY_LEN} bytes, {table_len}-entry table over {pairs} queues \
+             for {} vCPUs, hash types {hash_types:#x} (device supports {:#x})",
+                f.bdf,
+                steering.cpus(),
+                dev.supported_hash_types
+            );
+            true
+        }
+        other => {
+            warn!("virtio-net {}: RSS_CONFIG failed ({other:?}): steering in software only", f.bdf);
+            false
+        }
+    }
 }
 
 /// The IDT vector that queue `queue` of pair `pair` raises: its own, or
@@ -506,187 +578,6 @@ fn queue_vector(kind: PlanKind, pair: u16, queue: u16) -> u8 {
 /// Largest power of two ≤ `n` (n ≥ 1).
 fn prev_pow2(n: u16) -> u16 {
     1 << (15 - n.leading_zeros())
-}
-
-fn now() -> net::smoltcp::time::Instant {
-    net::smoltcp::time::Instant::from_micros((time::nanos_since_entry() / 1000) as i64)
-}
-
-/// Every CPU: once the NIC is up, take this CPU's queue pair (if any) and
-/// start polling it.
-pub fn claim(local: &mut Local) -> Poll {
-    if !NIC_DONE.load(Ordering::Acquire) {
-        return Poll::Idle;
-    }
-    let Some(nic) = NIC.get() else { return Poll::Done };
-    if nic.failed.load(Ordering::Acquire) {
-        return Poll::Done;
-    }
-    let Some(slot) = nic.unclaimed.get(local.cpu.index as usize) else { return Poll::Done };
-    let Some((mut rx, mut tx)) = slot.lock().take() else { return Poll::Done };
-    let (ip, prefix_len) = crate::boot_options().ip.unwrap_or((NetConfig::DEFAULT_IP, NetConfig::DEFAULT_PREFIX));
-    let cfg = NetConfig { mac: nic.mac, ip, prefix_len };
-    let mut scratch = Box::new([0; MAX_FRAME]);
-    let (seed, source) = crate::arch::random::stack_seed(local.cpu.index);
-    let stack = Stack::new(&cfg, &mut QueuePair::new(&mut rx, &mut tx, &nic.doorbells, &mut scratch), now(), seed);
-    if nic.polled {
-        let period = crate::arch::time::clock().nanos_to_ticks(POLL_INTERVAL_NS);
-        local.add_timer(POLL_TIMER, time::rdtsc() + period, period, |_, _| {});
-    }
-    if let Some(ms) = crate::boot_options().net_stats_ms {
-        let period = crate::arch::time::clock().nanos_to_ticks(ms as u64 * 1_000_000);
-        local.add_timer(NET_STATS_TIMER, time::rdtsc() + period, period, |l, _| report(l));
-    }
-    local.nic = Some(CpuNic { rx, tx, stack, scratch, cfg, neighbours_seen: 0, watchdog_armed: false });
-    local.add_work(poll);
-    if local.cpu.index == 0 {
-        local.add_work(watch_link);
-        info!(
-            "net: {} stacks up, {}.{}.{}.{}/{} on every queue pair; stack seeds from {}",
-            nic.pairs,
-            cfg.ip[0],
-            cfg.ip[1],
-            cfg.ip[2],
-            cfg.ip[3],
-            cfg.prefix_len,
-            source.name()
-        );
-    }
-    Poll::Done
-}
-
-/// The NAPI-style poll of this CPU's queue pair.
-fn poll(local: &mut Local) -> Poll {
-    let Some(nic) = NIC.get() else { return Poll::Done };
-    if nic.failed.load(Ordering::Relaxed) {
-        // The device was reset: these queues are dead memory now.
-        local.nic = None;
-        local.cancel_timer(WATCHDOG_TIMER);
-        return Poll::Done;
-    }
-    let Some(mine) = local.nic.as_mut() else { return Poll::Done };
-    mine.rx.queue_mut().disable_interrupts();
-    let mut busy = false;
-    let now = now();
-    let addr = mine.cfg;
-    // Neighbour bindings other CPUs' stacks learned (one atomic load when
-    // there are none).
-    if NEIGHBOURS.generation() != mine.neighbours_seen {
-        mine.neighbours_seen = NEIGHBOURS.catch_up(mine.neighbours_seen, |binding| {
-            let frame = arp_reply_frame(binding, &addr);
-            let mut dev = QueuePair::new(&mut mine.rx, &mut mine.tx, &nic.doorbells, &mut mine.scratch);
-            dev.injected = Some(&frame);
-            mine.stack.poll(&mut dev, now);
-        });
-        busy = true;
-    }
-    let now_ms = (now.total_millis()).max(0) as u64;
-    let post = |f: &[u8]| {
-        if net::device::is_arp(f) {
-            if let Some(binding) = arp_sender(f, &addr) {
-                NEIGHBOURS.post(binding, now_ms);
-            }
-        }
-    };
-    let mut dev = QueuePair::new(&mut mine.rx, &mut mine.tx, &nic.doorbells, &mut mine.scratch);
-    dev.observer = Some(&post);
-    for _ in 0..POLL_BUDGET {
-        if !mine.stack.poll(&mut dev, now) {
-            break;
-        }
-        busy = true;
-    }
-    mine.rx.refill(&nic.doorbells);
-    mine.tx.reclaim();
-    if crate::boot_options().net_fault == Some(NetFault::UsedIndexJump) && local.cpu.index == 0 {
-        act_out_used_index_jump(&mut mine.rx);
-    }
-    let broken = match (mine.rx.broken(), mine.tx.broken()) {
-        (Some(b), _) => Some((mine.rx.index, b)),
-        (_, Some(b)) => Some((mine.tx.index, b)),
-        _ => None,
-    };
-    if let Some((queue, why)) = broken {
-        fail(nic, local.cpu.index, queue, why);
-        return Poll::Busy;
-    }
-    let arm = mine.tx.needs_watchdog() && !mine.watchdog_armed;
-    if busy {
-        if arm {
-            arm_watchdog(local);
-        }
-        return Poll::Busy;
-    }
-    // Going idle: the device must have heard of every buffer and frame it
-    // was given (a lost notification would leave both ends waiting).
-    mine.rx.flush(&nic.doorbells);
-    mine.tx.flush(&nic.doorbells);
-    // Interrupts back on; completions that raced in mean another round.
-    let again = mine.rx.queue_mut().enable_interrupts();
-    if arm {
-        arm_watchdog(local);
-    }
-    if again {
-        Poll::Busy
-    } else {
-        Poll::Idle
-    }
-}
-
-/// `net-fault=used-index-jump`: once 10 frames have arrived, a used index
-/// one and a half rings ahead, as a device that lost track would write.
-fn act_out_used_index_jump(rx: &mut RxQueue) {
-    if rx.stats().packets < 10 || FAULT_ACTED.swap(true, Ordering::Relaxed) {
-        return;
-    }
-    let s = rx.ring_state();
-    let idx = s.last_used.wrapping_add(s.size + s.size / 2);
-    warn!("net-fault=used-index-jump: writing used index {idx} into rxq {} ({s})", rx.index);
-    rx.queue_mut().inject_device_used_idx(idx);
-}
-
-fn arm_watchdog(local: &mut Local) {
-    if let Some(mine) = local.nic.as_mut() {
-        mine.watchdog_armed = true;
-    }
-    let period = crate::arch::time::clock().nanos_to_ticks(WATCHDOG_PERIOD_NS);
-    local.add_timer(WATCHDOG_TIMER, time::rdtsc() + period, period, watchdog);
-}
-
-/// The transmit watchdog's tick (every 5 ms while frames sit with the
-/// device); it stops itself once nothing is left with the device.
-fn watchdog(local: &mut Local, _: Expired) {
-    let Some(nic) = NIC.get() else { return };
-    let cpu = local.cpu.index;
-    let Some(mine) = local.nic.as_mut() else {
-        local.cancel_timer(WATCHDOG_TIMER);
-        return;
-    };
-    let verdict = mine.tx.watchdog_tick(&nic.doorbells);
-    let txq = mine.tx.index;
-    match verdict {
-        Watchdog::Idle => {
-            mine.watchdog_armed = false;
-            local.cancel_timer(WATCHDOG_TIMER);
-        }
-        Watchdog::Progress => {}
-        Watchdog::Silent => {
-            if mine.tx.stats().watchdog == 1 {
-                info!(
-                    "virtio-net: cpu{cpu} txq {txq}: no progress for {} ms: notified the device again ({}); \
-                     later ones are counted in net-stats",
-                    WATCHDOG_PERIOD_NS / 1_000_000,
-                    mine.tx.ring_state()
-                );
-            }
-        }
-        Watchdog::Stalled(state) => warn!(
-            "virtio-net: cpu{cpu} txq {txq}: the device has sent nothing for {} ms despite {} notifications \
-             ({state}); frames are dropped while the ring is full",
-            STALL_TICKS as u64 * WATCHDOG_PERIOD_NS / 1_000_000,
-            mine.tx.stats().watchdog
-        ),
-    }
 }
 
 /// A queue broke the ring protocol: reset the device (so it stops using
@@ -706,67 +597,5 @@ fn fail(nic: &Nic, cpu: u32, queue: u16, why: BrokenRing) {
     }
     for c in percpu::online() {
         c.wake();
-    }
-}
-
-fn drops(s: &QueueStats) -> [(&'static str, u64); 5] {
-    [
-        ("bad_len", s.drop_bad_len),
-        ("bad_id", s.drop_bad_id),
-        ("header", s.drop_header),
-        ("merge", s.drop_merge),
-        ("too_long", s.drop_too_long),
-    ]
-}
-
-/// Logs this CPU's queue counters and interrupt counts.
-fn report(local: &mut Local) {
-    let Some(mine) = local.nic.as_mut() else { return };
-    let cpu = local.cpu;
-    let (r, t) = (mine.rx.stats(), mine.tx.stats());
-    let irqs = |q: u16| cpu.stats.queue_irqs.get(q as usize).map_or(0, |a| a.load(Ordering::Relaxed));
-    let mut line = alloc::format!(
-        "net-stats: cpu{} rxq {} packets {} bytes {} irqs {} polls {} kicks {} no_buffers {} merged {} rescues {} watchdog {} drops",
-        cpu.index, mine.rx.index, r.packets, r.bytes, irqs(mine.rx.index), r.polls, r.kicks, r.no_buffers, r.merged,
-        r.rescues, r.watchdog,
-    );
-    for (name, n) in drops(&r) {
-        line.push_str(&alloc::format!(" {name} {n}"));
-    }
-    line.push_str(&alloc::format!(
-        " | txq {} packets {} bytes {} irqs {} full {} kicks {} rescues {} watchdog {} drops",
-        mine.tx.index,
-        t.packets,
-        t.bytes,
-        irqs(mine.tx.index),
-        t.full,
-        t.kicks,
-        t.rescues,
-        t.watchdog
-    ));
-    for (name, n) in drops(&t).into_iter().filter(|(name, _)| matches!(*name, "bad_len" | "bad_id" | "too_long")) {
-        line.push_str(&alloc::format!(" {name} {n}"));
-    }
-    info!("{line}");
-    let foreign: u64 = cpu
-        .stats
-        .queue_irqs
-        .iter()
-        .enumerate()
-        .filter(|(q, _)| *q as u16 != mine.rx.index && *q as u16 != mine.tx.index)
-        .map(|(_, a)| a.load(Ordering::Relaxed))
-        .sum();
-    if foreign > 0 {
-        warn!("net-stats: cpu{} took {foreign} interrupts of other CPUs' queues", cpu.index);
-    }
-}
-
-/// Counts an interrupt of queue `q` on this CPU (interrupt context).
-pub fn count_queue_irq(q: usize) {
-    if let Some(cpu) = percpu::current() {
-        CpuStats::add(&cpu.stats.interrupts, 1);
-        if let Some(c) = cpu.stats.queue_irqs.get(q) {
-            CpuStats::add(c, 1);
-        }
     }
 }

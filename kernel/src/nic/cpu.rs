@@ -1,0 +1,505 @@
+//! One vCPU's glue to the NIC: claiming its share, running its poll round
+//! (`net::cpu`) from its event loop, the transmit watchdog and the
+//! counters it reports.
+//!
+//! NAPI style: a queue's interrupt only wakes its vCPU; the loop keeps
+//! interrupts off while it finds work and turns them back on (re-checking
+//! for a race) before it halts. Before it halts it also makes sure the
+//! device has heard of every buffer it was given (`flush`), and while frames
+//! sit with the device a watchdog on the vCPU's own timer checks that the
+//! device makes progress. smoltcp's own deadlines (delayed ACKs,
+//! retransmits) arm a one-shot timer, so an idle vCPU still meets them.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use drivers::virtio::netdev::{QueueStats, RxQueue, TxQueue, Watchdog, STALL_TICKS};
+use kernel::cmdline::{NetFault, TxShare};
+use kernel::timers::Expired;
+use log::{info, warn};
+use net::cpu::{plan_shares, CpuNet, Fabric, Queues, Share, Wake};
+use net::device::{Doorbell, TxPath};
+use net::inbox::Inbox;
+use net::services::{discard::Discard, echo::Echo, Services, TcpConfig};
+use spin::Mutex;
+
+use super::{fail, watch_link, NIC, NIC_DONE};
+use crate::arch::percpu::{self, CpuStats};
+use crate::arch::time;
+use crate::runloop::{Local, Poll};
+
+/// Without MSI-X, how often an owning CPU polls its queues.
+const POLL_INTERVAL_NS: u64 = 1_000_000;
+const NET_STATS_TIMER: u32 = 4;
+const POLL_TIMER: u32 = 5;
+const WATCHDOG_TIMER: u32 = 6;
+/// When smoltcp wants to be polled again (delayed ACKs, retransmits).
+const POLL_AT_TIMER: u32 = 7;
+/// A stack that wants to be polled now but could not make progress (its
+/// transmit queue is full) is looked at again after this long at the
+/// latest; the queue's interrupt usually comes first.
+const RETRY_NS: u64 = 1_000_000;
+/// How often the transmit watchdog looks while frames sit with the device.
+const WATCHDOG_PERIOD_NS: u64 = 5_000_000;
+
+/// `net-fault=used-index-jump` has been acted out.
+static FAULT_ACTED: AtomicBool = AtomicBool::new(false);
+
+/// Where a vCPU's frames go out (see `net::device::TxPath`).
+// One per vCPU, built once and never moved on the data path: boxing the
+// queue would only add a pointer chase per frame.
+#[allow(clippy::large_enum_variant)]
+enum CpuTx {
+    Own(TxQueue),
+    Shared(&'static Mutex<TxQueue>),
+    Handoff { outbox: &'static Inbox, owner: u16 },
+}
+
+/// What a vCPU owns of the NIC once it has claimed its share: its queue
+/// pair if it has one, its way to transmit, and its network stack.
+pub struct CpuNic {
+    /// This vCPU's index among the network's vCPUs.
+    id: u16,
+    rx: Option<RxQueue>,
+    tx: CpuTx,
+    /// Frames other vCPUs hand over for this vCPU's queue (handoff mode).
+    outbox: Option<&'static Inbox>,
+    net: CpuNet,
+    watchdog_armed: bool,
+}
+
+impl CpuNic {
+    fn queues(&mut self) -> (Queues<'_>, &mut CpuNet) {
+        let tx = match &mut self.tx {
+            CpuTx::Own(q) => TxPath::Own(q),
+            CpuTx::Shared(m) => TxPath::Shared(m),
+            CpuTx::Handoff { outbox, .. } => TxPath::Handoff(outbox),
+        };
+        (Queues { rx: self.rx.as_mut(), tx, outbox: self.outbox }, &mut self.net)
+    }
+
+    /// Runs `f` on the transmit queue this vCPU looks after (its own, or
+    /// the shared one of the pair it owns).
+    fn with_tx<R>(&mut self, f: impl FnOnce(&mut TxQueue) -> R) -> Option<R> {
+        match &mut self.tx {
+            CpuTx::Own(q) => Some(f(q)),
+            CpuTx::Shared(m) if self.rx.is_some() => Some(f(&mut m.lock())),
+            _ => None,
+        }
+    }
+}
+
+/// Per-CPU state that carries the NIC's (composed in `main.rs`).
+pub trait HasNic: AsMut<Option<CpuNic>> {}
+impl<S: AsMut<Option<CpuNic>>> HasNic for S {}
+
+/// What vCPU n takes when it claims its share.
+pub(super) struct Claim {
+    rx: Option<RxQueue>,
+    tx: CpuTx,
+    outbox: Option<&'static Inbox>,
+}
+
+/// For queue operations that cannot need a notification (nothing queued).
+struct NoBell;
+
+impl Doorbell for NoBell {
+    fn ring(&self, _: u16) {}
+}
+
+/// Wakes network vCPUs by IPI (their inbox or outbox has frames).
+struct Waker<'a>(&'a [u32]);
+
+impl Wake for Waker<'_> {
+    fn wake(&self, cpu: u16) {
+        if let Some(c) = self.0.get(cpu as usize).and_then(|&i| percpu::all().get(i as usize)) {
+            c.wake();
+        }
+    }
+}
+
+/// What each of `cpus` network vCPUs gets (see `net::cpu::plan_shares`):
+/// the queues of the pair it owns, and how it transmits.
+pub(super) fn claims(
+    queues: Vec<(RxQueue, TxQueue)>,
+    cpus: u16,
+    share: TxShare,
+    fabric: &'static Fabric,
+) -> Vec<Claim> {
+    let plan = plan_shares(queues.len() as u16, cpus);
+    let mut owned: Vec<Option<(RxQueue, TxQueue)>> = queues.into_iter().map(Some).collect();
+    let mut locks: Vec<Option<&'static Mutex<TxQueue>>> = alloc::vec![None; owned.len()];
+    let mut out = Vec::new();
+    for s in plan {
+        let claim = match s {
+            Share::Owner { pair, shared } => {
+                let Some((rx, mut tx)) = owned.get_mut(pair as usize).and_then(Option::take) else { continue };
+                // Frames are published once per poll round (see `net::cpu`).
+                tx.set_batched(true, &NoBell);
+                match (shared, share) {
+                    (true, TxShare::Lock) => {
+                        let m: &'static Mutex<TxQueue> = Box::leak(Box::new(Mutex::new(tx)));
+                        locks[pair as usize] = Some(m);
+                        Claim { rx: Some(rx), tx: CpuTx::Shared(m), outbox: None }
+                    }
+                    (true, TxShare::Handoff) => {
+                        Claim { rx: Some(rx), tx: CpuTx::Own(tx), outbox: fabric.outboxes.get(pair as usize) }
+                    }
+                    (false, _) => Claim { rx: Some(rx), tx: CpuTx::Own(tx), outbox: None },
+                }
+            }
+            Share::Sharer { pair } => {
+                let tx = match (locks.get(pair as usize).copied().flatten(), fabric.outboxes.get(pair as usize)) {
+                    (Some(m), _) => CpuTx::Shared(m),
+                    (None, Some(outbox)) => CpuTx::Handoff { outbox, owner: pair },
+                    (None, None) => continue,
+                };
+                Claim { rx: None, tx, outbox: None }
+            }
+        };
+        out.push(claim);
+    }
+    out
+}
+
+fn now() -> net::smoltcp::time::Instant {
+    net::smoltcp::time::Instant::from_micros((time::nanos_since_entry() / 1000) as i64)
+}
+
+/// Share of the heap that TCP connection buffers may take, in all.
+const TCP_HEAP_SHARE: u64 = 2;
+
+/// The services every vCPU runs, from the boot options. Each vCPU may hold
+/// as many connections as its share of half the heap buffers (a SYN flood
+/// beyond that is refused, not an out-of-memory panic).
+fn services(cpus: usize) -> Services {
+    let options = crate::boot_options();
+    let mut cfg = TcpConfig::default();
+    if let Some(n) = options.tcp_buffer {
+        cfg.rx_buffer = n as usize;
+        cfg.tx_buffer = n as usize;
+    }
+    let per_conn = (cfg.rx_buffer + cfg.tx_buffer).max(1) as u64;
+    let budget = crate::memory::heap_bytes() / TCP_HEAP_SHARE / cpus.max(1) as u64;
+    cfg.max_connections = (budget / per_conn).saturating_sub(cfg.backlog as u64 * 2).clamp(8, 1024) as usize;
+    let mut s = Services::new(cfg);
+    if options.services.echo {
+        s.add(Box::new(Echo));
+    }
+    if options.services.discard {
+        s.add(Box::new(Discard));
+    }
+    s
+}
+
+/// Every CPU: once the NIC is up, take this vCPU's share (its queue pair,
+/// or its way to a shared one) and start its stack.
+pub fn claim<S: HasNic>(local: &mut Local<S>) -> Poll {
+    if !NIC_DONE.load(Ordering::Acquire) {
+        return Poll::Idle;
+    }
+    let Some(nic) = NIC.get() else { return Poll::Done };
+    if nic.failed.load(Ordering::Acquire) {
+        return Poll::Done;
+    }
+    let Some(id) = nic.cpus.iter().position(|&c| c == local.cpu.index) else { return Poll::Done };
+    let Some(Claim { mut rx, mut tx, outbox }) = nic.unclaimed.get(id).and_then(|slot| slot.lock().take()) else {
+        return Poll::Done;
+    };
+    let id = id as u16;
+    let (seed, source) = crate::arch::random::stack_seed(local.cpu.index);
+    let net = {
+        let txp = match &mut tx {
+            CpuTx::Own(q) => TxPath::Own(q),
+            CpuTx::Shared(m) => TxPath::Shared(m),
+            CpuTx::Handoff { outbox, .. } => TxPath::Handoff(outbox),
+        };
+        let mut queues = Queues { rx: rx.as_mut(), tx: txp, outbox };
+        CpuNet::new(id, nic.fabric, services(nic.cpus.len()), &mut queues, &nic.doorbells, now(), seed)
+    };
+    let has_pair = rx.is_some();
+    if nic.polled && has_pair {
+        let period = crate::arch::time::clock().nanos_to_ticks(POLL_INTERVAL_NS);
+        local.add_timer(POLL_TIMER, time::rdtsc() + period, period, |_, _| {});
+    }
+    if let Some(ms) = crate::boot_options().net_stats_ms {
+        let period = crate::arch::time::clock().nanos_to_ticks(ms as u64 * 1_000_000);
+        local.add_timer(NET_STATS_TIMER, time::rdtsc() + period, period, |l, _| report(l));
+    }
+    *local.state.as_mut() = Some(CpuNic { id, rx, tx, outbox, net, watchdog_armed: false });
+    local.add_work(poll);
+    if local.cpu.index == nic.cpus[0] {
+        local.add_work(watch_link);
+        let cfg = nic.fabric.cfg;
+        info!(
+            "net: {} stacks up, on {} queue pairs, {}.{}.{}.{}/{}; flows steered by Toeplitz hash over all \
+             vCPUs; stack seeds from {}",
+            nic.cpus.len(),
+            nic.pairs,
+            cfg.ip[0],
+            cfg.ip[1],
+            cfg.ip[2],
+            cfg.ip[3],
+            cfg.prefix_len,
+            source.name()
+        );
+        if let Some(mine) = local.state.as_mut().as_ref() {
+            let tcp = mine.net.services.config();
+            let mut ports = String::new();
+            for p in mine.net.services.ports() {
+                ports.push_str(&alloc::format!(" {p}"));
+            }
+            info!(
+                "net: TCP services on ports{} on every vCPU; buffers {} KiB in, {} KiB out per connection, \
+                 at most {} connections per vCPU",
+                if ports.is_empty() { " (none)" } else { &ports },
+                tcp.rx_buffer >> 10,
+                tcp.tx_buffer >> 10,
+                tcp.max_connections
+            );
+        }
+    }
+    Poll::Done
+}
+
+/// One poll round of this vCPU's network (see `net::cpu`), NAPI style: the
+/// queue's interrupt stays off while there is work, and goes back on
+/// (re-checking for a race) before the CPU halts.
+fn poll<S: HasNic>(local: &mut Local<S>) -> Poll {
+    let Some(nic) = NIC.get() else { return Poll::Done };
+    if nic.failed.load(Ordering::Relaxed) {
+        // The device was reset: these queues are dead memory now.
+        *local.state.as_mut() = None;
+        local.cancel_timer(WATCHDOG_TIMER);
+        local.cancel_timer(POLL_AT_TIMER);
+        return Poll::Done;
+    }
+    let Some(mine) = local.state.as_mut().as_mut() else { return Poll::Done };
+    if let Some(rx) = mine.rx.as_mut() {
+        rx.queue_mut().disable_interrupts();
+    }
+    let now = now();
+    let handoff_owner = match mine.tx {
+        CpuTx::Handoff { owner, .. } => Some(owner),
+        _ => None,
+    };
+    let round = {
+        let (mut queues, net) = mine.queues();
+        net.poll(nic.fabric, &mut queues, &nic.doorbells, now, &Waker(&nic.cpus))
+    };
+    if let (Some(owner), CpuTx::Handoff { outbox, .. }) = (handoff_owner, &mine.tx) {
+        if !outbox.is_empty() {
+            Waker(&nic.cpus).wake(owner);
+        }
+    }
+    if let Some(rx) = mine.rx.as_mut() {
+        if crate::boot_options().net_fault == Some(NetFault::UsedIndexJump) && mine.id == 0 {
+            act_out_used_index_jump(rx);
+        }
+    }
+    let broken = match (
+        mine.rx.as_ref().and_then(|r| r.broken().map(|b| (r.index, b))),
+        mine.with_tx(|t| t.broken().map(|b| (t.index, b))),
+    ) {
+        (Some(b), _) => Some(b),
+        (_, Some(Some(b))) => Some(b),
+        _ => None,
+    };
+    if let Some((queue, why)) = broken {
+        fail(nic, local.cpu.index, queue, why);
+        return Poll::Busy;
+    }
+    let arm = mine.with_tx(|t| t.needs_watchdog()).unwrap_or(false) && !mine.watchdog_armed;
+    // smoltcp's next deadline: a one-shot timer, so that an idle vCPU still
+    // sends its delayed ACKs and retransmits.
+    match round.poll_at {
+        Some(at) if round.busy || at > now => {
+            let wait = (at - now.min(at)).total_micros();
+            let ticks = crate::arch::time::clock().nanos_to_ticks(wait * 1000);
+            local.add_timer(POLL_AT_TIMER, time::rdtsc() + ticks, 0, |_, _| {});
+        }
+        // Due now, yet the round made no progress (its transmit queue is
+        // full): the queue's interrupt or this retry brings it back.
+        Some(_) => {
+            let ticks = crate::arch::time::clock().nanos_to_ticks(RETRY_NS);
+            local.add_timer(POLL_AT_TIMER, time::rdtsc() + ticks, 0, |_, _| {});
+        }
+        None => local.cancel_timer(POLL_AT_TIMER),
+    }
+    let Some(mine) = local.state.as_mut().as_mut() else { return Poll::Done };
+    if round.busy {
+        if arm {
+            arm_watchdog(local);
+        }
+        return Poll::Busy;
+    }
+    // Going idle: the device must have heard of every buffer and frame it
+    // was given (a lost notification would leave both ends waiting).
+    let mut again = false;
+    if let Some(rx) = mine.rx.as_mut() {
+        rx.flush(&nic.doorbells);
+    }
+    mine.with_tx(|t| t.flush(&nic.doorbells));
+    if let Some(rx) = mine.rx.as_mut() {
+        // Interrupts back on; completions that raced in mean another round.
+        again = rx.queue_mut().enable_interrupts();
+    }
+    if arm {
+        arm_watchdog(local);
+    }
+    if again {
+        Poll::Busy
+    } else {
+        Poll::Idle
+    }
+}
+
+/// `net-fault=used-index-jump`: once 10 frames have arrived, a used index
+/// one and a half rings ahead, as a device that lost track would write.
+fn act_out_used_index_jump(rx: &mut RxQueue) {
+    if rx.stats().packets < 10 || FAULT_ACTED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let s = rx.ring_state();
+    let idx = s.last_used.wrapping_add(s.size + s.size / 2);
+    warn!("net-fault=used-index-jump: writing used index {idx} into rxq {} ({s})", rx.index);
+    rx.queue_mut().inject_device_used_idx(idx);
+}
+
+fn arm_watchdog<S: HasNic>(local: &mut Local<S>) {
+    if let Some(mine) = local.state.as_mut().as_mut() {
+        mine.watchdog_armed = true;
+    }
+    let period = crate::arch::time::clock().nanos_to_ticks(WATCHDOG_PERIOD_NS);
+    local.add_timer(WATCHDOG_TIMER, time::rdtsc() + period, period, watchdog);
+}
+
+/// The transmit watchdog's tick (every 5 ms while frames sit with the
+/// device); it stops itself once nothing is left with the device.
+fn watchdog<S: HasNic>(local: &mut Local<S>, _: Expired) {
+    let Some(nic) = NIC.get() else { return };
+    let cpu = local.cpu.index;
+    let Some(mine) = local.state.as_mut().as_mut() else {
+        local.cancel_timer(WATCHDOG_TIMER);
+        return;
+    };
+    let Some((verdict, txq, state, count)) = mine.with_tx(|t| {
+        let v = t.watchdog_tick(&nic.doorbells);
+        (v, t.index, t.ring_state(), t.stats().watchdog)
+    }) else {
+        local.cancel_timer(WATCHDOG_TIMER);
+        return;
+    };
+    match verdict {
+        Watchdog::Idle => {
+            mine.watchdog_armed = false;
+            local.cancel_timer(WATCHDOG_TIMER);
+        }
+        Watchdog::Progress => {}
+        Watchdog::Silent => {
+            if count == 1 {
+                info!(
+                    "virtio-net: cpu{cpu} txq {txq}: no progress for {} ms: notified the device again ({state}); \
+                     later ones are counted in net-stats",
+                    WATCHDOG_PERIOD_NS / 1_000_000,
+                );
+            }
+        }
+        Watchdog::Stalled(state) => warn!(
+            "virtio-net: cpu{cpu} txq {txq}: the device has sent nothing for {} ms despite {} notifications \
+             ({state}); frames are dropped while the ring is full",
+            STALL_TICKS as u64 * WATCHDOG_PERIOD_NS / 1_000_000,
+            count
+        ),
+    }
+}
+
+fn drops(s: &QueueStats) -> [(&'static str, u64); 5] {
+    [
+        ("bad_len", s.drop_bad_len),
+        ("bad_id", s.drop_bad_id),
+        ("header", s.drop_header),
+        ("merge", s.drop_merge),
+        ("too_long", s.drop_too_long),
+    ]
+}
+
+/// Logs this vCPU's queue counters and interrupt counts (`net-stats:`,
+/// when it owns a pair) and its steering and connection counters
+/// (`net-cpu:`).
+fn report<S: HasNic>(local: &mut Local<S>) {
+    let Some(nic) = NIC.get() else { return };
+    let cpu = local.cpu;
+    let Some(mine) = local.state.as_mut().as_mut() else { return };
+    let irqs = |q: u16| cpu.stats.queue_irqs.get(q as usize).map_or(0, |a| a.load(Ordering::Relaxed));
+    let mut own = [u16::MAX; 2];
+    let tx = mine.with_tx(|t| (t.index, t.stats()));
+    if let (Some(rx), Some((txq, t))) = (mine.rx.as_mut(), tx) {
+        let r = rx.stats();
+        own = [rx.index, txq];
+        let mut line = alloc::format!(
+            "net-stats: cpu{} rxq {} packets {} bytes {} irqs {} polls {} kicks {} no_buffers {} merged {} rescues {} watchdog {} drops",
+            cpu.index, rx.index, r.packets, r.bytes, irqs(rx.index), r.polls, r.kicks, r.no_buffers, r.merged,
+            r.rescues, r.watchdog,
+        );
+        for (name, n) in drops(&r) {
+            line.push_str(&alloc::format!(" {name} {n}"));
+        }
+        line.push_str(&alloc::format!(
+            " | txq {} packets {} bytes {} irqs {} full {} kicks {} rescues {} watchdog {} drops",
+            txq,
+            t.packets,
+            t.bytes,
+            irqs(txq),
+            t.full,
+            t.kicks,
+            t.rescues,
+            t.watchdog
+        ));
+        for (name, n) in drops(&t).into_iter().filter(|(name, _)| matches!(*name, "bad_len" | "bad_id" | "too_long")) {
+            line.push_str(&alloc::format!(" {name} {n}"));
+        }
+        info!("{line}");
+    }
+    let (c, k, inbox) = (mine.net.connections(), mine.net.counters(), mine.net.inbox_stats(nic.fabric));
+    let outbox = mine.outbox.map(|o| o.stats()).unwrap_or_default();
+    info!(
+        "net-cpu: cpu{} accepted {} active {} closed {} reset {} misses {} inbox_in {} inbox_drops {} handoff_out {} handoff_drops {} resets_sent {} resets_unowned {} zero_window_acks {}",
+        cpu.index,
+        c.accepted,
+        c.active,
+        c.closed,
+        c.reset,
+        k.misses,
+        k.inbox_in,
+        inbox.dropped_full + inbox.dropped_too_long,
+        k.handoff_out,
+        outbox.dropped_full + outbox.dropped_too_long,
+        k.resets,
+        k.resets_unowned,
+        k.zero_window_acks,
+    );
+    let foreign: u64 = cpu
+        .stats
+        .queue_irqs
+        .iter()
+        .enumerate()
+        .filter(|(q, _)| !own.contains(&(*q as u16)))
+        .map(|(_, a)| a.load(Ordering::Relaxed))
+        .sum();
+    if foreign > 0 {
+        warn!("net-stats: cpu{} took {foreign} interrupts of other CPUs' queues", cpu.index);
+    }
+}
+
+/// Counts an interrupt of queue `q` on this CPU (interrupt context).
+pub fn count_queue_irq(q: usize) {
+    if let Some(cpu) = percpu::current() {
+        CpuStats::add(&cpu.stats.interrupts, 1);
+        if let Some(c) = cpu.stats.queue_irqs.get(q) {
+            CpuStats::add(c, 1);
+        }
+    }
+}

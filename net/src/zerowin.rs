@@ -1,0 +1,240 @@
+//! A guard around a smoltcp 0.14 behaviour that can stall a connection for
+//! good: the ACK carried by a segment with data that arrives while our
+//! receive window is zero is thrown away with the segment.
+//!
+//! RFC 9293 (3.10.7.4) says a receiver with a zero window must still accept
+//! valid ACKs, and Linux accepts a segment that starts at `RCV.NXT` into a
+//! zero window for its ACK. smoltcp only accepts a *zero-length* segment
+//! there. Seen here under load (TCP echo, `tx-share=lock`, 4 vCPUs on one
+//! queue pair): our echo's transmit buffer was full, so its receive buffer
+//! filled and it advertised a zero window; the host's pure ACKs that would
+//! have freed the transmit buffer were lost (an inbox full under a burst);
+//! from then on the host's ACKs came only on its window probes (4 bytes at
+//! `RCV.NXT`, dropped whole) and on duplicate ACKs whose sequence number was
+//! already past those probe bytes (outside our zero window, dropped too).
+//! Our retransmissions of data the host had long acknowledged went on for
+//! ever and the connection never moved again.
+//!
+//! The guard remembers, per vCPU, the flows whose last segment from us
+//! advertised a zero window, and for a data segment of such a flow hands
+//! the stack a copy without the data first: headers only, checksums
+//! recomputed. smoltcp accepts that copy when it starts at `RCV.NXT` and
+//! takes its ACK and window; the original follows and is judged as before.
+//! A handful of flows at once is plenty (a flow leaves the set as soon as we
+//! advertise a window again); when the set is full, the oldest is dropped.
+
+use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket};
+
+/// Flows tracked at once, per vCPU.
+pub const CAPACITY: usize = 8;
+/// The largest payload-less copy: Ethernet, IPv4 and TCP headers with
+/// their longest options.
+pub const COPY_MAX: usize = 14 + 60 + 60;
+
+/// A flow as the peer's segments carry it: (peer ip, our ip, peer port,
+/// our port).
+type Key = ([u8; 4], [u8; 4], u16, u16);
+
+/// The TCP segment in an Ethernet frame: (IPv4 header length, TCP header
+/// length, payload length, key as the frame's sender sees it).
+fn segment(frame: &[u8]) -> Option<(usize, usize, usize, Key)> {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(&frame[14..]).ok()?;
+    if ip.next_header() != smoltcp::wire::IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+        return None;
+    }
+    let ihl = usize::from(ip.header_len());
+    let total = usize::from(ip.total_len());
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let thl = usize::from(tcp.header_len());
+    let payload = total.checked_sub(ihl + thl)?;
+    let key = (ip.src_addr().octets(), ip.dst_addr().octets(), tcp.src_port(), tcp.dst_port());
+    Some((ihl, thl, payload, key))
+}
+
+/// The flows of one vCPU whose receive window we last advertised as zero.
+#[derive(Clone, Debug, Default)]
+pub struct ZeroWindows {
+    flows: [Option<Key>; CAPACITY],
+    /// Where the next new flow goes (the oldest entry when full).
+    next: usize,
+    /// Payload-less copies handed to the stack.
+    pub copies: u64,
+}
+
+impl ZeroWindows {
+    pub const fn new() -> ZeroWindows {
+        ZeroWindows { flows: [None; CAPACITY], next: 0, copies: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.iter().all(Option::is_none)
+    }
+
+    /// Looks at a frame we transmit: a TCP segment advertising a zero window
+    /// puts its flow in the set, any other window takes it out.
+    pub fn on_transmit(&mut self, frame: &[u8]) {
+        let Some((ihl, _, _, (ours, peer, our_port, peer_port))) = segment(frame) else { return };
+        let key = (peer, ours, peer_port, our_port);
+        let window = u16::from_be_bytes([frame[14 + ihl + 14], frame[14 + ihl + 15]]);
+        let at = self.flows.iter().position(|f| *f == Some(key));
+        match (window, at) {
+            (0, None) => {
+                self.flows[self.next] = Some(key);
+                self.next = (self.next + 1) % CAPACITY;
+            }
+            (0, Some(_)) => {}
+            (_, Some(i)) => self.flows[i] = None,
+            (_, None) => {}
+        }
+    }
+
+    /// For a received data segment of a flow in the set: writes a copy
+    /// without its data (and without FIN, which would make it occupy
+    /// sequence space) into `out` and returns its length.
+    pub fn strip(&mut self, frame: &[u8], out: &mut [u8; COPY_MAX]) -> Option<usize> {
+        if self.is_empty() {
+            return None;
+        }
+        let (ihl, thl, payload, key) = segment(frame)?;
+        if payload == 0 || !self.flows.contains(&Some(key)) {
+            return None;
+        }
+        let len = 14 + ihl + thl;
+        out[..len].copy_from_slice(&frame[..len]);
+        let mut ip = Ipv4Packet::new_unchecked(&mut out[14..len]);
+        ip.set_total_len((ihl + thl) as u16);
+        ip.fill_checksum();
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+        tcp.set_fin(false);
+        tcp.set_psh(false);
+        tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+        self.copies += 1;
+        Some(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Address, Ipv4Repr, TcpControl,
+        TcpRepr, TcpSeqNumber,
+    };
+
+    const HOST: Ipv4Address = Ipv4Address::new(10, 99, 0, 1);
+    const GUEST: Ipv4Address = Ipv4Address::new(10, 99, 0, 2);
+
+    fn tcp_frame(
+        src: Ipv4Address,
+        dst: Ipv4Address,
+        ports: (u16, u16),
+        window: u16,
+        data: &[u8],
+        fin: bool,
+    ) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: ports.0,
+            dst_port: ports.1,
+            control: if fin { TcpControl::Fin } else { TcpControl::None },
+            seq_number: TcpSeqNumber(1000),
+            ack_number: Some(TcpSeqNumber(5000)),
+            window_len: window,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: data,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let mut buf = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
+        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.emit(&mut f);
+        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+        ip.emit(&mut p, &ChecksumCapabilities::default());
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(p.payload_mut()),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &ChecksumCapabilities::default(),
+        );
+        buf
+    }
+
+    #[test]
+    fn a_zero_window_flow_gets_a_valid_copy_without_data() {
+        let mut z = ZeroWindows::new();
+        let mut out = [0u8; COPY_MAX];
+        let probe = tcp_frame(HOST, GUEST, (40000, 7), 1080, b"abcd", false);
+        assert_eq!(z.strip(&probe, &mut out), None, "no flow advertised a zero window yet");
+        z.on_transmit(&tcp_frame(GUEST, HOST, (7, 40000), 0, b"", false));
+        let n = z.strip(&probe, &mut out).expect("a copy");
+        let ip = Ipv4Packet::new_checked(&out[14..n]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(usize::from(ip.total_len()), n - 14);
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&IpAddress::Ipv4(HOST), &IpAddress::Ipv4(GUEST)));
+        let repr = TcpRepr::parse(&tcp, &IpAddress::Ipv4(HOST), &IpAddress::Ipv4(GUEST), &Default::default()).unwrap();
+        assert_eq!(repr.payload.len(), 0);
+        assert_eq!(
+            (repr.seq_number, repr.ack_number, repr.window_len),
+            (TcpSeqNumber(1000), Some(TcpSeqNumber(5000)), 1080)
+        );
+        assert_eq!(z.copies, 1);
+        // A FIN is not carried over (it would occupy sequence space).
+        let fin = tcp_frame(HOST, GUEST, (40000, 7), 1080, b"x", true);
+        let n = z.strip(&fin, &mut out).unwrap();
+        let ip = Ipv4Packet::new_checked(&out[14..n]).unwrap();
+        assert!(!TcpPacket::new_checked(ip.payload()).unwrap().fin());
+        // Pure ACKs need no copy; other flows are left alone.
+        assert_eq!(z.strip(&tcp_frame(HOST, GUEST, (40000, 7), 9, b"", false), &mut out), None);
+        assert_eq!(z.strip(&tcp_frame(HOST, GUEST, (40001, 7), 9, b"zz", false), &mut out), None);
+        // Once we advertise a window again the flow leaves the set.
+        z.on_transmit(&tcp_frame(GUEST, HOST, (7, 40000), 512, b"", false));
+        assert!(z.is_empty());
+        assert_eq!(z.strip(&probe, &mut out), None);
+    }
+
+    #[test]
+    fn the_set_is_bounded_and_forgets_the_oldest() {
+        let mut z = ZeroWindows::new();
+        for port in 0..(CAPACITY as u16 + 3) {
+            z.on_transmit(&tcp_frame(GUEST, HOST, (7, 50000 + port), 0, b"", false));
+        }
+        let mut out = [0u8; COPY_MAX];
+        assert_eq!(z.strip(&tcp_frame(HOST, GUEST, (50000, 7), 1, b"a", false), &mut out), None, "forgotten");
+        let newest = 50000 + CAPACITY as u16 + 2;
+        assert!(z.strip(&tcp_frame(HOST, GUEST, (newest, 7), 1, b"a", false), &mut out).is_some());
+    }
+
+    #[test]
+    fn garbage_is_ignored() {
+        let mut z = ZeroWindows::new();
+        z.on_transmit(&tcp_frame(GUEST, HOST, (7, 40000), 0, b"", false));
+        let good = tcp_frame(HOST, GUEST, (40000, 7), 1, b"abcd", false);
+        let mut out = [0u8; COPY_MAX];
+        for cut in 0..good.len() {
+            let _ = z.strip(&good[..cut], &mut out);
+            z.on_transmit(&good[..cut]);
+        }
+        let mut bad = good.clone();
+        bad[14 + 2] = 0xff; // IP total length beyond the frame
+        assert_eq!(z.strip(&bad, &mut out), None);
+    }
+}
