@@ -83,6 +83,21 @@ pub struct NetDevice<'a, B: Doorbell> {
     pending_len: usize,
 }
 
+/// A transmit token made of a device's fields: a macro rather than a
+/// method, so that it borrows only those fields and a receive token can
+/// borrow the others at the same time.
+macro_rules! tx_token {
+    ($dev:expr) => {
+        Tx {
+            tx: &mut $dev.tx,
+            doorbell: $dev.doorbell,
+            scratch: $dev.scratch,
+            resets: &mut $dev.resets,
+            zero_windows: $dev.zero_windows.as_deref_mut(),
+        }
+    };
+}
+
 impl<'a, B: Doorbell> NetDevice<'a, B> {
     pub fn new(rx: Option<&'a mut RxQueue>, tx: TxPath<'a>, doorbell: &'a B, scratch: &'a mut [u8; MAX_FRAME]) -> Self {
         NetDevice {
@@ -110,13 +125,7 @@ impl<'a, B: Doorbell> NetDevice<'a, B> {
     }
 
     fn tx_token(&mut self) -> Tx<'_, 'a, B> {
-        Tx {
-            tx: &mut self.tx,
-            doorbell: self.doorbell,
-            scratch: self.scratch,
-            resets: &mut self.resets,
-            zero_windows: self.zero_windows.as_deref_mut(),
-        }
+        tx_token!(self)
     }
 
     /// Where the next frame comes from: a made-up one, the inbox (copied
@@ -275,13 +284,7 @@ impl<'a, B: Doorbell> phy::Device for NetDevice<'a, B> {
                 self.received += 1;
                 if let Some(n) = self.zero_window_copy(source) {
                     self.after_copy = Some(source);
-                    let tx = Tx {
-                        tx: &mut self.tx,
-                        doorbell: self.doorbell,
-                        scratch: self.scratch,
-                        resets: &mut self.resets,
-                        zero_windows: self.zero_windows.as_deref_mut(),
-                    };
+                    let tx = tx_token!(self);
                     return Some((Rx::Bytes(&self.strip_buf[..n]), tx));
                 }
                 source
@@ -296,13 +299,7 @@ impl<'a, B: Doorbell> phy::Device for NetDevice<'a, B> {
             }
             Source::Queue => Rx::Queue(self.rx.as_deref_mut().expect("checked")),
         };
-        let tx = Tx {
-            tx: &mut self.tx,
-            doorbell: self.doorbell,
-            scratch: self.scratch,
-            resets: &mut self.resets,
-            zero_windows: self.zero_windows.as_deref_mut(),
-        };
+        let tx = tx_token!(self);
         Some((rx, tx))
     }
 

@@ -21,3 +21,8 @@ pub mod services;
 pub mod stack;
 pub mod steer;
 pub mod zerowin;
+
+/// Test code shared with the simulation in tests/sim.rs.
+#[cfg(test)]
+#[path = "../tests/support/mod.rs"]
+mod test_support;

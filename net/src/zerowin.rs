@@ -120,11 +120,8 @@ impl ZeroWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{
-        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Address, Ipv4Repr, TcpControl,
-        TcpRepr, TcpSeqNumber,
-    };
+    use crate::test_support::frames::{self, End};
+    use smoltcp::wire::{Ipv4Address, TcpControl, TcpRepr, TcpSeqNumber};
 
     const HOST: Ipv4Address = Ipv4Address::new(10, 99, 0, 1);
     const GUEST: Ipv4Address = Ipv4Address::new(10, 99, 0, 2);
@@ -137,44 +134,15 @@ mod tests {
         data: &[u8],
         fin: bool,
     ) -> Vec<u8> {
-        let tcp = TcpRepr {
-            src_port: ports.0,
-            dst_port: ports.1,
-            control: if fin { TcpControl::Fin } else { TcpControl::None },
-            seq_number: TcpSeqNumber(1000),
-            ack_number: Some(TcpSeqNumber(5000)),
-            window_len: window,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: data,
-        };
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let eth = EthernetRepr {
-            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
-            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
-            ethertype: EthernetProtocol::Ipv4,
-        };
-        let mut buf = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
-        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
-        eth.emit(&mut f);
-        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
-        ip.emit(&mut p, &ChecksumCapabilities::default());
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(p.payload_mut()),
-            &IpAddress::Ipv4(src),
-            &IpAddress::Ipv4(dst),
-            &ChecksumCapabilities::default(),
-        );
-        buf
+        frames::tcp_frame(
+            End { mac: [2, 0, 0, 0, 0, 1], ip: src, port: ports.0 },
+            End { mac: [2, 0, 0, 0, 0, 2], ip: dst, port: ports.1 },
+            if fin { TcpControl::Fin } else { TcpControl::None },
+            TcpSeqNumber(1000),
+            TcpSeqNumber(5000),
+            window,
+            data,
+        )
     }
 
     #[test]

@@ -13,10 +13,11 @@
 //! does) and puts it on the wire to the host. The wire can lose frames, both
 //! ways, with a seeded probability. Nothing touches a real network.
 //!
-//! vCPUs and queue pairs are matched as the kernel matches them (see
-//! `claims()` in kernel/src/nic.rs): vCPU p < pairs owns pair p; every other
-//! vCPU n shares pair n mod pairs, under the pair's lock (`TxPath::Shared`)
-//! or by handing its frames to the pair owner's outbox (`TxPath::Handoff`).
+//! vCPUs and queue pairs are matched as the kernel matches them
+//! (`net::cpu::plan_shares`, used by `claims()` in kernel/src/nic/cpu.rs):
+//! vCPU p < pairs owns pair p; every other vCPU n shares pair n mod pairs,
+//! under the pair's lock (`TxPath::Shared`) or by handing its frames to the
+//! pair owner's outbox (`TxPath::Handoff`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -30,17 +31,18 @@ use net::device::{Doorbell, NetDevice, TxPath};
 use net::services::echo::EchoConnection;
 use net::services::{ConnCounters, Discard, Echo, Services, TcpConfig};
 use net::smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use net::smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use net::smoltcp::phy::{self, DeviceCapabilities, Medium};
 use net::smoltcp::socket::{tcp, Socket};
 use net::smoltcp::time::{Duration, Instant};
-use net::smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress, IpAddress, IpCidr, IpProtocol,
-    Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-};
+use net::smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, TcpControl, TcpSeqNumber};
 use net::stack::{NetConfig, Stack};
 use net::steer::{Flow, Proto, Steering, KEY_LEN};
 use net::zerowin::ZeroWindows;
 use spin::Mutex;
+use support::client::{Rng, Stream, StreamCheck};
+use support::frames::{self, End};
+
+mod support;
 
 const GUEST: NetConfig = NetConfig { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24 };
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -67,19 +69,8 @@ fn host_ip() -> IpAddress {
     IpAddress::Ipv4(Ipv4Address::from(HOST_IP))
 }
 
-/// splitmix64: every random choice of the simulation comes from one of these.
-#[derive(Clone)]
-struct Rng(u64);
-
+/// Every random choice of the simulation comes from an `Rng` (splitmix64).
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
@@ -87,30 +78,6 @@ impl Rng {
     /// True with probability `ppm` in a million.
     fn chance(&mut self, ppm: u32) -> bool {
         self.below(1_000_000) < u64::from(ppm)
-    }
-}
-
-/// A reproducible stream of pseudo-random bytes.
-struct Stream {
-    rng: Rng,
-    word: u64,
-    left: u8,
-}
-
-impl Stream {
-    fn new(seed: u64) -> Stream {
-        Stream { rng: Rng(seed), word: 0, left: 0 }
-    }
-
-    fn byte(&mut self) -> u8 {
-        if self.left == 0 {
-            self.word = self.rng.next();
-            self.left = 8;
-        }
-        self.left -= 1;
-        let b = self.word as u8;
-        self.word >>= 8;
-        b
     }
 }
 
@@ -322,23 +289,13 @@ impl Tap {
 
 /// Source and destination port of a TCP segment, and whether it is a reset.
 fn tcp_ports(frame: &[u8]) -> Option<(u16, u16, bool)> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return None;
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-    if ip.next_header() != IpProtocol::Tcp {
-        return None;
-    }
-    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let (_, _, tcp) = frames::tcp_in(frame)?;
     Some((tcp.src_port(), tcp.dst_port(), tcp.rst()))
 }
 
 /// A TCP segment's sequence and acknowledgement numbers and payload length.
 fn tcp_numbers(frame: &[u8]) -> Option<(i32, Option<i32>, usize)> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let (_, _, tcp) = frames::tcp_in(frame)?;
     let ack = tcp.ack().then_some(tcp.ack_number().0);
     Some((tcp.seq_number().0, ack, tcp.payload().len()))
 }
@@ -774,14 +731,8 @@ struct Client {
     handle: SocketHandle,
     host_port: u16,
     guest_port: u16,
-    total: usize,
     echoed: bool,
-    out: Stream,
-    expect: Stream,
-    sent: usize,
-    received: usize,
-    first_wrong_byte: Option<usize>,
-    closed: bool,
+    stream: StreamCheck,
     /// Whether `pump` reads the echo (a client that stops reading closes
     /// its receive window).
     reading: bool,
@@ -797,68 +748,33 @@ impl Client {
             handle: sim.host_sockets.add(socket),
             host_port,
             guest_port,
-            total,
             echoed: guest_port == Echo::PORT,
-            out: Stream::new(seed),
-            expect: Stream::new(seed),
-            sent: 0,
-            received: 0,
-            first_wrong_byte: None,
-            closed: false,
+            stream: StreamCheck::new(total, seed),
             reading: true,
         }
     }
 
     /// Sends what fits, reads what is there.
     fn pump(&mut self, sockets: &mut SocketSet<'static>) {
-        let socket = sockets.get_mut::<tcp::Socket>(self.handle);
-        let Client { out, expect, first_wrong_byte, .. } = self;
-        while self.sent < self.total && socket.can_send() {
-            let left = self.total - self.sent;
-            let n = socket
-                .send(|buf| {
-                    let n = buf.len().min(left);
-                    buf[..n].iter_mut().for_each(|b| *b = out.byte());
-                    (n, n)
-                })
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            self.sent += n;
-        }
-        // Close only once everything sent is acknowledged (as the services
-        // do), so that the FIN never follows unacknowledged data.
-        if self.sent == self.total && socket.send_queue() == 0 && !self.closed && socket.may_send() {
-            socket.close();
-            self.closed = true;
-        }
-        while self.reading && socket.can_recv() {
-            let base = self.received;
-            let n = socket
-                .recv(|buf| {
-                    for (i, &b) in buf.iter().enumerate() {
-                        if b != expect.byte() && first_wrong_byte.is_none() {
-                            *first_wrong_byte = Some(base + i);
-                        }
-                    }
-                    (buf.len(), buf.len())
-                })
-                .unwrap();
-            self.received += n;
-        }
+        let read_limit = if self.reading { usize::MAX } else { 0 };
+        self.stream.pump(sockets.get_mut::<tcp::Socket>(self.handle), read_limit);
     }
 
     /// Everything sent (and echoed, for echo), and both sides closed.
     fn finished(&self, sockets: &SocketSet<'static>) -> bool {
-        let expected = if self.echoed { self.total } else { 0 };
-        self.sent == self.total && self.received == expected && !sockets.get::<tcp::Socket>(self.handle).is_open()
+        let StreamCheck { total, sent, received, .. } = self.stream;
+        let expected = if self.echoed { total } else { 0 };
+        sent == total && received == expected && !sockets.get::<tcp::Socket>(self.handle).is_open()
     }
 
     fn assert_intact(&self) {
-        let expected = if self.echoed { self.total } else { 0 };
-        assert_eq!(self.received, expected, "client {} got every byte back", self.host_port);
-        assert_eq!(self.first_wrong_byte, None, "client {} got its bytes unchanged and in order", self.host_port);
+        let expected = if self.echoed { self.stream.total } else { 0 };
+        assert_eq!(self.stream.received, expected, "client {} got every byte back", self.host_port);
+        assert_eq!(
+            self.stream.first_wrong_byte, None,
+            "client {} got its bytes unchanged and in order",
+            self.host_port
+        );
     }
 }
 
@@ -942,7 +858,7 @@ fn a_flow_on_the_wrong_queue_is_served_by_its_owner() {
     };
     sim.drive(Duration::from_secs(5), |s| {
         client.pump(&mut s.host_sockets);
-        client.received > 0
+        client.stream.received > 0
     });
     assert!(has_socket(&sim, owner) && !has_socket(&sim, other));
 
@@ -1241,7 +1157,7 @@ fn a_full_inbox_drops_and_tcp_recovers() {
         ports.iter().enumerate().map(|(i, &p)| Client::new(&mut sim, Discard::PORT, p, total, 70 + i as u64)).collect();
     // Until the guest has acknowledged some data on every connection: its
     // ACKs open the window beyond the SYN-ACK's unscaled 64 KiB.
-    let acked = |c: &Client, s: &Sim| c.sent - s.host_sockets.get::<tcp::Socket>(c.handle).send_queue();
+    let acked = |c: &Client, s: &Sim| c.stream.sent - s.host_sockets.get::<tcp::Socket>(c.handle).send_queue();
     sim.drive(Duration::from_secs(5), |s| {
         clients.iter_mut().for_each(|c| c.pump(&mut s.host_sockets));
         clients.iter().all(|c| acked(c, s) >= 16 * KIB)
@@ -1326,15 +1242,7 @@ struct Seg {
 
 impl Seg {
     fn parse(frame: &[u8]) -> Option<Seg> {
-        let eth = EthernetFrame::new_checked(frame).ok()?;
-        if eth.ethertype() != EthernetProtocol::Ipv4 {
-            return None;
-        }
-        let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-        if ip.next_header() != IpProtocol::Tcp {
-            return None;
-        }
-        let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+        let (_, _, tcp) = frames::tcp_in(frame)?;
         Some(Seg {
             src_port: tcp.src_port(),
             dst_port: tcp.dst_port(),
@@ -1363,41 +1271,15 @@ fn host_segment(
     window: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let (src, dst) = (Ipv4Address::from(HOST_IP), Ipv4Address::from(GUEST.ip));
-    let tcp = TcpRepr {
-        src_port: host_port,
-        dst_port: guest_port,
-        control: TcpControl::Psh,
-        seq_number: seq,
-        ack_number: Some(ack),
-        window_len: window,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
+    frames::tcp_frame(
+        End { mac: HOST_MAC, ip: Ipv4Address::from(HOST_IP), port: host_port },
+        End { mac: GUEST.mac, ip: Ipv4Address::from(GUEST.ip), port: guest_port },
+        TcpControl::Psh,
+        seq,
+        ack,
+        window,
         payload,
-    };
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let eth = EthernetRepr {
-        src_addr: EthernetAddress(HOST_MAC),
-        dst_addr: EthernetAddress(GUEST.mac),
-        ethertype: EthernetProtocol::Ipv4,
-    };
-    let mut frame = vec![0u8; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
-    let mut f = EthernetFrame::new_unchecked(&mut frame[..]);
-    eth.emit(&mut f);
-    let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
-    let checksums = ChecksumCapabilities::default();
-    ip.emit(&mut p, &checksums);
-    tcp.emit(&mut TcpPacket::new_unchecked(p.payload_mut()), &src.into(), &dst.into(), &checksums);
-    frame
+    )
 }
 
 /// `n` bytes of the stream `Stream::new(seed)` from `offset` on.

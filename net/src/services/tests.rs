@@ -15,13 +15,13 @@ use smoltcp::iface::{PollIngressSingleResult, PollResult, SocketHandle, SocketSe
 use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, TcpControl, TcpPacket, TcpRepr,
-};
+use smoltcp::wire::{IpAddress, Ipv4Address, TcpControl, TcpRepr};
 
 use super::echo::EchoConnection;
 use super::*;
 use crate::stack::{NetConfig, Stack};
+use crate::test_support::client::StreamCheck;
+use crate::test_support::frames;
 
 const GUEST: NetConfig = NetConfig { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24 };
 const HOST: NetConfig = NetConfig { mac: [0x02, 0, 0, 0, 0, 1], ip: [10, 99, 0, 1], prefix_len: 24 };
@@ -32,17 +32,8 @@ const MS: Duration = Duration::from_millis(1);
 
 /// The ports of a TCP segment in an Ethernet frame, and the segment.
 fn tcp_of(frame: &[u8]) -> Option<(u16, u16, TcpRepr<'_>)> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return None;
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-    if ip.next_header() != IpProtocol::Tcp {
-        return None;
-    }
-    let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
-    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
-    let repr = TcpRepr::parse(&tcp, &src, &dst, &ChecksumCapabilities::default()).ok()?;
+    let (src, dst, tcp) = frames::tcp_in(frame)?;
+    let repr = TcpRepr::parse(&tcp, &src.into(), &dst.into(), &ChecksumCapabilities::default()).ok()?;
     Some((repr.src_port, repr.dst_port, repr))
 }
 
@@ -288,97 +279,29 @@ impl World {
     }
 }
 
-/// A reproducible stream of pseudo-random bytes (xorshift).
-struct Bytes(u64);
-
-impl Bytes {
-    fn next(&mut self) -> u8 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        (x >> 32) as u8
-    }
-}
-
 /// A host client that sends `total` pseudo-random bytes, closes, and checks
 /// that the echo is exactly those bytes.
 struct EchoClient {
     handle: SocketHandle,
-    total: usize,
-    out: Bytes,
-    expect: Bytes,
-    sent: usize,
-    received: usize,
+    stream: StreamCheck,
     /// The most it reads per step: a slow reader makes the guest's transmit
     /// buffer fill up, and the echo wait for room.
     read_limit: usize,
-    first_wrong_byte: Option<usize>,
-    closed: bool,
 }
 
 impl EchoClient {
     fn new(world: &mut World, port: u16, local_port: u16, total: usize, seed: u64, read_limit: usize) -> EchoClient {
-        EchoClient {
-            handle: world.client(port, local_port),
-            total,
-            out: Bytes(seed),
-            expect: Bytes(seed),
-            sent: 0,
-            received: 0,
-            read_limit,
-            first_wrong_byte: None,
-            closed: false,
-        }
+        EchoClient { handle: world.client(port, local_port), stream: StreamCheck::new(total, seed), read_limit }
     }
 
     /// Sends what fits, reads what is there (up to the limit).
     fn pump(&mut self, sockets: &mut SocketSet<'static>) {
-        let socket = sockets.get_mut::<tcp::Socket>(self.handle);
-        let EchoClient { out, expect, first_wrong_byte, .. } = self;
-        while self.sent < self.total && socket.can_send() {
-            let left = self.total - self.sent;
-            let n = socket
-                .send(|buf| {
-                    let n = buf.len().min(left);
-                    buf[..n].iter_mut().for_each(|b| *b = out.next());
-                    (n, n)
-                })
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            self.sent += n;
-        }
-        // Like the services (see `close_after_peer`), close once everything
-        // sent is acknowledged, so the FIN never follows unacknowledged data.
-        if self.sent == self.total && socket.send_queue() == 0 && !self.closed && socket.may_send() {
-            socket.close();
-            self.closed = true;
-        }
-        let mut budget = self.read_limit;
-        while budget > 0 && socket.can_recv() {
-            let base = self.received;
-            let n = socket
-                .recv(|buf| {
-                    let n = buf.len().min(budget);
-                    for (i, &b) in buf[..n].iter().enumerate() {
-                        if b != expect.next() && first_wrong_byte.is_none() {
-                            *first_wrong_byte = Some(base + i);
-                        }
-                    }
-                    (n, n)
-                })
-                .unwrap();
-            budget -= n;
-            self.received += n;
-        }
+        self.stream.pump(sockets.get_mut::<tcp::Socket>(self.handle), self.read_limit);
     }
 
     /// Everything echoed, and the guest closed too.
     fn finished(&self, sockets: &SocketSet<'static>) -> bool {
-        self.received == self.total && !sockets.get::<tcp::Socket>(self.handle).is_open()
+        self.stream.received == self.stream.total && !sockets.get::<tcp::Socket>(self.handle).is_open()
     }
 }
 
@@ -398,8 +321,8 @@ fn eight_echo_clients(loss: Option<Loss>) -> (World, Duration) {
         clients.iter().all(|c| c.finished(&w.host.sockets)) && w.guest_sockets() == w.idle_guest_sockets()
     });
     for (i, c) in clients.iter().enumerate() {
-        assert_eq!(c.received, MIB, "client {i} got all its bytes back");
-        assert_eq!(c.first_wrong_byte, None, "client {i} got its bytes back unchanged and in order");
+        assert_eq!(c.stream.received, MIB, "client {i} got all its bytes back");
+        assert_eq!(c.stream.first_wrong_byte, None, "client {i} got its bytes back unchanged and in order");
     }
     (world, took)
 }
@@ -442,7 +365,7 @@ fn lost_fins_are_retransmitted_and_the_close_stays_clean() {
         client.pump(&mut w.host.sockets);
         client.finished(&w.host.sockets) && w.guest_sockets() == w.idle_guest_sockets()
     });
-    assert_eq!((client.received, client.first_wrong_byte), (10_000, None));
+    assert_eq!((client.stream.received, client.stream.first_wrong_byte), (10_000, None));
     assert_eq!(world.link.fate.dropped, 2, "both FINs were lost once");
     let expected = ConnCounters { accepted: 1, active: 0, closed: 1, ..ConnCounters::default() };
     assert_eq!(world.services.counters(), expected);
@@ -508,9 +431,9 @@ fn discard_sinks_ten_mebibytes_and_counts_them() {
     let mut client = EchoClient::new(&mut world, Discard::PORT, 50_100, total, 7, usize::MAX);
     world.drive(Duration::from_secs(60), |w| {
         client.pump(&mut w.host.sockets);
-        client.sent == total && !w.host.sockets.get::<tcp::Socket>(client.handle).is_open()
+        client.stream.sent == total && !w.host.sockets.get::<tcp::Socket>(client.handle).is_open()
     });
-    assert_eq!(client.received, 0, "discard sends nothing");
+    assert_eq!(client.stream.received, 0, "discard sends nothing");
     assert_eq!(world.services.bytes_received_by(Discard::PORT), total as u64);
     assert_eq!(world.services.bytes_sent_by(Discard::PORT), 0);
     // The guest closed after the client did: the client is in TIME-WAIT.
@@ -552,7 +475,7 @@ fn a_syn_burst_beyond_the_backlog_is_all_accepted_when_relistening_per_packet() 
         clients.iter_mut().for_each(|c| c.pump(&mut w.host.sockets));
         clients.iter().all(|c| c.finished(&w.host.sockets)) && w.guest_sockets() == w.idle_guest_sockets()
     });
-    assert!(clients.iter().all(|c| c.received == 100 && c.first_wrong_byte.is_none()));
+    assert!(clients.iter().all(|c| c.stream.received == 100 && c.stream.first_wrong_byte.is_none()));
     let expected = ConnCounters { accepted: 20, active: 0, closed: 20, ..ConnCounters::default() };
     assert_eq!(world.services.counters(), expected);
     assert_eq!(most_sockets, 16 + 20, "every SYN took a listener, and each was replaced at once");
@@ -700,7 +623,7 @@ fn at_the_connection_cap_syns_are_refused_and_memory_stays_bounded() {
         late.pump(&mut w.host.sockets);
         late.finished(&w.host.sockets) && w.services.counters().active == 0
     });
-    assert_eq!(late.received, 1000);
+    assert_eq!(late.stream.received, 1000);
     assert!(most_sockets <= 3, "at most max_connections + backlog sockets: {most_sockets}");
     let expected = ConnCounters { accepted: 3, active: 0, closed: 3, ..ConnCounters::default() };
     assert_eq!(world.services.counters(), expected);
