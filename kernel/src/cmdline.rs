@@ -97,8 +97,8 @@ pub struct BootOptions {
     pub tcp_buffer: Option<u32>,
     /// How a vCPU without a queue pair of its own transmits (`tx-share=`).
     pub tx_share: TxShare,
-    /// The in-kernel TCP services to run (`services=echo,discard` or
-    /// `services=none`); all of them by default.
+    /// The in-kernel TCP services to run (`services=echo,discard,metrics`
+    /// or `services=none`); all of them by default.
     pub services: Services,
 }
 
@@ -126,17 +126,19 @@ pub enum TxShare {
 pub struct Services {
     pub echo: bool,
     pub discard: bool,
+    /// The counters in the Prometheus text format, HTTP port 9100.
+    pub metrics: bool,
 }
 
 impl Default for Services {
     fn default() -> Self {
-        Services { echo: true, discard: true }
+        Services { echo: true, discard: true, metrics: true }
     }
 }
 
 impl Services {
     fn parse(value: &str) -> Option<Services> {
-        let mut s = Services { echo: false, discard: false };
+        let mut s = Services { echo: false, discard: false, metrics: false };
         if value == "none" {
             return Some(s);
         }
@@ -144,6 +146,7 @@ impl Services {
             match name {
                 "echo" => s.echo = true,
                 "discard" => s.discard = true,
+                "metrics" => s.metrics = true,
                 _ => return None,
             }
         }
@@ -216,7 +219,7 @@ impl Default for BootOptions {
             net_fault: None,
             tcp_buffer: None,
             tx_share: TxShare::Lock,
-            services: Services { echo: true, discard: true },
+            services: Services { echo: true, discard: true, metrics: true },
         }
     }
 }
@@ -396,9 +399,13 @@ mod tests {
         let (o, p) = parse("tcp-buf=512K tx-share=handoff services=echo");
         assert!(p.is_empty(), "{p:?}");
         assert_eq!((o.tcp_buffer, o.tx_share), (Some(512 << 10), TxShare::Handoff));
-        assert_eq!(o.services, Services { echo: true, discard: false });
-        assert_eq!(parse("services=none").0.services, Services { echo: false, discard: false });
-        assert_eq!(BootOptions::default().services, Services { echo: true, discard: true });
+        assert_eq!(o.services, Services { echo: true, discard: false, metrics: false });
+        assert_eq!(parse("services=none").0.services, Services { echo: false, discard: false, metrics: false });
+        assert_eq!(
+            parse("services=metrics,discard").0.services,
+            Services { echo: false, discard: true, metrics: true }
+        );
+        assert_eq!(BootOptions::default().services, Services { echo: true, discard: true, metrics: true });
         assert_eq!(BootOptions::default().tx_share, TxShare::Lock);
         assert_eq!(parse("tcp-buf=1M").0.tcp_buffer, Some(1 << 20));
         assert_eq!(parse("tcp-buf=65536").0.tcp_buffer, Some(65536));

@@ -86,6 +86,9 @@ pub struct NetCase {
     /// At the end, one ARP request for the guest from the tap, which must
     /// get exactly one reply however many stacks the guest runs.
     pub arp_probe: bool,
+    /// Then one scrape of the guest's Prometheus endpoint (port 9100),
+    /// which must parse and have one row per vCPU.
+    pub metrics: bool,
     /// Then TCP loads against the guest's echo and discard services.
     pub tcp: Option<TcpCase>,
     /// Offer the guest virtio-net RSS and hash reports (`rss=on,hash=on`).
@@ -124,6 +127,7 @@ impl NetCase {
             tap_mtu: None,
             jumbo_pings: None,
             arp_probe: false,
+            metrics: false,
             tcp: None,
             rss: false,
         }
@@ -157,6 +161,7 @@ pub const STEP_PING: &str = "ping";
 pub const STEP_FLOWS: &str = "udp flows";
 pub const STEP_AFTER_FLOODS: &str = "ping after the floods";
 pub const STEP_ARP: &str = "arp";
+pub const STEP_METRICS: &str = "metrics";
 
 pub const STEP_TCP_ECHO: &str = "tcp echo";
 pub const STEP_TCP_DISCARD: &str = "tcp discard";
@@ -318,7 +323,7 @@ pub fn cases() -> Vec<BootCase> {
             )
         },
         BootCase {
-            net: Some(NetCase { arp_probe: true, ..NetCase::new(4) }),
+            net: Some(NetCase { arp_probe: true, metrics: true, ..NetCase::new(4) }),
             ..case("net-smp4-queues4", Bios, 4, 512, NET, Expect::Network { pairs: 4, vectors: Vectors::PerQueue })
         },
         BootCase {
@@ -958,6 +963,10 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vecto
         None => return Err("the host-side traffic never ran".into()),
     };
     let arrived = check_traffic(&net, out)?;
+    if net.metrics {
+        let scrape = crate::traffic::find_section(out, STEP_METRICS).ok_or("no metrics scrape in the transcript")?;
+        check_metrics(&scrape, usize::from(case.cpus))?;
+    }
     if let Some(tcp) = net.tcp {
         check_tcp(case, &net, &tcp, out, report)?;
     }
@@ -1139,6 +1148,38 @@ fn check_tcp(case: &BootCase, net: &NetCase, tcp: &TcpCase, out: &str, report: &
                 per_cpu(&cpus, "misses")
             ));
         }
+    }
+    Ok(())
+}
+
+/// Checks a scrape of `GET /metrics` (`status N` then the body): HTTP 200;
+/// every line a comment or `mqnet_name{labels} value`; every series with
+/// one sample per vCPU (`rows`); frames counted as received.
+pub fn check_metrics(scrape: &str, rows: usize) -> Result<(), String> {
+    let mut lines = scrape.lines();
+    match lines.next().map(str::trim) {
+        Some("status 200") => {}
+        other => return Err(format!("GET /metrics answered {other:?}, not status 200")),
+    }
+    let mut samples: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for line in lines.filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        let parsed = line.split_once('{').and_then(|(name, rest)| {
+            let (labels, value) = rest.split_once("} ")?;
+            let ok = name.starts_with("mqnet_") && !labels.contains('}') && labels.contains("cpu=\"");
+            let value = value.trim().parse::<u64>().ok()?;
+            ok.then_some((name, value))
+        });
+        let Some((name, value)) = parsed else { return Err(format!("not a metrics sample: {line:?}")) };
+        samples.entry(name).or_default().push(value);
+    }
+    if samples.is_empty() {
+        return Err("GET /metrics returned no samples".into());
+    }
+    if let Some((name, v)) = samples.iter().find(|(_, v)| v.len() != rows) {
+        return Err(format!("{name} has {} samples, not one per vCPU ({rows})", v.len()));
+    }
+    if samples.get("mqnet_rx_packets").is_none_or(|v| v.iter().sum::<u64>() == 0) {
+        return Err("mqnet_rx_packets counts no received frame".into());
     }
     Ok(())
 }
@@ -1398,8 +1439,17 @@ mod tests {
 
     /// What `net-smp4-queues4`'s host side sees from a good guest.
     fn ok_traffic() -> String {
-        transcript(&[(STEP_PING, OK_PING), (STEP_FLOWS, "128 datagrams on 32 flows"), (STEP_ARP, "arp replies 1")])
+        transcript(&[
+            (STEP_PING, OK_PING),
+            (STEP_FLOWS, "128 datagrams on 32 flows"),
+            (STEP_ARP, "arp replies 1"),
+            (STEP_METRICS, OK_METRICS),
+        ])
     }
+
+    /// A good scrape of a 4-vCPU guest.
+    const OK_METRICS: &str = "status 200\n# TYPE mqnet_rx_packets counter\nmqnet_rx_packets{cpu=\"0\"} 9\n\
+        mqnet_rx_packets{cpu=\"1\"} 9\nmqnet_rx_packets{cpu=\"2\"} 9\nmqnet_rx_packets{cpu=\"3\"} 9\n";
 
     fn net_report(l: &[String]) -> RunReport {
         let mut r = report(Outcome::Stopped(StopReason::Finished), &lines(l));
@@ -1687,6 +1737,7 @@ mod tests {
             let mut r = net_report(&net_case_lines(&|p| new_stats(p, 60, NO_DROPS, TX_OK)));
             let mut steps = vec![(STEP_PING, OK_PING), (STEP_FLOWS, "")];
             steps.extend(arp.map(|a| (STEP_ARP, a)));
+            steps.push((STEP_METRICS, OK_METRICS));
             r.action = Some(Ok(transcript(&steps)));
             check(&c, &r)
         };
@@ -1699,7 +1750,8 @@ mod tests {
         assert!(run(Some("arp replies 0")).unwrap_err().contains("got 0 replies"));
         assert_eq!(run(None).unwrap_err(), "no `arp replies N` from the `arp` step");
         // Cases without the probe do not ask for it.
-        let without = BootCase { net: Some(NetCase { arp_probe: false, ..c.net.unwrap() }), ..c.clone() };
+        let without =
+            BootCase { net: Some(NetCase { arp_probe: false, metrics: false, ..c.net.unwrap() }), ..c.clone() };
         let mut r = net_report(&net_case_lines(&|p| new_stats(p, 60, NO_DROPS, TX_OK)));
         r.action = Some(Ok(transcript(&[(STEP_PING, OK_PING), (STEP_FLOWS, "")])));
         assert_eq!(check(&without, &r), Ok(()));
@@ -1917,6 +1969,25 @@ mod tests {
             "1 TCP resets answered flows of another vCPU (per vCPU: 0/0/0/1): a segment reached a stack that does not \
              own its connection"
         );
+    }
+
+    #[test]
+    fn metrics_scrapes_are_checked() {
+        let row = |c: u32, rx: u64| {
+            format!("mqnet_rx_packets{{cpu=\"{c}\",rxq=\"{}\"}} {rx}\nmqnet_tcp_active{{cpu=\"{c}\"}} 0\n", 2 * c)
+        };
+        let body = format!(
+            "status 200\n# HELP mqnet_rx_packets x\n# TYPE mqnet_rx_packets counter\n{}{}",
+            row(0, 5),
+            row(1, 0)
+        );
+        assert_eq!(check_metrics(&body, 2), Ok(()));
+        assert_eq!(check_metrics(&body, 3).unwrap_err(), "mqnet_rx_packets has 2 samples, not one per vCPU (3)");
+        assert!(check_metrics("status 404\nnothing", 2).unwrap_err().contains("not status 200"));
+        assert!(check_metrics(&format!("{body}garbage line\n"), 2).unwrap_err().contains("not a metrics sample"));
+        let idle = format!("status 200\n{}{}", row(0, 0), row(1, 0));
+        assert_eq!(check_metrics(&idle, 2).unwrap_err(), "mqnet_rx_packets counts no received frame");
+        assert_eq!(check_metrics("status 200\n", 2).unwrap_err(), "GET /metrics returned no samples");
     }
 
     #[test]

@@ -369,6 +369,9 @@ fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::p
         let arp = traffic::arp_probe(ns, &tap.tap, tap.host_addr, tap.guest_addr, ARP_LISTEN)?;
         out += &traffic::section(STEP_ARP, &arp);
     }
+    if net.metrics {
+        out += &traffic::section(STEP_METRICS, &traffic::metrics_scrape(ns, &guest)?);
+    }
     if let Some(tcp) = net.tcp {
         use crate::tcpload::{LoadSummary, Mode, DISCARD_PORT, ECHO_PORT};
         let (c, b) = (tcp.echo_connections, tcp.echo_bytes);

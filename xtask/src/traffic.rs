@@ -269,6 +269,27 @@ pub fn udp_flows(netns: &str, addr: &str, flows: u16, per_flow: u16) -> Result<S
     Ok(format!("{} datagrams on {flows} flows", flows as u32 * per_flow as u32))
 }
 
+/// One `GET /metrics` from the guest's Prometheus endpoint (port 9100),
+/// with a 5 s timeout: `status N` and then the body.
+pub fn metrics_scrape(netns: &str, addr: &str) -> Result<String, String> {
+    let script = format!(
+        "import urllib.request, urllib.error, sys\n\
+         try:\n\
+         \x20   r = urllib.request.urlopen('http://{addr}:9100/metrics', timeout=5)\n\
+         \x20   status, body = r.status, r.read()\n\
+         except urllib.error.HTTPError as e:\n\
+         \x20   status, body = e.code, e.read()\n\
+         print('status', status)\n\
+         sys.stdout.write(body.decode('utf-8', 'replace'))\n"
+    );
+    let out =
+        in_netns(netns, "python3").args(["-c", &script]).output().map_err(|e| format!("could not run python3: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("metrics scrape failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Sends one broadcast ARP request for `guest` out of `tap` (sender: the
 /// tap's own MAC and `host`), then listens for `listen` and counts the ARP
 /// replies whose sender is `guest`: one frame out, a finite window. Prints

@@ -22,6 +22,7 @@ use log::{info, warn};
 use net::cpu::{plan_shares, CpuNet, Fabric, Queues, Share, Wake};
 use net::device::{Doorbell, TxPath};
 use net::inbox::Inbox;
+use net::services::metrics::{Board, Metrics, Series};
 use net::services::{discard::Discard, echo::Echo, Services, TcpConfig};
 use spin::Mutex;
 
@@ -33,6 +34,9 @@ use crate::runloop::{Local, Poll};
 /// Without MSI-X, how often an owning CPU polls its queues.
 const POLL_INTERVAL_NS: u64 = 1_000_000;
 const NET_STATS_TIMER: u32 = 4;
+/// Copies this vCPU's counters into the metrics board.
+const METRICS_TIMER: u32 = 8;
+const METRICS_PERIOD_NS: u64 = 100_000_000;
 const POLL_TIMER: u32 = 5;
 const WATCHDOG_TIMER: u32 = 6;
 /// When smoltcp wants to be polled again (delayed ACKs, retransmits).
@@ -191,6 +195,9 @@ fn services(cpus: usize) -> Services {
     if options.services.discard {
         s.add(Box::new(Discard));
     }
+    if let (true, Some(board)) = (options.services.metrics, METRICS.get()) {
+        s.add(Box::new(Metrics::new(board)));
+    }
     s
 }
 
@@ -223,6 +230,10 @@ pub fn claim<S: HasNic>(local: &mut Local<S>) -> Poll {
     if nic.polled && has_pair {
         let period = crate::arch::time::clock().nanos_to_ticks(POLL_INTERVAL_NS);
         local.add_timer(POLL_TIMER, time::rdtsc() + period, period, |_, _| {});
+    }
+    if METRICS.get().is_some() {
+        let period = crate::arch::time::clock().nanos_to_ticks(METRICS_PERIOD_NS);
+        local.add_timer(METRICS_TIMER, time::rdtsc() + period, period, |l, _| publish(l));
     }
     if let Some(ms) = crate::boot_options().net_stats_ms {
         let period = crate::arch::time::clock().nanos_to_ticks(ms as u64 * 1_000_000);
@@ -502,4 +513,98 @@ pub fn count_queue_irq(q: usize) {
             CpuStats::add(c, 1);
         }
     }
+}
+
+/// What `GET /metrics` (port 9100) shows, one row per network vCPU; the
+/// values are published in this order by [`publish`].
+static SERIES: [Series; 23] = [
+    Series::counter("rx_packets", "Frames received on the vCPU's own receive queue."),
+    Series::counter("rx_bytes", "Bytes received on the vCPU's own receive queue."),
+    Series::counter("rx_kicks", "Receive queue notifications to the device."),
+    Series::counter("rx_irqs", "Receive queue interrupts."),
+    Series::counter("rx_drops", "Received frames dropped (bad device input, too long)."),
+    Series::counter("tx_packets", "Frames queued on the transmit queue this vCPU owns."),
+    Series::counter("tx_bytes", "Bytes queued on the transmit queue this vCPU owns."),
+    Series::counter("tx_kicks", "Transmit queue notifications to the device."),
+    Series::counter("tx_irqs", "Transmit queue interrupts."),
+    Series::counter("tx_full", "Frames dropped because the transmit ring was full."),
+    Series::counter("tx_drops", "Transmit completions dropped (bad device input)."),
+    Series::counter("rescues", "Notifications the device did not ask for (lost-notification rescues)."),
+    Series::counter("tx_watchdog", "Transmit watchdog notifications."),
+    Series::counter("tcp_accepted", "TCP connections accepted by this vCPU's services."),
+    Series::gauge("tcp_active", "TCP connections open on this vCPU."),
+    Series::counter("tcp_closed", "TCP connections closed in order."),
+    Series::counter("tcp_reset", "TCP connections reset or timed out."),
+    Series::counter("steer_misses", "Frames of another vCPU's flow received here and handed to its inbox."),
+    Series::counter("inbox_in", "Frames this vCPU took from its inbox."),
+    Series::counter("inbox_drops", "Frames other vCPUs could not hand to this vCPU (inbox full)."),
+    Series::counter("cpu_busy_ns", "Time the vCPU spent working."),
+    Series::counter("cpu_halted_ns", "Time the vCPU spent halted."),
+    Series::counter("interrupts", "Interrupts the vCPU took."),
+];
+
+/// The metrics board, one row per network vCPU (set once at bring-up).
+static METRICS: spin::Once<Board> = spin::Once::new();
+
+/// Creates the board for the network vCPUs `cpus` (per-CPU indices), of
+/// which the first `pairs` own a queue pair.
+pub(super) fn create_board(cpus: &[u32], pairs: u16) {
+    let labels = cpus
+        .iter()
+        .enumerate()
+        .map(|(n, &c)| match u16::try_from(n).ok().filter(|&p| p < pairs) {
+            Some(p) => alloc::format!(
+                "cpu=\"{c}\",rxq=\"{}\",txq=\"{}\"",
+                drivers::virtio::net::rx_queue(p),
+                drivers::virtio::net::tx_queue(p)
+            ),
+            None => alloc::format!("cpu=\"{c}\""),
+        })
+        .collect();
+    METRICS.call_once(|| Board::new(&SERIES, labels));
+}
+
+/// Copies this vCPU's counters into its row of the board.
+fn publish<S: HasNic>(local: &mut Local<S>) {
+    let (Some(board), Some(nic)) = (METRICS.get(), NIC.get()) else { return };
+    let cpu = local.cpu;
+    let Some(mine) = local.state.as_mut().as_mut() else { return };
+    let irqs = |q: u16| cpu.stats.queue_irqs.get(q as usize).map_or(0, |a| a.load(Ordering::Relaxed));
+    let sum = |d: [(&'static str, u64); 5]| d.iter().map(|(_, n)| n).sum::<u64>();
+    let (r, rxq) = match mine.rx.as_mut() {
+        Some(rx) => (rx.stats(), Some(rx.index)),
+        None => (QueueStats::default(), None),
+    };
+    let (t, txq) = match mine.with_tx(|t| (t.stats(), t.index)) {
+        Some((t, q)) => (t, Some(q)),
+        None => (QueueStats::default(), None),
+    };
+    let (c, k, inbox) = (mine.net.connections(), mine.net.counters(), mine.net.inbox_stats(nic.fabric));
+    let clock = crate::arch::time::clock();
+    let values = [
+        r.packets,
+        r.bytes,
+        r.kicks,
+        rxq.map_or(0, irqs),
+        sum(drops(&r)),
+        t.packets,
+        t.bytes,
+        t.kicks,
+        txq.map_or(0, irqs),
+        t.full,
+        t.drop_bad_len + t.drop_bad_id + t.drop_too_long,
+        r.rescues + t.rescues,
+        t.watchdog,
+        c.accepted,
+        c.active,
+        c.closed,
+        c.reset,
+        k.misses,
+        k.inbox_in,
+        inbox.dropped_full + inbox.dropped_too_long,
+        clock.ticks_to_nanos(cpu.stats.busy_tsc.load(Ordering::Relaxed)),
+        clock.ticks_to_nanos(cpu.stats.halted_tsc.load(Ordering::Relaxed)),
+        cpu.stats.interrupts.load(Ordering::Relaxed),
+    ];
+    board.publish(mine.id as usize, &values);
 }

@@ -13,7 +13,7 @@
 mod cpu;
 
 pub use cpu::{claim, count_queue_irq, CpuNic};
-use cpu::{claims, Claim};
+use cpu::{claims, create_board, Claim};
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -482,6 +482,8 @@ fn bring_up(
             }
         );
     }
+    let net_cpus: Vec<u32> = online.iter().copied().take(cpus).collect();
+    create_board(&net_cpus, pairs);
     let unclaimed = claims(queues, cpus as u16, share, fabric).into_iter().map(|c| Mutex::new(Some(c))).collect();
     Ok(Nic {
         pairs,

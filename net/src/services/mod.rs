@@ -84,6 +84,7 @@ use smoltcp::wire::IpAddress;
 
 pub mod discard;
 pub mod echo;
+pub mod metrics;
 
 pub use discard::Discard;
 pub use echo::Echo;
