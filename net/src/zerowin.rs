@@ -20,13 +20,19 @@
 //! the stack a copy without the data first: headers only, checksums
 //! recomputed. smoltcp accepts that copy when it starts at `RCV.NXT` and
 //! takes its ACK and window; the original follows and is judged as before.
-//! A handful of flows at once is plenty (a flow leaves the set as soon as we
-//! advertise a window again); when the set is full, the oldest is dropped.
+//! The set is a table of 64 buckets of 8 flows, chosen by a hash of the
+//! ports (at most 8 compares per frame), so it holds every connection a
+//! vCPU is likely to have: a flow pushed out of a full bucket is stuck
+//! again until we next send it a zero window (an echo under load has dozens
+//! of flows in this state at once; an earlier 8-entry set lost some and
+//! stalled them for minutes).
+//! A flow leaves the set as soon as we advertise a window again.
 
 use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket};
 
-/// Flows tracked at once, per vCPU.
-pub const CAPACITY: usize = 8;
+/// Buckets of the per-vCPU table, and flows per bucket.
+pub const BUCKETS: usize = 64;
+pub const WAYS: usize = 8;
 /// The largest payload-less copy: Ethernet, IPv4 and TCP headers with
 /// their longest options.
 pub const COPY_MAX: usize = 14 + 60 + 60;
@@ -55,22 +61,39 @@ fn segment(frame: &[u8]) -> Option<(usize, usize, usize, Key)> {
 }
 
 /// The flows of one vCPU whose receive window we last advertised as zero.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ZeroWindows {
-    flows: [Option<Key>; CAPACITY],
-    /// Where the next new flow goes (the oldest entry when full).
-    next: usize,
+    /// Bucket [`bucket`] of a flow holds it, if anywhere.
+    flows: alloc::boxed::Box<[[Option<Key>; WAYS]]>,
+    /// Flows in the table (the per-packet check is one compare while 0).
+    len: usize,
     /// Payload-less copies handed to the stack.
     pub copies: u64,
 }
 
+impl Default for ZeroWindows {
+    fn default() -> Self {
+        ZeroWindows::new()
+    }
+}
+
+/// A flow's bucket: its ports mixed (a vCPU's flows differ in the peer's
+/// port, which the host picks).
+fn bucket(key: &Key) -> usize {
+    let x = (u32::from(key.2) << 16 | u32::from(key.3)).wrapping_mul(0x9e37_79b1);
+    (x >> 16) as usize % BUCKETS
+}
+
 impl ZeroWindows {
-    pub const fn new() -> ZeroWindows {
-        ZeroWindows { flows: [None; CAPACITY], next: 0, copies: 0 }
+    pub fn new() -> ZeroWindows {
+        // Built on the heap bucket by bucket: the whole table (8 KiB) is too
+        // big a temporary for a vCPU's stack.
+        let flows = alloc::vec![[None; WAYS]; BUCKETS].into_boxed_slice();
+        ZeroWindows { flows, len: 0, copies: 0 }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.flows.iter().all(Option::is_none)
+        self.len == 0
     }
 
     /// Looks at a frame we transmit: a TCP segment advertising a zero window
@@ -79,14 +102,22 @@ impl ZeroWindows {
         let Some((ihl, _, _, (ours, peer, our_port, peer_port))) = segment(frame) else { return };
         let key = (peer, ours, peer_port, our_port);
         let window = u16::from_be_bytes([frame[14 + ihl + 14], frame[14 + ihl + 15]]);
-        let at = self.flows.iter().position(|f| *f == Some(key));
+        let ways = &mut self.flows[bucket(&key)];
+        let at = ways.iter().position(|f| *f == Some(key));
         match (window, at) {
-            (0, None) => {
-                self.flows[self.next] = Some(key);
-                self.next = (self.next + 1) % CAPACITY;
-            }
+            (0, None) => match ways.iter().position(Option::is_none) {
+                Some(free) => {
+                    ways[free] = Some(key);
+                    self.len += 1;
+                }
+                // A full bucket: the first flow in it makes room.
+                None => ways[0] = Some(key),
+            },
             (0, Some(_)) => {}
-            (_, Some(i)) => self.flows[i] = None,
+            (_, Some(i)) => {
+                ways[i] = None;
+                self.len -= 1;
+            }
             (_, None) => {}
         }
     }
@@ -99,7 +130,7 @@ impl ZeroWindows {
             return None;
         }
         let (ihl, thl, payload, key) = segment(frame)?;
-        if payload == 0 || !self.flows.contains(&Some(key)) {
+        if payload == 0 || !self.flows[bucket(&key)].contains(&Some(key)) {
             return None;
         }
         let len = 14 + ihl + thl;
@@ -180,15 +211,30 @@ mod tests {
     }
 
     #[test]
-    fn the_set_is_bounded_and_forgets_the_oldest() {
+    fn every_flow_of_a_busy_vcpu_is_remembered() {
         let mut z = ZeroWindows::new();
-        for port in 0..(CAPACITY as u16 + 3) {
-            z.on_transmit(&tcp_frame(GUEST, HOST, (7, 50000 + port), 0, b"", false));
-        }
         let mut out = [0u8; COPY_MAX];
-        assert_eq!(z.strip(&tcp_frame(HOST, GUEST, (50000, 7), 1, b"a", false), &mut out), None, "forgotten");
-        let newest = 50000 + CAPACITY as u16 + 2;
+        // 100 flows at once, on ports a host would pick.
+        let ports: Vec<u16> = (0..100u16).map(|i| 32768 + i * 7).collect();
+        for &p in &ports {
+            z.on_transmit(&tcp_frame(GUEST, HOST, (7, p), 0, b"", false));
+        }
+        for &p in &ports {
+            assert!(z.strip(&tcp_frame(HOST, GUEST, (p, 7), 1, b"a", false), &mut out).is_some(), "port {p}");
+        }
+        for &p in &ports {
+            z.on_transmit(&tcp_frame(GUEST, HOST, (7, p), 64, b"", false));
+        }
+        assert!(z.is_empty(), "every flow left when it got a window again");
+        // A full bucket makes room for a newcomer.
+        let same_bucket: Vec<u16> =
+            (1024..u16::MAX).filter(|&p| bucket(&(HOST.octets(), GUEST.octets(), p, 7)) == 0).take(WAYS + 1).collect();
+        for &p in &same_bucket {
+            z.on_transmit(&tcp_frame(GUEST, HOST, (7, p), 0, b"", false));
+        }
+        let newest = same_bucket[WAYS];
         assert!(z.strip(&tcp_frame(HOST, GUEST, (newest, 7), 1, b"a", false), &mut out).is_some());
+        assert_eq!(z.strip(&tcp_frame(HOST, GUEST, (same_bucket[0], 7), 1, b"a", false), &mut out), None);
     }
 
     #[test]

@@ -112,7 +112,12 @@ macro_rules! offset_of_label {
     };
 }
 
-const AP_STACK_SIZE: usize = 64 * 1024;
+/// As large as the boot CPU's: every vCPU runs a network stack, whose
+/// bring-up and poll rounds put big frames on the stack. 64 KiB was
+/// overrun (silently: these stacks come from the heap, with no guard page
+/// below them, so the overflow corrupted the heap next to them) once the
+/// zero-window table was built on the stack.
+const AP_STACK_SIZE: usize = 256 * 1024;
 const START_TIMEOUT_MS: u64 = 1000;
 
 /// What an AP needs to know, handed over in RDI.
