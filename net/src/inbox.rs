@@ -69,6 +69,13 @@ pub struct InboxStats {
     pub dropped_too_long: u64,
 }
 
+impl InboxStats {
+    /// Frames refused, for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_full + self.dropped_too_long
+    }
+}
+
 /// Keeps what it holds on cache lines of its own, so that producers bumping
 /// the tail do not keep stealing the line the consumer bumps the head on
 /// (false sharing). 128 rather than 64 bytes: x86 cores prefetch lines in

@@ -715,7 +715,7 @@ impl Sim {
             .iter()
             .map(|v| {
                 let s = v.net.inbox_stats(&self.fabric);
-                s.pushed + s.dropped_full + s.dropped_too_long
+                s.pushed + s.dropped()
             })
             .sum();
         assert_eq!(misses, offered, "every miss was offered to an inbox\n{}", self.report());

@@ -292,17 +292,14 @@ fn poll<S: HasNic>(local: &mut Local<S>) -> Poll {
         rx.queue_mut().disable_interrupts();
     }
     let now = now();
-    let handoff_owner = match mine.tx {
-        CpuTx::Handoff { owner, .. } => Some(owner),
-        _ => None,
-    };
     let round = {
         let (mut queues, net) = mine.queues();
         net.poll(nic.fabric, &mut queues, &nic.doorbells, now, &Waker(&nic.cpus))
     };
-    if let (Some(owner), CpuTx::Handoff { outbox, .. }) = (handoff_owner, &mine.tx) {
+    // Frames handed to the pair's owner: it drains them in its round.
+    if let CpuTx::Handoff { outbox, owner } = &mine.tx {
         if !outbox.is_empty() {
-            Waker(&nic.cpus).wake(owner);
+            Waker(&nic.cpus).wake(*owner);
         }
     }
     if let Some(rx) = mine.rx.as_mut() {
@@ -485,9 +482,9 @@ fn report<S: HasNic>(local: &mut Local<S>) {
         c.reset,
         k.misses,
         k.inbox_in,
-        inbox.dropped_full + inbox.dropped_too_long,
+        inbox.dropped(),
         k.handoff_out,
-        outbox.dropped_full + outbox.dropped_too_long,
+        outbox.dropped(),
         k.resets,
         k.resets_unowned,
         k.zero_window_acks,
@@ -601,7 +598,7 @@ fn publish<S: HasNic>(local: &mut Local<S>) {
         c.reset,
         k.misses,
         k.inbox_in,
-        inbox.dropped_full + inbox.dropped_too_long,
+        inbox.dropped(),
         clock.ticks_to_nanos(cpu.stats.busy_tsc.load(Ordering::Relaxed)),
         clock.ticks_to_nanos(cpu.stats.halted_tsc.load(Ordering::Relaxed)),
         cpu.stats.interrupts.load(Ordering::Relaxed),
