@@ -20,6 +20,8 @@ pub enum Tool {
     Ping,
     /// `python3`, whose sockets generate many-flow test traffic.
     Python3,
+    /// `curl`, which reads the guest's metrics as a user would.
+    Curl,
 }
 
 impl Tool {
@@ -32,6 +34,7 @@ impl Tool {
             Tool::Iproute2 => "iproute2",
             Tool::Ping => "iputils-ping",
             Tool::Python3 => "python3",
+            Tool::Curl => "curl",
         }
     }
 
@@ -43,6 +46,7 @@ impl Tool {
             Tool::Iproute2 => "ip (iproute2)",
             Tool::Ping => "ping",
             Tool::Python3 => "python3",
+            Tool::Curl => "curl",
         }
     }
 
@@ -54,6 +58,7 @@ impl Tool {
             Tool::Iproute2 => find_in_path(crate::netns::IP).is_some(),
             Tool::Ping => find_in_path("ping").is_some(),
             Tool::Python3 => find_in_path("python3").is_some(),
+            Tool::Curl => find_in_path("curl").is_some(),
         }
     }
 }

@@ -97,7 +97,11 @@ pub struct BootOptions {
     pub tcp_buffer: Option<u32>,
     /// How a vCPU without a queue pair of its own transmits (`tx-share=`).
     pub tx_share: TxShare,
-    /// The in-kernel TCP services to run (`services=echo,discard,metrics`
+    /// The flow steering (Toeplitz) key, 40 bytes as 80 hex digits
+    /// (`steer-key=`), for runs that must know which vCPU owns a flow.
+    /// `None`: a random key per boot.
+    pub steer_key: Option<[u8; 40]>,
+    /// The in-kernel TCP services to run (`services=echo,discard,metrics,iperf`
     /// or `services=none`); all of them by default.
     pub services: Services,
 }
@@ -128,17 +132,19 @@ pub struct Services {
     pub discard: bool,
     /// The counters in the Prometheus text format, HTTP port 9100.
     pub metrics: bool,
+    /// The iperf3 server, port 5201.
+    pub iperf: bool,
 }
 
 impl Default for Services {
     fn default() -> Self {
-        Services { echo: true, discard: true, metrics: true }
+        Services { echo: true, discard: true, metrics: true, iperf: true }
     }
 }
 
 impl Services {
     fn parse(value: &str) -> Option<Services> {
-        let mut s = Services { echo: false, discard: false, metrics: false };
+        let mut s = Services { echo: false, discard: false, metrics: false, iperf: false };
         if value == "none" {
             return Some(s);
         }
@@ -147,11 +153,26 @@ impl Services {
                 "echo" => s.echo = true,
                 "discard" => s.discard = true,
                 "metrics" => s.metrics = true,
+                "iperf" | "iperf3" => s.iperf = true,
                 _ => return None,
             }
         }
         Some(s)
     }
+}
+
+/// Parses 40 bytes written as exactly 80 hex digits.
+pub fn parse_key(text: &str) -> Option<[u8; 40]> {
+    let digits = text.as_bytes();
+    if digits.len() != 80 {
+        return None;
+    }
+    let mut key = [0u8; 40];
+    for (byte, pair) in key.iter_mut().zip(digits.chunks(2)) {
+        let hex = |c: u8| (c as char).to_digit(16);
+        *byte = (hex(pair[0])? * 16 + hex(pair[1])?) as u8;
+    }
+    Some(key)
 }
 
 /// Parses a byte size with an optional K or M suffix (`256K`, `1M`, `65536`).
@@ -219,7 +240,8 @@ impl Default for BootOptions {
             net_fault: None,
             tcp_buffer: None,
             tx_share: TxShare::Lock,
-            services: Services { echo: true, discard: true, metrics: true },
+            steer_key: None,
+            services: Services { echo: true, discard: true, metrics: true, iperf: true },
         }
     }
 }
@@ -295,6 +317,7 @@ impl BootOptions {
                 }
                 .map(|v| opts.tx_share = v),
                 "services" => Services::parse(value).map(|v| opts.services = v),
+                "steer-key" => parse_key(value).map(|k| opts.steer_key = Some(k)),
                 "selftest" => match value {
                     "smp" => Some(true),
                     "none" => Some(false),
@@ -322,6 +345,21 @@ mod tests {
         let mut problems = Vec::new();
         let opts = BootOptions::parse(text, |p| problems.push(p.to_string()));
         (opts, problems)
+    }
+
+    #[test]
+    fn steering_keys_are_80_hex_digits() {
+        let hex = "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa";
+        let (o, p) = parse(&alloc::format!("steer-key={hex}"));
+        assert!(p.is_empty(), "{p:?}");
+        let key = o.steer_key.unwrap();
+        assert_eq!((key[0], key[1], key[39]), (0x6d, 0x5a, 0xfa));
+        assert_eq!(BootOptions::default().steer_key, None);
+        for bad in ["", "6d5a", &hex[..79], &alloc::format!("{hex}00"), &hex.replace('6', "g")] {
+            let (o, p) = parse(&alloc::format!("steer-key={bad}"));
+            assert_eq!(o.steer_key, None, "{bad}");
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+        }
     }
 
     #[test]
@@ -399,13 +437,20 @@ mod tests {
         let (o, p) = parse("tcp-buf=512K tx-share=handoff services=echo");
         assert!(p.is_empty(), "{p:?}");
         assert_eq!((o.tcp_buffer, o.tx_share), (Some(512 << 10), TxShare::Handoff));
-        assert_eq!(o.services, Services { echo: true, discard: false, metrics: false });
-        assert_eq!(parse("services=none").0.services, Services { echo: false, discard: false, metrics: false });
+        assert_eq!(o.services, Services { echo: true, discard: false, metrics: false, iperf: false });
+        assert_eq!(
+            parse("services=none").0.services,
+            Services { echo: false, discard: false, metrics: false, iperf: false }
+        );
         assert_eq!(
             parse("services=metrics,discard").0.services,
-            Services { echo: false, discard: true, metrics: true }
+            Services { echo: false, discard: true, metrics: true, iperf: false }
         );
-        assert_eq!(BootOptions::default().services, Services { echo: true, discard: true, metrics: true });
+        assert_eq!(BootOptions::default().services, Services { echo: true, discard: true, metrics: true, iperf: true });
+        assert_eq!(
+            parse("services=iperf3,echo").0.services,
+            Services { echo: true, discard: false, metrics: false, iperf: true }
+        );
         assert_eq!(BootOptions::default().tx_share, TxShare::Lock);
         assert_eq!(parse("tcp-buf=1M").0.tcp_buffer, Some(1 << 20));
         assert_eq!(parse("tcp-buf=65536").0.tcp_buffer, Some(65536));

@@ -315,7 +315,7 @@ impl CpuNet {
             if dev.has_pending() {
                 stack.iface.poll_ingress_single(now, &mut dev, &mut stack.sockets);
             }
-            busy |= services.run(&mut stack.sockets);
+            busy |= services.run(&mut stack.sockets, now);
             busy |= stack.iface.poll_egress(now, &mut dev, &mut stack.sockets) != PollResult::None;
             (dev.from_inbox, (dev.resets.count, dev.resets.unowned))
         };
@@ -346,7 +346,11 @@ impl CpuNet {
                 waker.wake(cpu as u16);
             }
         }
-        Round { busy, poll_at: self.stack.iface.poll_at(now, &self.stack.sockets) }
+        let poll_at = match (self.stack.iface.poll_at(now, &self.stack.sockets), self.services.poll_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Round { busy, poll_at }
     }
 
     /// Bindings other vCPUs learned, fed to this stack as ARP replies

@@ -93,6 +93,11 @@ pub struct NetCase {
     pub tcp: Option<TcpCase>,
     /// Offer the guest virtio-net RSS and hash reports (`rss=on,hash=on`).
     pub rss: bool,
+    /// Then the host's real `iperf3` client against the guest's iperf3
+    /// server ([`IPERF_RUNS`]), a malformed control exchange and one more
+    /// run; the case's command line sets [`TEST_STEER_KEY`], so that the
+    /// `-P 4` streams' client ports can be picked to land on 4 vCPUs.
+    pub iperf: bool,
 }
 
 /// The TCP step of a network case: an echo load, then (if it passed) a
@@ -130,6 +135,7 @@ impl NetCase {
             metrics: false,
             tcp: None,
             rss: false,
+            iperf: false,
         }
     }
 }
@@ -164,6 +170,30 @@ pub const STEP_ARP: &str = "arp";
 pub const STEP_METRICS: &str = "metrics";
 
 pub const STEP_TCP_ECHO: &str = "tcp echo";
+/// iperf3 steps: metrics around the `-P 4` runs, the malformed exchange,
+/// and the run after it.
+pub const STEP_METRICS_BEFORE: &str = "metrics before -P 4";
+pub const STEP_METRICS_AFTER: &str = "metrics after -P 4";
+pub const STEP_IPERF_MALFORMED: &str = "iperf3 malformed";
+pub const STEP_IPERF_AFTER: &str = "iperf3 after malformed";
+/// The iperf3 runs of a network case with `iperf`: (step name, client
+/// arguments), 2 s each. `-P 4` runs get `--cport`.
+pub const IPERF_RUNS: [(&str, &[&str]); 6] = [
+    ("iperf3 -P 1", &["-P", "1"]),
+    ("iperf3 -P 1 -R", &["-P", "1", "-R"]),
+    ("iperf3 -P 4", &["-P", "4"]),
+    ("iperf3 -P 4 -R", &["-P", "4", "-R"]),
+    ("iperf3 -l 512", &["-l", "512"]),
+    ("iperf3 -l 512 -R", &["-l", "512", "-R"]),
+];
+/// Seconds per iperf3 run, and the most one may take.
+pub const IPERF_SECONDS: u32 = 2;
+pub const IPERF_DEADLINE: Duration = Duration::from_secs(40);
+/// The steering key of the iperf3 case (RSS's well-known default key).
+pub const TEST_STEER_KEY: &str = "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa";
+/// SERVER_ERROR (-2), "unable to receive parameters" (114), errno 0: the
+/// answer to a malformed parameter message.
+pub const IPERF_PARAMS_ERROR: &str = "fe 00 00 00 72 00 00 00 00";
 pub const STEP_TCP_DISCARD: &str = "tcp discard";
 
 /// The TCP cases' load: 64 concurrent echo connections of 1 MiB each, then
@@ -453,6 +483,21 @@ pub fn cases() -> Vec<BootCase> {
         tcp_case("net-tcp-smp4-queues4-rss", 4, true),
         tcp_case("net-tcp-smp4-queues2", 2, false),
         tcp_case("net-tcp-smp4-queues1", 1, false),
+        // The real iperf3 client against the guest's server on every vCPU.
+        BootCase {
+            net: Some(NetCase { iperf: true, pings: 4, flows: 8, ..NetCase::new(4) }),
+            ..case(
+                "net-iperf-smp4-queues4",
+                Bios,
+                4,
+                1024,
+                concat!(
+                    "net-stats=1000 steer-key=",
+                    "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa"
+                ),
+                Expect::Network { pairs: 4, vectors: Vectors::PerQueue },
+            )
+        },
         case(
             "panic-on-ap-stops-all-cpus",
             Bios,
@@ -970,6 +1015,9 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vecto
     if let Some(tcp) = net.tcp {
         check_tcp(case, &net, &tcp, out, report)?;
     }
+    if net.iperf {
+        check_iperf(out, usize::from(case.cpus))?;
+    }
     let last = last_net_stats(report);
     let steered = last_net_cpu(&report.lines);
     let (total, busy_queues) = check_queue_reports(&last, &steered, case.cpus, pairs, polled)?;
@@ -1181,6 +1229,81 @@ pub fn check_metrics(scrape: &str, rows: usize) -> Result<(), String> {
     if samples.get("mqnet_rx_packets").is_none_or(|v| v.iter().sum::<u64>() == 0) {
         return Err("mqnet_rx_packets counts no received frame".into());
     }
+    Ok(())
+}
+
+/// One iperf3 run's transcript (`exit N`, then the client's JSON): exit
+/// 0, no error, data both counted sent and received; returns the JSON.
+pub fn check_iperf_run(step: &str, text: &str) -> Result<serde_json::Value, String> {
+    let (first, json) = text.split_once('\n').unwrap_or((text, ""));
+    if first.trim() != "exit 0" {
+        return Err(format!("{step}: the client ended with {:?}: {}", first.trim(), json.trim()));
+    }
+    let json = json.split("\nstderr:\n").next().unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("{step}: its JSON does not parse: {e}"))?;
+    if let Some(e) = v.get("error") {
+        return Err(format!("{step}: iperf3 reports an error: {e}"));
+    }
+    for side in ["sum_sent", "sum_received"] {
+        let bps = v["end"][side]["bits_per_second"].as_f64().unwrap_or(0.0);
+        if bps <= 0.0 {
+            return Err(format!("{step}: end.{side}.bits_per_second is {bps}"));
+        }
+    }
+    Ok(v)
+}
+
+/// Values of one series in a metrics scrape, by the label `label`'s value.
+fn series_by(scrape: &str, name: &str, label: &str) -> BTreeMap<String, u64> {
+    let key = format!("{label}=\"");
+    scrape
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            let at = labels.find(&key)? + key.len();
+            let id = labels[at..].split('"').next()?;
+            Some((id.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The iperf3 steps: every run passes ([`check_iperf_run`]); the `-P 4`
+/// runs have 4 streams, and between the scrapes around them every vCPU
+/// accepted a connection and every receive queue received; the malformed
+/// exchange got SERVER_ERROR and the next run passed.
+fn check_iperf(out: &str, cpus: usize) -> Result<(), String> {
+    let find = |step: &str| crate::traffic::find_section(out, step).ok_or(format!("no `{step}` step ran"));
+    for (step, args) in IPERF_RUNS {
+        let v = check_iperf_run(step, &find(step)?)?;
+        let streams = v["end"]["streams"].as_array().map_or(0, Vec::len);
+        let want: usize = args.windows(2).find(|w| w[0] == "-P").and_then(|w| w[1].parse().ok()).unwrap_or(1);
+        if streams != want {
+            return Err(format!("{step}: {streams} streams in the results, not {want}"));
+        }
+    }
+    let (before, after) = (find(STEP_METRICS_BEFORE)?, find(STEP_METRICS_AFTER)?);
+    check_metrics(&before, cpus)?;
+    check_metrics(&after, cpus)?;
+    let delta = |name: &str, label: &str| -> Vec<(String, u64)> {
+        let (b, a) = (series_by(&before, name, label), series_by(&after, name, label));
+        a.iter().map(|(k, v)| (k.clone(), v.saturating_sub(b.get(k).copied().unwrap_or(0)))).collect()
+    };
+    let rx = delta("mqnet_rx_packets", "rxq");
+    if rx.len() != cpus || rx.iter().any(|(_, n)| *n == 0) {
+        return Err(format!("not every receive queue carried the -P 4 runs: packets by rxq {rx:?}"));
+    }
+    let accepted = delta("mqnet_tcp_accepted", "cpu");
+    if accepted.len() != cpus || accepted.iter().any(|(_, n)| *n == 0) {
+        return Err(format!("the -P 4 streams were not served on every vCPU: accepted by cpu {accepted:?}"));
+    }
+    let bad = find(STEP_IPERF_MALFORMED)?;
+    let answer = bad.lines().find_map(|l| l.strip_prefix("answer ")).unwrap_or("");
+    if !bad.contains("first 09") || answer.trim() != IPERF_PARAMS_ERROR {
+        return Err(format!("a malformed parameter message got {bad:?}, not PARAM_EXCHANGE then {IPERF_PARAMS_ERROR}"));
+    }
+    check_iperf_run(STEP_IPERF_AFTER, &find(STEP_IPERF_AFTER)?)?;
     Ok(())
 }
 
@@ -1832,6 +1955,47 @@ mod tests {
         let mut r = report(Outcome::Stopped(StopReason::Finished), &lines(&tcp_lines(&c, cpu)));
         r.action = Some(Ok(traffic));
         check(&c, &r).map(|()| network_note(&c, &r))
+    }
+
+    #[test]
+    fn the_iperf_case_steers_with_the_key_its_traffic_assumes() {
+        let c = named("net-iperf-smp4-queues4");
+        assert!(c.cmdline.contains(&format!("steer-key={TEST_STEER_KEY}")));
+        assert!(c.net.unwrap().iperf && c.net.unwrap().queues == c.cpus);
+        // The key picks client ports that spread 4 streams over 4 vCPUs.
+        let key: Vec<u8> =
+            (0..40).map(|i| u8::from_str_radix(&TEST_STEER_KEY[2 * i..2 * i + 2], 16).unwrap()).collect();
+        let key: [u8; 40] = key.try_into().unwrap();
+        let port = crate::traffic::spread_ports(key, 4, [10, 99, 0, 1], [10, 99, 0, 2], 5201, 4);
+        let s = net::steer::Steering::new(key, 4);
+        let mut owners: Vec<u16> = (0..4)
+            .map(|i| {
+                let flow = net::steer::Flow {
+                    src: [10, 99, 0, 1],
+                    dst: [10, 99, 0, 2],
+                    src_port: port + i,
+                    dst_port: 5201,
+                    proto: net::steer::Proto::Tcp,
+                };
+                s.owner_of_hash(s.hash(&flow))
+            })
+            .collect();
+        owners.sort_unstable();
+        assert_eq!(owners, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn iperf_runs_are_judged_by_exit_json_and_throughput() {
+        let good =
+            "exit 0\n{\"end\":{\"sum_sent\":{\"bits_per_second\":1e9},\"sum_received\":{\"bits_per_second\":9e8}}}";
+        assert!(check_iperf_run("x", good).is_ok());
+        assert!(check_iperf_run("x", &good.replace("exit 0", "exit 1")).unwrap_err().contains("ended with"));
+        assert!(check_iperf_run("x", &good.replace("9e8", "0")).unwrap_err().contains("sum_received"));
+        assert!(check_iperf_run("x", "exit 0\n{\"error\":\"busy\"}").unwrap_err().contains("error"));
+        assert!(check_iperf_run("x", "exit 0\n{\"end\":").unwrap_err().contains("parse"));
+        let scrape = "status 200\nmqnet_rx_packets{cpu=\"0\",rxq=\"0\",txq=\"1\"} 5\nmqnet_rx_packets{cpu=\"1\"} 7\n";
+        let by = series_by(scrape, "mqnet_rx_packets", "rxq");
+        assert_eq!(by.into_iter().collect::<Vec<_>>(), [("0".to_string(), 5)]);
     }
 
     #[test]

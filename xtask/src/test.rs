@@ -238,7 +238,7 @@ fn boot_tests(args: &TestArgs, tally: &mut Tally) {
 /// reused or deleted). Root was checked by [`runnable`]. Returns the name.
 fn prepare_network() -> Result<String, String> {
     let netns = boot_tests::test_netns(std::env::var_os(boot_tests::TEST_NETNS_VAR))?;
-    boot::prereq::ensure(&[Tool::Iproute2, Tool::Ping, Tool::Python3], &mut |m| say!("{m}"))?;
+    boot::prereq::ensure(&[Tool::Iproute2, Tool::Ping, Tool::Python3, Tool::Iperf3, Tool::Curl], &mut |m| say!("{m}"))?;
     boot::netns::check_absent(&netns)?;
     say!("network tests: namespace {netns}");
     Ok(netns)
@@ -385,7 +385,53 @@ fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::p
             out += &traffic::section(STEP_TCP_DISCARD, &discard);
         }
     }
+    if net.iperf {
+        out += &iperf_traffic(ns, tap)?;
+    }
     Ok(out)
+}
+
+/// The iperf3 steps of a network case ([`boot_tests::IPERF_RUNS`]): the
+/// `-P 4` runs from client ports whose flows land on 4 different vCPUs
+/// (the case sets the steering key), with a metrics scrape (curl) before
+/// and after them; then a malformed exchange and one more run.
+fn iperf_traffic(ns: &str, tap: &TapNetwork) -> Result<String, String> {
+    use boot_tests::*;
+    let guest = tap.guest_addr.to_string();
+    let key = kernel_key(TEST_STEER_KEY).ok_or("TEST_STEER_KEY is not 80 hex digits")?;
+    let cport = traffic::spread_ports(key, 4, tap.host_addr.octets(), tap.guest_addr.octets(), 5201, 4);
+    let time = IPERF_SECONDS.to_string();
+    let mut out = String::new();
+    for (step, args) in IPERF_RUNS {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["-t".into(), time.clone()]);
+        let parallel = args.windows(2).any(|w| w[0] == "-P" && w[1] == "4");
+        if parallel {
+            args.extend(["--cport".into(), cport.to_string()]);
+            if !out.contains(STEP_METRICS_BEFORE) {
+                out += &traffic::section(STEP_METRICS_BEFORE, &traffic::curl_metrics(ns, &guest)?);
+            }
+        }
+        out += &traffic::section(step, &traffic::iperf3(ns, &guest, &args, IPERF_DEADLINE)?);
+        if step == "iperf3 -P 4 -R" {
+            // The guest refreshes its metrics every 100 ms.
+            std::thread::sleep(Duration::from_millis(300));
+            out += &traffic::section(STEP_METRICS_AFTER, &traffic::curl_metrics(ns, &guest)?);
+        }
+    }
+    out += &traffic::section(STEP_IPERF_MALFORMED, &traffic::iperf3_malformed(ns, &guest)?);
+    let args = ["-t".to_string(), "1".to_string()];
+    out += &traffic::section(STEP_IPERF_AFTER, &traffic::iperf3(ns, &guest, &args, IPERF_DEADLINE)?);
+    Ok(out)
+}
+
+/// 80 hex digits as 40 bytes.
+fn kernel_key(hex: &str) -> Option<[u8; 40]> {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
 }
 
 #[cfg(test)]

@@ -247,6 +247,79 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<(String, String, Str
     Ok((status, out.join().unwrap_or_default(), err.join().unwrap_or_default()))
 }
 
+/// One run of the host's real `iperf3` client against `addr` with `--json`
+/// and `args`, killed after `limit`: `exit STATUS` on the first line, then
+/// the client's JSON (and its stderr, if any, after a `stderr:` line).
+pub fn iperf3(netns: &str, addr: &str, args: &[String], limit: Duration) -> Result<String, String> {
+    let mut cmd = in_netns(netns, "iperf3");
+    cmd.args(["-c", addr, "--json"]).args(args);
+    let (status, out, err) = run_bounded(cmd, limit)?;
+    let status = status.strip_prefix("exit status: ").unwrap_or(&status).to_string();
+    let mut text = format!("exit {status}\n{out}");
+    if !err.trim().is_empty() {
+        text += &format!("\nstderr:\n{err}");
+    }
+    Ok(text)
+}
+
+/// A malformed iperf3 control exchange: the cookie, then a parameter
+/// message whose length prefix claims 2 GiB. Prints the server's answer in
+/// hex until it closes (`answer fe 00 ...`), or how it failed.
+pub fn iperf3_malformed(netns: &str, addr: &str) -> Result<String, String> {
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('{addr}', 5201), timeout=10)\n\
+         s.sendall(b'm' * 36 + b'\\0')\n\
+         first = s.recv(1)\n\
+         s.sendall(b'\\x7f\\xff\\xff\\xf0' + b'{{' * 64)\n\
+         rest = b''\n\
+         while True:\n\
+         \x20   d = s.recv(4096)\n\
+         \x20   if not d: break\n\
+         \x20   rest += d\n\
+         print('first', first.hex())\n\
+         print('answer', ' '.join('%02x' % b for b in rest))\n"
+    );
+    let mut cmd = in_netns(netns, "python3");
+    cmd.args(["-c", &script]);
+    let (status, out, err) = run_bounded(cmd, Duration::from_secs(20))?;
+    Ok(format!("{out}{}", if err.trim().is_empty() { String::new() } else { format!("{status}: {err}") }))
+}
+
+/// `GET /metrics` with `curl`, as a user would: `status N`, then the body.
+pub fn curl_metrics(netns: &str, addr: &str) -> Result<String, String> {
+    let url = format!("http://{addr}:9100/metrics");
+    let mut cmd = in_netns(netns, "curl");
+    cmd.args(["-sS", "--max-time", "5", "-o", "-", "-w", "\nstatus %{http_code}\n", &url]);
+    let (status, out, err) = run_bounded(cmd, Duration::from_secs(10))?;
+    let Some((body, code)) = out.rsplit_once("\nstatus ") else {
+        return Err(format!("curl {url}: {status}: {}", err.trim()));
+    };
+    Ok(format!("status {}\n{body}", code.trim()))
+}
+
+/// The first client port `p` (from 20000 on) such that the flows from
+/// `host`:`p + i` to `guest`:`port`, i < `streams`, all belong to different
+/// vCPUs under the guest's steering (`key`, `cpus`), or to as many as
+/// there are. `iperf3 --cport p` binds its i-th stream to `p + i`.
+pub fn spread_ports(key: [u8; 40], cpus: u16, host: [u8; 4], guest: [u8; 4], port: u16, streams: u16) -> u16 {
+    use net::steer::{Flow, Proto, Steering};
+    let steering = Steering::new(key, cpus);
+    let owner = |p: u16| {
+        let flow = Flow { src: host, dst: guest, src_port: p, dst_port: port, proto: Proto::Tcp };
+        steering.owner_of_hash(steering.hash(&flow))
+    };
+    let want = streams.min(cpus) as usize;
+    (20000..60000u16)
+        .find(|&p| {
+            let mut owners: Vec<u16> = (0..streams).map(|i| owner(p + i)).collect();
+            owners.sort_unstable();
+            owners.dedup();
+            owners.len() == want
+        })
+        .unwrap_or(20000)
+}
+
 /// `flows` UDP flows (distinct source and destination ports), `per_flow`
 /// datagrams each, to `addr`. The guest has no listener: the point is which
 /// receive queue each flow lands on.

@@ -22,6 +22,7 @@ use log::{info, warn};
 use net::cpu::{plan_shares, CpuNet, Fabric, Queues, Share, Wake};
 use net::device::{Doorbell, TxPath};
 use net::inbox::Inbox;
+use net::services::iperf::{CpuLoad, Hub, Iperf};
 use net::services::metrics::{Board, Metrics, Series};
 use net::services::{discard::Discard, echo::Echo, Services, TcpConfig};
 use spin::Mutex;
@@ -178,7 +179,7 @@ const TCP_HEAP_SHARE: u64 = 2;
 /// The services every vCPU runs, from the boot options. Each vCPU may hold
 /// as many connections as its share of half the heap buffers (a SYN flood
 /// beyond that is refused, not an out-of-memory panic).
-fn services(cpus: usize) -> Services {
+fn services(id: u16, cpus: usize) -> Services {
     let options = crate::boot_options();
     let mut cfg = TcpConfig::default();
     if let Some(n) = options.tcp_buffer {
@@ -198,7 +199,44 @@ fn services(cpus: usize) -> Services {
     if let (true, Some(board)) = (options.services.metrics, METRICS.get()) {
         s.add(Box::new(Metrics::new(board)));
     }
+    if let (true, Some(hub)) = (options.services.iperf, IPERF.get()) {
+        s.add(Box::new(Iperf::new(hub, id)));
+    }
     s
+}
+
+/// The iperf3 server's registry and mailboxes (set once at bring-up).
+static IPERF: spin::Once<Hub> = spin::Once::new();
+
+/// Wakes a network vCPU for the iperf3 server's messages.
+struct HubWaker;
+
+impl Wake for HubWaker {
+    fn wake(&self, cpu: u16) {
+        if let Some(nic) = NIC.get() {
+            Waker(&nic.cpus).wake(cpu);
+        }
+    }
+}
+
+/// The network vCPUs' busy time and all their time, in TSC ticks, for the
+/// iperf3 server's CPU figure.
+struct GuestLoad;
+
+impl CpuLoad for GuestLoad {
+    fn sample(&self) -> (u64, u64) {
+        let Some(nic) = NIC.get() else { return (0, 0) };
+        let all = percpu::all();
+        nic.cpus.iter().filter_map(|&c| all.get(c as usize)).fold((0, 0), |(b, t), c| {
+            let busy = c.stats.busy_tsc.load(Ordering::Relaxed);
+            (b + busy, t + busy + c.stats.halted_tsc.load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// Creates the iperf3 server's hub for `cpus` network vCPUs.
+pub(super) fn create_iperf_hub(cpus: u16) {
+    IPERF.call_once(|| Hub::new(cpus, Box::new(HubWaker), Some(Box::new(GuestLoad))));
 }
 
 /// Every CPU: once the NIC is up, take this vCPU's share (its queue pair,
@@ -224,7 +262,7 @@ pub fn claim<S: HasNic>(local: &mut Local<S>) -> Poll {
             CpuTx::Handoff { outbox, .. } => TxPath::Handoff(outbox),
         };
         let mut queues = Queues { rx: rx.as_mut(), tx: txp, outbox };
-        CpuNet::new(id, nic.fabric, services(nic.cpus.len()), &mut queues, &nic.doorbells, now(), seed)
+        CpuNet::new(id, nic.fabric, services(id, nic.cpus.len()), &mut queues, &nic.doorbells, now(), seed)
     };
     let has_pair = rx.is_some();
     if nic.polled && has_pair {

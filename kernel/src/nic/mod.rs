@@ -13,7 +13,7 @@
 mod cpu;
 
 pub use cpu::{claim, count_queue_irq, CpuNic};
-use cpu::{claims, create_board, Claim};
+use cpu::{claims, create_board, create_iperf_hub, Claim};
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -484,6 +484,7 @@ fn bring_up(
     }
     let net_cpus: Vec<u32> = online.iter().copied().take(cpus).collect();
     create_board(&net_cpus, pairs);
+    create_iperf_hub(cpus as u16);
     let unclaimed = claims(queues, cpus as u16, share, fabric).into_iter().map(|c| Mutex::new(Some(c))).collect();
     Ok(Nic {
         pairs,
@@ -515,8 +516,13 @@ fn await_answer(c: &mut CtrlQueue) -> Option<CtrlResult> {
 }
 
 /// A random steering key (RSS's Toeplitz key): a key an outsider knows
-/// lets them aim every flow at one vCPU.
+/// lets them aim every flow at one vCPU. `steer-key=` sets it instead (tests
+/// and benchmarks that pick their client ports so that flows spread).
 fn steering_key() -> [u8; KEY_LEN] {
+    if let Some(key) = crate::boot_options().steer_key {
+        info!("net: steering key from steer-key=");
+        return key;
+    }
     let mut key = [0u8; KEY_LEN];
     for (i, chunk) in key.chunks_mut(8).enumerate() {
         let (v, _) = crate::arch::random::stack_seed(0x5eed_0000 + i as u32);

@@ -79,11 +79,12 @@ use alloc::vec::Vec;
 use smoltcp::iface::{Context, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, ConnectError, State};
 use smoltcp::socket::Socket;
-use smoltcp::time::Duration;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::IpAddress;
 
 pub mod discard;
 pub mod echo;
+pub mod iperf;
 pub mod metrics;
 
 pub use discard::Discard;
@@ -203,6 +204,18 @@ pub trait TcpService {
     fn port(&self) -> u16;
     /// A new connection has been established: what serves it.
     fn accept(&mut self) -> Box<dyn Connection>;
+    /// Called once at the start of every [`Services::run`], before any
+    /// connection is accepted or served, with the time of the round: for
+    /// services whose connections work together (across vCPUs too).
+    /// Returns whether it did anything.
+    fn poll(&mut self, _now: Instant) -> bool {
+        false
+    }
+    /// When the service needs [`Services::run`] again although nothing
+    /// arrives (a timeout of its own), if ever.
+    fn poll_at(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Connection accounting of one vCPU's services.
@@ -351,13 +364,23 @@ impl Services {
     /// every open connection, removes the finished ones from `sockets`
     /// (freeing their buffers), and listens again. Returns whether anything
     /// progressed.
-    pub fn run(&mut self, sockets: &mut SocketSet<'static>) -> bool {
-        let mut progress = self.collect_handshakes(sockets);
+    pub fn run(&mut self, sockets: &mut SocketSet<'static>, now: Instant) -> bool {
+        let mut progress = false;
+        for port in &mut self.ports {
+            progress |= port.service.poll(now);
+        }
+        progress |= self.collect_handshakes(sockets);
         progress |= self.settle_handshakes(sockets);
         progress |= self.serve(sockets);
         progress |= self.reap(sockets);
         progress |= self.refill(sockets);
         progress
+    }
+
+    /// The earliest time a service wants [`Services::run`] again without
+    /// anything arriving (see [`TcpService::poll_at`]).
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.ports.iter().filter_map(|p| p.service.poll_at()).min()
     }
 
     /// The connection counters.

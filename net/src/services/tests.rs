@@ -25,10 +25,10 @@ use crate::test_support::frames;
 
 const GUEST: NetConfig = NetConfig { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24 };
 const HOST: NetConfig = NetConfig { mac: [0x02, 0, 0, 0, 0, 1], ip: [10, 99, 0, 1], prefix_len: 24 };
-const GUEST_IP: IpAddress = IpAddress::Ipv4(Ipv4Address::new(10, 99, 0, 2));
+pub(super) const GUEST_IP: IpAddress = IpAddress::Ipv4(Ipv4Address::new(10, 99, 0, 2));
 const HOST_IP: IpAddress = IpAddress::Ipv4(Ipv4Address::new(10, 99, 0, 1));
 const MIB: usize = 1024 * 1024;
-const MS: Duration = Duration::from_millis(1);
+pub(super) const MS: Duration = Duration::from_millis(1);
 
 /// The ports of a TCP segment in an Ethernet frame, and the segment.
 fn tcp_of(frame: &[u8]) -> Option<(u16, u16, TcpRepr<'_>)> {
@@ -73,7 +73,7 @@ impl Fate {
 
 /// The cable between the guest and the host.
 #[derive(Default)]
-struct Link {
+pub(super) struct Link {
     to_guest: VecDeque<Vec<u8>>,
     to_host: VecDeque<Vec<u8>>,
     fate: Fate,
@@ -138,19 +138,19 @@ impl phy::Device for Nic<'_> {
 }
 
 /// The guest with its services, the host, and the cable.
-struct World {
-    now: Instant,
-    link: Link,
-    guest: Stack,
-    services: Services,
-    host: Stack,
+pub(super) struct World {
+    pub(super) now: Instant,
+    pub(super) link: Link,
+    pub(super) guest: Stack,
+    pub(super) services: Services,
+    pub(super) host: Stack,
     /// Re-listen after every packet the guest receives, as the vCPU loop
     /// does (off: only in `run`, after a whole batch).
-    relisten_per_packet: bool,
+    pub(super) relisten_per_packet: bool,
 }
 
 impl World {
-    fn new(cfg: TcpConfig, services: Vec<Box<dyn TcpService>>) -> World {
+    pub(super) fn new(cfg: TcpConfig, services: Vec<Box<dyn TcpService>>) -> World {
         let mut link = Link::default();
         let now = Instant::from_millis(1);
         let guest = {
@@ -170,39 +170,39 @@ impl World {
     }
 
     /// Echo and discard with the default configuration.
-    fn standard() -> World {
+    pub(super) fn standard() -> World {
         World::new(TcpConfig::default(), vec![Box::new(Echo), Box::new(Discard)])
     }
 
     /// Sockets in the guest's set.
-    fn guest_sockets(&self) -> usize {
+    pub(super) fn guest_sockets(&self) -> usize {
         self.guest.sockets.iter().count()
     }
 
     /// Sockets the guest keeps listening when nothing else is going on.
-    fn idle_guest_sockets(&self) -> usize {
+    pub(super) fn idle_guest_sockets(&self) -> usize {
         self.services.config().backlog * self.services.ports().count()
     }
 
     /// A host client socket connecting to the guest's `port`.
-    fn client(&mut self, port: u16, local_port: u16) -> SocketHandle {
+    pub(super) fn client(&mut self, port: u16, local_port: u16) -> SocketHandle {
         let mut socket =
             tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 256 * 1024]), tcp::SocketBuffer::new(vec![0; 256 * 1024]));
         socket.connect(self.host.iface.context(), (GUEST_IP, port), local_port).unwrap();
         self.host.sockets.add(socket)
     }
 
-    fn host_socket(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+    pub(super) fn host_socket(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
         self.host.sockets.get_mut::<tcp::Socket>(handle)
     }
 
-    fn host_state(&self, handle: SocketHandle) -> tcp::State {
+    pub(super) fn host_state(&self, handle: SocketHandle) -> tcp::State {
         self.host.sockets.get::<tcp::Socket>(handle).state()
     }
 
     /// The guest's turn: everything received, the services, everything to
     /// send, until nothing more happens. True if anything did.
-    fn guest_poll(&mut self) -> bool {
+    pub(super) fn guest_poll(&mut self) -> bool {
         let World { now, link, guest, services, relisten_per_packet, .. } = self;
         let mut nic = Nic { rx: &mut link.to_guest, tx: &mut link.to_host, fate: &mut link.fate };
         let mut busy = false;
@@ -214,7 +214,7 @@ impl World {
                     services.listen(&mut guest.sockets);
                 }
             }
-            round |= services.run(&mut guest.sockets);
+            round |= services.run(&mut guest.sockets, *now);
             while guest.iface.poll_egress(*now, &mut nic, &mut guest.sockets) == PollResult::SocketStateChanged {
                 round = true;
             }
@@ -227,7 +227,7 @@ impl World {
     }
 
     /// The host's turn.
-    fn host_poll(&mut self) -> bool {
+    pub(super) fn host_poll(&mut self) -> bool {
         let mut nic = Nic { rx: &mut self.link.to_host, tx: &mut self.link.to_guest, fate: &mut self.link.fate };
         self.host.iface.poll(self.now, &mut nic, &mut self.host.sockets) == PollResult::SocketStateChanged
     }
@@ -235,7 +235,7 @@ impl World {
     /// One step of the clock: 1 ms when anything is going on, else straight
     /// to the next timer of either stack. The host goes first, so that
     /// between steps the frames the guest just sent are still on the link.
-    fn step(&mut self) {
+    pub(super) fn step(&mut self) {
         let busy = self.host_poll() | self.guest_poll();
         // A client with bytes still to read (a slow reader) reads some every
         // step: it is not idle even if the stacks are.
@@ -246,7 +246,7 @@ impl World {
         } else {
             let guest = self.guest.iface.poll_at(self.now, &self.guest.sockets);
             let host = self.host.iface.poll_at(self.now, &self.host.sockets);
-            guest.into_iter().chain(host).min()
+            guest.into_iter().chain(host).chain(self.services.poll_at()).min()
         };
         self.now = match next {
             Some(t) if t > self.now + MS => t,
@@ -257,7 +257,7 @@ impl World {
     /// Steps until `done` (asked before every step, where clients do their
     /// part) says so; panics after `limit` of virtual time. Returns the
     /// virtual time it took.
-    fn drive(&mut self, limit: Duration, mut done: impl FnMut(&mut World) -> bool) -> Duration {
+    pub(super) fn drive(&mut self, limit: Duration, mut done: impl FnMut(&mut World) -> bool) -> Duration {
         let start = self.now;
         while !done(self) {
             assert!(
@@ -273,7 +273,7 @@ impl World {
     }
 
     /// Lets `time` pass (virtual), with nobody doing anything but the stacks.
-    fn wait(&mut self, time: Duration) {
+    pub(super) fn wait(&mut self, time: Duration) {
         let end = self.now + time;
         self.drive(time + MS, |w| w.now >= end);
     }
