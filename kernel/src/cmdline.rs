@@ -97,6 +97,13 @@ pub struct BootOptions {
     pub tcp_buffer: Option<u32>,
     /// How a vCPU without a queue pair of its own transmits (`tx-share=`).
     pub tx_share: TxShare,
+    /// The default gateway for destinations off the guest's subnet
+    /// (`gw=a.b.c.d`).
+    pub gateway: Option<[u8; 4]>,
+    /// Run one iperf3 client test against this server at boot
+    /// (`iperf-client=a.b.c.d[:port]`), shaped by `iperf-parallel=`,
+    /// `iperf-len=`, `iperf-time=`, `iperf-omit=`, `iperf-mode=`.
+    pub iperf_client: Option<IperfClient>,
     /// The flow steering (Toeplitz) key, 40 bytes as 80 hex digits
     /// (`steer-key=`), for runs that must know which vCPU owns a flow.
     /// `None`: a random key per boot.
@@ -161,6 +168,82 @@ impl Services {
     }
 }
 
+/// The guest's own iperf3 client test (`iperf-client=` and friends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IperfClient {
+    /// 0.0.0.0 until `iperf-client=` names the server: the other
+    /// `iperf-*` options alone run nothing.
+    pub server: [u8; 4],
+    pub port: u16,
+    /// Streams (`-P`), block size (`-l`), seconds (`-t`), omitted seconds
+    /// (`-O`).
+    pub parallel: u32,
+    pub len: u32,
+    pub time: u32,
+    pub omit: u32,
+    pub mode: IperfMode,
+}
+
+impl Default for IperfClient {
+    /// iperf3's defaults: one stream, 128 KiB blocks, 10 seconds.
+    fn default() -> Self {
+        IperfClient {
+            server: [0; 4],
+            port: 5201,
+            parallel: 1,
+            len: 128 << 10,
+            time: 10,
+            omit: 0,
+            mode: IperfMode::Send,
+        }
+    }
+}
+
+/// Which way the guest's client test sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IperfMode {
+    /// The guest sends (iperf3's default).
+    Send,
+    /// The server sends (`-R`).
+    Reverse,
+    /// Both (`--bidir`).
+    Bidir,
+}
+
+impl IperfMode {
+    fn parse(value: &str) -> Option<IperfMode> {
+        match value {
+            "send" => Some(IperfMode::Send),
+            "reverse" => Some(IperfMode::Reverse),
+            "bidir" => Some(IperfMode::Bidir),
+            _ => None,
+        }
+    }
+}
+
+/// The client settings to change, made on first use.
+fn client(opts: &mut BootOptions) -> &mut IperfClient {
+    opts.iperf_client.get_or_insert_with(IperfClient::default)
+}
+
+/// `a.b.c.d`.
+pub fn parse_ipv4(text: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = text.split('.');
+    for b in out.iter_mut() {
+        *b = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// `a.b.c.d` or `a.b.c.d:port` (port 1–65535; `default` when absent).
+pub fn parse_ipv4_port(text: &str, default: u16) -> Option<([u8; 4], u16)> {
+    match text.split_once(':') {
+        Some((addr, port)) => Some((parse_ipv4(addr)?, port.parse().ok().filter(|&p| p != 0)?)),
+        None => Some((parse_ipv4(text)?, default)),
+    }
+}
+
 /// Parses 40 bytes written as exactly 80 hex digits.
 pub fn parse_key(text: &str) -> Option<[u8; 40]> {
     let digits = text.as_bytes();
@@ -212,12 +295,8 @@ pub fn parse_ipv4_cidr(text: &str) -> Option<([u8; 4], u8)> {
         Some((a, l)) => (a, l.parse::<u8>().ok().filter(|l| (1..=32).contains(l))?),
         None => (text, 24),
     };
-    let mut out = [0u8; 4];
-    let mut parts = addr.split('.');
-    for b in &mut out {
-        *b = parts.next()?.parse().ok()?;
-    }
-    if parts.next().is_some() || out == [0; 4] || out[0] >= 224 {
+    let out = parse_ipv4(addr)?;
+    if out == [0; 4] || out[0] >= 224 {
         return None;
     }
     Some((out, len))
@@ -241,6 +320,8 @@ impl Default for BootOptions {
             tcp_buffer: None,
             tx_share: TxShare::Lock,
             steer_key: None,
+            gateway: None,
+            iperf_client: None,
             services: Services { echo: true, discard: true, metrics: true, iperf: true },
         }
     }
@@ -318,6 +399,22 @@ impl BootOptions {
                 .map(|v| opts.tx_share = v),
                 "services" => Services::parse(value).map(|v| opts.services = v),
                 "steer-key" => parse_key(value).map(|k| opts.steer_key = Some(k)),
+                "gw" => parse_ipv4(value).map(|a| opts.gateway = Some(a)),
+                "iperf-client" => parse_ipv4_port(value, 5201).map(|(server, port)| {
+                    let c = opts.iperf_client.get_or_insert_with(IperfClient::default);
+                    (c.server, c.port) = (server, port);
+                }),
+                "iperf-parallel" => {
+                    value.parse::<u32>().ok().filter(|n| (1..=128).contains(n)).map(|n| client(&mut opts).parallel = n)
+                }
+                "iperf-len" => {
+                    parse_size(value).filter(|n| (1..=1 << 20).contains(n)).map(|n| client(&mut opts).len = n)
+                }
+                "iperf-time" => {
+                    value.parse::<u32>().ok().filter(|n| (1..=86_400).contains(n)).map(|n| client(&mut opts).time = n)
+                }
+                "iperf-omit" => value.parse::<u32>().ok().filter(|n| *n <= 86_400).map(|n| client(&mut opts).omit = n),
+                "iperf-mode" => IperfMode::parse(value).map(|m| client(&mut opts).mode = m),
                 "selftest" => match value {
                     "smp" => Some(true),
                     "none" => Some(false),
@@ -345,6 +442,51 @@ mod tests {
         let mut problems = Vec::new();
         let opts = BootOptions::parse(text, |p| problems.push(p.to_string()));
         (opts, problems)
+    }
+
+    #[test]
+    fn the_iperf_client_and_gateway_options() {
+        let (o, p) =
+            parse("gw=10.99.0.1 iperf-client=10.99.0.1 iperf-parallel=4 iperf-len=512 iperf-time=3 iperf-mode=reverse");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(o.gateway, Some([10, 99, 0, 1]));
+        let c = o.iperf_client.unwrap();
+        assert_eq!(
+            c,
+            IperfClient {
+                server: [10, 99, 0, 1],
+                port: 5201,
+                parallel: 4,
+                len: 512,
+                time: 3,
+                omit: 0,
+                mode: IperfMode::Reverse
+            }
+        );
+        let (o, _) = parse("iperf-client=10.0.0.9:6000 iperf-len=1M iperf-omit=1 iperf-mode=bidir");
+        let c = o.iperf_client.unwrap();
+        assert_eq!((c.server, c.port, c.len, c.omit, c.mode), ([10, 0, 0, 9], 6000, 1 << 20, 1, IperfMode::Bidir));
+        assert_eq!(BootOptions::default().iperf_client, None);
+        // Options alone, without a server, name no server.
+        assert_eq!(parse("iperf-time=5").0.iperf_client.map(|c| c.server), Some([0; 4]));
+        for bad in [
+            "gw=10.99.0",
+            "gw=10.99.0.1.5",
+            "gw=300.1.1.1",
+            "iperf-client=10.99.0.1:0",
+            "iperf-client=10.99.0.1:99999",
+            "iperf-client=host",
+            "iperf-parallel=0",
+            "iperf-parallel=129",
+            "iperf-len=0",
+            "iperf-len=2M",
+            "iperf-time=0",
+            "iperf-mode=sideways",
+        ] {
+            let (o, p) = parse(bad);
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert!(o.gateway.is_none() && o.iperf_client.is_none_or(|c| c == IperfClient::default()), "{bad}");
+        }
     }
 
     #[test]

@@ -341,6 +341,15 @@ impl CpuNet {
             }
             TxPath::Handoff(_) => {}
         }
+        // Connections the services asked for (an iperf3 client's streams):
+        // opened now, their SYNs sent in the next round, which comes at once.
+        if self.services.connects_pending() {
+            busy = true;
+            let start = now.total_micros() as u32 ^ u32::from(self.cpu).rotate_left(16);
+            for c in self.services.take_connects() {
+                let _ = self.connect(fabric, c.remote, c.port, start, c.conn);
+            }
+        }
         for (cpu, wake) in self.to_wake.iter_mut().enumerate() {
             if core::mem::take(wake) {
                 waker.wake(cpu as u16);

@@ -358,7 +358,7 @@ mod tests {
     const HOST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 1]);
     const HOST_IP: Ipv4Address = Ipv4Address::new(10, 99, 0, 1);
     const GUEST_IP: Ipv4Address = Ipv4Address::new(10, 99, 0, 2);
-    const CFG: NetConfig = NetConfig { mac: GUEST_MAC, ip: [10, 99, 0, 2], prefix_len: 24 };
+    const CFG: NetConfig = NetConfig { mac: GUEST_MAC, ip: [10, 99, 0, 2], prefix_len: 24, gateway: None };
 
     /// An Ethernet frame from the host (no virtio header).
     fn frame(

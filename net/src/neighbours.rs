@@ -171,7 +171,8 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    const LOCAL: NetConfig = NetConfig { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24 };
+    const LOCAL: NetConfig =
+        NetConfig { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24, gateway: None };
     const HOST: Binding = Binding { ip: [10, 99, 0, 1], mac: [2, 0, 0, 0, 0, 1] };
 
     fn arp(op: ArpOperation, sender: Binding, target_ip: [u8; 4]) -> Vec<u8> {

@@ -13,6 +13,9 @@ pub struct NetConfig {
     pub mac: [u8; 6],
     pub ip: [u8; 4],
     pub prefix_len: u8,
+    /// Where packets for addresses off the subnet go (none: they cannot be
+    /// sent).
+    pub gateway: Option<[u8; 4]>,
 }
 
 impl NetConfig {
@@ -39,6 +42,10 @@ impl Stack {
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::new(a, b, c, d)), cfg.prefix_len));
         });
+        if let Some([a, b, c, d]) = cfg.gateway {
+            // Only fails when the route table is full; it starts empty.
+            let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
+        }
         Stack { iface, sockets: SocketSet::new(Vec::new()) }
     }
 

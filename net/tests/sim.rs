@@ -44,7 +44,8 @@ use support::frames::{self, End};
 
 mod support;
 
-const GUEST: NetConfig = NetConfig { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24 };
+const GUEST: NetConfig =
+    NetConfig { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24, gateway: None };
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const HOST_IP: [u8; 4] = [10, 99, 0, 1];
 const KIB: usize = 1024;

@@ -98,6 +98,9 @@ pub struct NetCase {
     /// run; the case's command line sets [`TEST_STEER_KEY`], so that the
     /// `-P 4` streams' client ports can be picked to land on 4 vCPUs.
     pub iperf: bool,
+    /// Then `iperf3 -s -1` on the host, for the guest's own iperf3 client
+    /// (the case's command line sets `iperf-client=`).
+    pub iperf_client: bool,
 }
 
 /// The TCP step of a network case: an echo load, then (if it passed) a
@@ -136,6 +139,7 @@ impl NetCase {
             tcp: None,
             rss: false,
             iperf: false,
+            iperf_client: false,
         }
     }
 }
@@ -176,6 +180,11 @@ pub const STEP_METRICS_BEFORE: &str = "metrics before -P 4";
 pub const STEP_METRICS_AFTER: &str = "metrics after -P 4";
 pub const STEP_IPERF_MALFORMED: &str = "iperf3 malformed";
 pub const STEP_IPERF_AFTER: &str = "iperf3 after malformed";
+/// The host's `iperf3 -s -1` that the guest's client runs against.
+pub const STEP_IPERF_SERVER: &str = "iperf3 server";
+/// The guest's lines about its client test.
+pub const IPERF_CLIENT_DONE: &str = "iperf3-client: done:";
+pub const IPERF_CLIENT_JSON: &str = "iperf3-client-json: ";
 /// The iperf3 runs of a network case with `iperf`: (step name, client
 /// arguments), 2 s each. `-P 4` runs get `--cport`.
 pub const IPERF_RUNS: [(&str, &[&str]); 6] = [
@@ -483,6 +492,19 @@ pub fn cases() -> Vec<BootCase> {
         tcp_case("net-tcp-smp4-queues4-rss", 4, true),
         tcp_case("net-tcp-smp4-queues2", 2, false),
         tcp_case("net-tcp-smp4-queues1", 1, false),
+        // The guest as an iperf3 client of the host's real server: two
+        // streams, opened by different vCPUs.
+        BootCase {
+            net: Some(NetCase { iperf_client: true, pings: 4, flows: 8, ..NetCase::new(2) }),
+            ..case(
+                "net-iperf-client-smp2-queues2",
+                Bios,
+                2,
+                512,
+                "net-stats=1000 iperf-client=10.99.0.1 iperf-parallel=2 iperf-time=2",
+                Expect::Network { pairs: 2, vectors: Vectors::PerQueue },
+            )
+        },
         // The real iperf3 client against the guest's server on every vCPU.
         BootCase {
             net: Some(NetCase { iperf: true, pings: 4, flows: 8, ..NetCase::new(4) }),
@@ -1018,6 +1040,9 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vecto
     if net.iperf {
         check_iperf(out, usize::from(case.cpus))?;
     }
+    if net.iperf_client {
+        check_iperf_client(out, report)?;
+    }
     let last = last_net_stats(report);
     let steered = last_net_cpu(&report.lines);
     let (total, busy_queues) = check_queue_reports(&last, &steered, case.cpus, pairs, polled)?;
@@ -1304,6 +1329,39 @@ fn check_iperf(out: &str, cpus: usize) -> Result<(), String> {
         return Err(format!("a malformed parameter message got {bad:?}, not PARAM_EXCHANGE then {IPERF_PARAMS_ERROR}"));
     }
     check_iperf_run(STEP_IPERF_AFTER, &find(STEP_IPERF_AFTER)?)?;
+    Ok(())
+}
+
+/// The guest's client test against the host's `iperf3 -s -1`: the server
+/// exited 0 with the guest's bytes counted and no error; the guest says it
+/// is done, with its streams on more than one vCPU, and its JSON line says
+/// ok with a non-zero rate.
+fn check_iperf_client(out: &str, report: &RunReport) -> Result<(), String> {
+    let server = crate::traffic::find_section(out, STEP_IPERF_SERVER).ok_or("the host's iperf3 server never ran")?;
+    let (first, json) = server.split_once('\n').unwrap_or((&server, ""));
+    let json = json.split("\nstderr:\n").next().unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("the server's JSON does not parse: {e}"))?;
+    if first.trim() != "exit 0" || v.get("error").is_some() {
+        return Err(format!("the host's iperf3 server ended with {:?}: {}", first.trim(), v["error"]));
+    }
+    if v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) <= 0.0 {
+        return Err("the host's iperf3 server received nothing from the guest".into());
+    }
+    let line = |prefix: &str| report.lines.iter().find_map(|l| l.text.split_once(prefix).map(|(_, r)| r.to_string()));
+    let done = line(IPERF_CLIENT_DONE).ok_or("the guest never reported its iperf3 client done")?;
+    let cpus = done.split_once("on vCPUs [").and_then(|(_, r)| r.split_once(']')).map(|(c, _)| c.to_string());
+    let mut cpus: Vec<&str> = cpus.as_deref().unwrap_or("").split(", ").collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    if cpus.len() < 2 {
+        return Err(format!("the guest's client streams were all opened by one vCPU: {done}"));
+    }
+    let json = line(IPERF_CLIENT_JSON).ok_or("no iperf3-client-json line")?;
+    let g: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("iperf3-client-json: {e}"))?;
+    if g["ok"] != serde_json::Value::Bool(true) || g["bits_per_second"].as_f64().unwrap_or(0.0) <= 0.0 {
+        return Err(format!("the guest's client reports {json}"));
+    }
     Ok(())
 }
 
@@ -1966,7 +2024,7 @@ mod tests {
         let key: Vec<u8> =
             (0..40).map(|i| u8::from_str_radix(&TEST_STEER_KEY[2 * i..2 * i + 2], 16).unwrap()).collect();
         let key: [u8; 40] = key.try_into().unwrap();
-        let port = crate::traffic::spread_ports(key, 4, [10, 99, 0, 1], [10, 99, 0, 2], 5201, 4);
+        let port = crate::traffic::spread_ports(key, 4, [10, 99, 0, 1], [10, 99, 0, 2], 5201, 4, 20000);
         let s = net::steer::Steering::new(key, 4);
         let mut owners: Vec<u16> = (0..4)
             .map(|i| {

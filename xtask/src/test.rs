@@ -388,6 +388,11 @@ fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::p
     if net.iperf {
         out += &iperf_traffic(ns, tap)?;
     }
+    if net.iperf_client {
+        // The guest retries its connection every second for 10 s, so a
+        // server that starts now is in time.
+        out += &traffic::section(STEP_IPERF_SERVER, &traffic::iperf3_server(ns, IPERF_DEADLINE)?);
+    }
     Ok(out)
 }
 
@@ -399,7 +404,9 @@ fn iperf_traffic(ns: &str, tap: &TapNetwork) -> Result<String, String> {
     use boot_tests::*;
     let guest = tap.guest_addr.to_string();
     let key = kernel_key(TEST_STEER_KEY).ok_or("TEST_STEER_KEY is not 80 hex digits")?;
-    let cport = traffic::spread_ports(key, 4, tap.host_addr.octets(), tap.guest_addr.octets(), 5201, 4);
+    // Each -P 4 run from ports of its own: the last run's may still be in
+    // TIME-WAIT on the host, where iperf3 could not bind them again.
+    let mut from = 20000;
     let time = IPERF_SECONDS.to_string();
     let mut out = String::new();
     for (step, args) in IPERF_RUNS {
@@ -407,6 +414,8 @@ fn iperf_traffic(ns: &str, tap: &TapNetwork) -> Result<String, String> {
         args.extend(["-t".into(), time.clone()]);
         let parallel = args.windows(2).any(|w| w[0] == "-P" && w[1] == "4");
         if parallel {
+            let cport = traffic::spread_ports(key, 4, tap.host_addr.octets(), tap.guest_addr.octets(), 5201, 4, from);
+            from = cport + 4;
             args.extend(["--cport".into(), cport.to_string()]);
             if !out.contains(STEP_METRICS_BEFORE) {
                 out += &traffic::section(STEP_METRICS_BEFORE, &traffic::curl_metrics(ns, &guest)?);

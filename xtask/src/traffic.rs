@@ -253,6 +253,12 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<(String, String, Str
 pub fn iperf3(netns: &str, addr: &str, args: &[String], limit: Duration) -> Result<String, String> {
     let mut cmd = in_netns(netns, "iperf3");
     cmd.args(["-c", addr, "--json"]).args(args);
+    iperf3_transcript(cmd, limit)
+}
+
+/// Runs an iperf3 command: `exit STATUS`, its output, and its stderr (if
+/// any) after a `stderr:` line.
+fn iperf3_transcript(cmd: Command, limit: Duration) -> Result<String, String> {
     let (status, out, err) = run_bounded(cmd, limit)?;
     let status = status.strip_prefix("exit status: ").unwrap_or(&status).to_string();
     let mut text = format!("exit {status}\n{out}");
@@ -260,6 +266,14 @@ pub fn iperf3(netns: &str, addr: &str, args: &[String], limit: Duration) -> Resu
         text += &format!("\nstderr:\n{err}");
     }
     Ok(text)
+}
+
+/// `iperf3 -s -1 --json` (one test, then exit), killed after `limit`: the
+/// guest's client runs against it. `exit STATUS`, then the server's JSON.
+pub fn iperf3_server(netns: &str, limit: Duration) -> Result<String, String> {
+    let mut cmd = in_netns(netns, "iperf3");
+    cmd.args(["-s", "-1", "--json"]);
+    iperf3_transcript(cmd, limit)
 }
 
 /// A malformed iperf3 control exchange: the cookie, then a parameter
@@ -298,11 +312,19 @@ pub fn curl_metrics(netns: &str, addr: &str) -> Result<String, String> {
     Ok(format!("status {}\n{body}", code.trim()))
 }
 
-/// The first client port `p` (from 20000 on) such that the flows from
+/// The first client port `p` from `from` on such that the flows from
 /// `host`:`p + i` to `guest`:`port`, i < `streams`, all belong to different
 /// vCPUs under the guest's steering (`key`, `cpus`), or to as many as
 /// there are. `iperf3 --cport p` binds its i-th stream to `p + i`.
-pub fn spread_ports(key: [u8; 40], cpus: u16, host: [u8; 4], guest: [u8; 4], port: u16, streams: u16) -> u16 {
+pub fn spread_ports(
+    key: [u8; 40],
+    cpus: u16,
+    host: [u8; 4],
+    guest: [u8; 4],
+    port: u16,
+    streams: u16,
+    from: u16,
+) -> u16 {
     use net::steer::{Flow, Proto, Steering};
     let steering = Steering::new(key, cpus);
     let owner = |p: u16| {
@@ -310,14 +332,14 @@ pub fn spread_ports(key: [u8; 40], cpus: u16, host: [u8; 4], guest: [u8; 4], por
         steering.owner_of_hash(steering.hash(&flow))
     };
     let want = streams.min(cpus) as usize;
-    (20000..60000u16)
+    (from..60000u16)
         .find(|&p| {
             let mut owners: Vec<u16> = (0..streams).map(|i| owner(p + i)).collect();
             owners.sort_unstable();
             owners.dedup();
             owners.len() == want
         })
-        .unwrap_or(20000)
+        .unwrap_or(from)
 }
 
 /// `flows` UDP flows (distinct source and destination ports), `per_flow`

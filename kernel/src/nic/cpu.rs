@@ -16,13 +16,14 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use drivers::virtio::netdev::{QueueStats, RxQueue, TxQueue, Watchdog, STALL_TICKS};
-use kernel::cmdline::{NetFault, TxShare};
+use kernel::cmdline::{IperfMode, NetFault, TxShare};
 use kernel::timers::Expired;
 use log::{info, warn};
 use net::cpu::{plan_shares, CpuNet, Fabric, Queues, Share, Wake};
 use net::device::{Doorbell, TxPath};
 use net::inbox::Inbox;
-use net::services::iperf::{CpuLoad, Hub, Iperf};
+use net::services::iperf::proto::Params;
+use net::services::iperf::{ClientConfig, ClientOutcome, CpuLoad, Hub, Iperf};
 use net::services::metrics::{Board, Metrics, Series};
 use net::services::{discard::Discard, echo::Echo, Services, TcpConfig};
 use spin::Mutex;
@@ -200,7 +201,21 @@ fn services(id: u16, cpus: usize) -> Services {
         s.add(Box::new(Metrics::new(board)));
     }
     if let (true, Some(hub)) = (options.services.iperf, IPERF.get()) {
-        s.add(Box::new(Iperf::new(hub, id)));
+        let mut iperf = Iperf::new(hub, id);
+        // The guest's own client test runs from the first network vCPU.
+        if let Some(c) = options.iperf_client.filter(|c| id == 0 && c.server != [0; 4]) {
+            let params = Params {
+                parallel: c.parallel,
+                len: c.len,
+                time: c.time,
+                omit: c.omit,
+                reverse: c.mode == IperfMode::Reverse,
+                bidirectional: c.mode == IperfMode::Bidir,
+                ..Params::default()
+            };
+            iperf.start_client(ClientConfig { server: c.server, port: c.port, params }, now());
+        }
+        s.add(Box::new(iperf));
     }
     s
 }
@@ -236,7 +251,54 @@ impl CpuLoad for GuestLoad {
 
 /// Creates the iperf3 server's hub for `cpus` network vCPUs.
 pub(super) fn create_iperf_hub(cpus: u16) {
-    IPERF.call_once(|| Hub::new(cpus, Box::new(HubWaker), Some(Box::new(GuestLoad))));
+    IPERF.call_once(|| {
+        Hub::new(cpus, Box::new(HubWaker), Some(Box::new(GuestLoad))).on_client_done(Box::new(report_client))
+    });
+}
+
+/// The guest's iperf3 client test is over: one line for people, one JSON
+/// line for tools (`cargo xtask bench`).
+fn report_client(o: &ClientOutcome) {
+    let [a, b, c, d] = o.config.server;
+    let p = &o.config.params;
+    let mode = if p.bidirectional {
+        "bidir"
+    } else if p.reverse {
+        "reverse"
+    } else {
+        "send"
+    };
+    match &o.error {
+        None => info!(
+            "iperf3-client: done: {mode} to {a}.{b}.{c}.{d}:{}, {} streams on vCPUs {:?}, {:.2} s: sent {} bytes \
+             (server received {}), received {} bytes (server sent {}): {:.1} Mbit/s, guest CPU {:.1}%",
+            o.config.port,
+            p.streams(),
+            o.stream_cpus,
+            o.seconds,
+            o.sent,
+            o.server_received,
+            o.received,
+            o.server_sent,
+            o.bits_per_second() / 1e6,
+            o.cpu_util
+        ),
+        Some(e) => warn!("iperf3-client: failed: {mode} to {a}.{b}.{c}.{d}:{}: {e}", o.config.port),
+    }
+    info!(
+        "iperf3-client-json: {{\"ok\":{},\"mode\":\"{mode}\",\"streams\":{},\"len\":{},\"seconds\":{:.6},\"sent\":{},\
+         \"received\":{},\"server_received\":{},\"server_sent\":{},\"bits_per_second\":{:.0},\"cpu_util\":{:.2}}}",
+        o.error.is_none(),
+        p.streams(),
+        p.len,
+        o.seconds,
+        o.sent,
+        o.received,
+        o.server_received,
+        o.server_sent,
+        o.bits_per_second(),
+        o.cpu_util
+    );
 }
 
 /// Every CPU: once the NIC is up, take this vCPU's share (its queue pair,

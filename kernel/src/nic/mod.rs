@@ -429,7 +429,12 @@ fn bring_up(
     let shared_pairs = (cpus as u16).saturating_sub(pairs).min(pairs);
     let outboxes = if share == TxShare::Handoff { shared_pairs } else { 0 };
     // Shared by every vCPU for good (the NIC is never torn down).
-    let mut fabric = Fabric::new(NetConfig { mac, ip, prefix_len }, steering_key(), cpus as u16, outboxes);
+    let mut fabric = Fabric::new(
+        NetConfig { mac, ip, prefix_len, gateway: crate::boot_options().gateway },
+        steering_key(),
+        cpus as u16,
+        outboxes,
+    );
     // RSS goes after VQ_PAIRS_SET: QEMU turns RSS off when it gets one.
     if rss {
         if let Some((c, off)) = ctrl.as_mut() {

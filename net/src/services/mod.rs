@@ -206,9 +206,11 @@ pub trait TcpService {
     fn accept(&mut self) -> Box<dyn Connection>;
     /// Called once at the start of every [`Services::run`], before any
     /// connection is accepted or served, with the time of the round: for
-    /// services whose connections work together (across vCPUs too).
-    /// Returns whether it did anything.
-    fn poll(&mut self, _now: Instant) -> bool {
+    /// services whose connections work together (across vCPUs too). A
+    /// service that wants to open connections itself (a client) pushes them
+    /// onto `connect`; the vCPU opens them after the round (see
+    /// [`Services::take_connects`]). Returns whether it did anything.
+    fn poll(&mut self, _now: Instant, _connect: &mut Vec<Connect>) -> bool {
         false
     }
     /// When the service needs [`Services::run`] again although nothing
@@ -216,6 +218,15 @@ pub trait TcpService {
     fn poll_at(&self) -> Option<Instant> {
         None
     }
+}
+
+/// A connection a service asks its vCPU to open: to `remote`:`port`, from
+/// a local port whose replies come back to this vCPU, served by `conn` once
+/// established. If it cannot be opened, `conn` is dropped unserved.
+pub struct Connect {
+    pub remote: [u8; 4],
+    pub port: u16,
+    pub conn: Box<dyn Connection>,
 }
 
 /// Connection accounting of one vCPU's services.
@@ -291,6 +302,8 @@ pub struct Services {
     /// still needed: in TIME-WAIT, or CLOSED with an RST still to send.
     lingering: Vec<SocketHandle>,
     counters: ConnCounters,
+    /// Connections the services asked for this round.
+    connects: Vec<Connect>,
 }
 
 impl Services {
@@ -308,6 +321,7 @@ impl Services {
             open: Vec::with_capacity(conns),
             lingering: Vec::with_capacity(conns),
             counters: ConnCounters::default(),
+            connects: Vec::new(),
         }
     }
 
@@ -367,7 +381,7 @@ impl Services {
     pub fn run(&mut self, sockets: &mut SocketSet<'static>, now: Instant) -> bool {
         let mut progress = false;
         for port in &mut self.ports {
-            progress |= port.service.poll(now);
+            progress |= port.service.poll(now, &mut self.connects);
         }
         progress |= self.collect_handshakes(sockets);
         progress |= self.settle_handshakes(sockets);
@@ -375,6 +389,18 @@ impl Services {
         progress |= self.reap(sockets);
         progress |= self.refill(sockets);
         progress
+    }
+
+    /// The connections the services asked for in the last rounds, for the
+    /// vCPU to open ([`crate::cpu::CpuNet`] does, with
+    /// [`Services::connect`]).
+    pub fn take_connects(&mut self) -> Vec<Connect> {
+        core::mem::take(&mut self.connects)
+    }
+
+    /// Whether a service asked for a connection.
+    pub fn connects_pending(&self) -> bool {
+        !self.connects.is_empty()
     }
 
     /// The earliest time a service wants [`Services::run`] again without

@@ -23,8 +23,9 @@ use crate::stack::{NetConfig, Stack};
 use crate::test_support::client::StreamCheck;
 use crate::test_support::frames;
 
-const GUEST: NetConfig = NetConfig { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24 };
-const HOST: NetConfig = NetConfig { mac: [0x02, 0, 0, 0, 0, 1], ip: [10, 99, 0, 1], prefix_len: 24 };
+const GUEST: NetConfig =
+    NetConfig { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], ip: [10, 99, 0, 2], prefix_len: 24, gateway: None };
+const HOST: NetConfig = NetConfig { mac: [0x02, 0, 0, 0, 0, 1], ip: [10, 99, 0, 1], prefix_len: 24, gateway: None };
 pub(super) const GUEST_IP: IpAddress = IpAddress::Ipv4(Ipv4Address::new(10, 99, 0, 2));
 const HOST_IP: IpAddress = IpAddress::Ipv4(Ipv4Address::new(10, 99, 0, 1));
 const MIB: usize = 1024 * 1024;

@@ -31,13 +31,16 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 
-use super::{close_after_peer, Connection, TcpService};
+use super::{close_after_peer, Connect, Connection, TcpService};
 use crate::cpu::Wake;
 
+mod client;
 pub mod proto;
 #[cfg(test)]
 mod tests;
 
+use client::{make_cookie, ClientControl};
+pub use client::{ClientConfig, ClientOutcome, CONNECT_ATTEMPTS};
 use proto::{state, Cookie, JsonReader, Params, Results, StreamResult, COOKIE_LEN};
 
 /// iperf3's port.
@@ -67,17 +70,60 @@ const MAILBOX_CAP: usize = 1024;
 enum Msg {
     /// stream → control: a data connection with the test's cookie,
     /// established at `at`, is `token` on vCPU `from`.
-    Join { test: u32, from: u16, token: u32, at: Instant },
+    Join {
+        test: u32,
+        from: u16,
+        token: u32,
+        at: Instant,
+    },
     /// control → stream: all streams are in; count (and send, if `sends`)
     /// from now, the first `omit` not measured.
-    Start { test: u32, token: u32, sends: bool, omit: Duration },
+    Start {
+        test: u32,
+        token: u32,
+        sends: bool,
+        omit: Duration,
+    },
     /// control → stream: not part of the test (it already has its streams,
     /// or is gone); answer ACCESS_DENIED and close.
-    Deny { test: u32, token: u32 },
+    Deny {
+        test: u32,
+        token: u32,
+    },
     /// control → stream: the test is over; report and close.
-    Stop { test: u32, token: u32 },
+    Stop {
+        test: u32,
+        token: u32,
+    },
     /// stream → control: what it counted.
-    Report { test: u32, from: u16, token: u32, bytes: u64, elapsed: Duration },
+    Report {
+        test: u32,
+        from: u16,
+        token: u32,
+        bytes: u64,
+        elapsed: Duration,
+    },
+    /// client control → a vCPU: open stream `index` of our test to
+    /// `remote`:`port` and send it `cookie`.
+    Open {
+        test: u32,
+        index: u32,
+        remote: [u8; 4],
+        port: u16,
+        cookie: Cookie,
+        control: u16,
+    },
+    /// vCPU → client control: stream `index` is open (its cookie sent) and
+    /// is `token` on `from`; or it could not be opened.
+    Opened {
+        test: u32,
+        index: u32,
+        from: u16,
+        token: u32,
+    },
+    OpenFailed {
+        test: u32,
+    },
 }
 
 /// One vCPU's mailbox. `pending` lets the owner skip the lock on every
@@ -120,6 +166,9 @@ pub struct HubStats {
     pub mailbox_drops: AtomicU64,
 }
 
+/// Where the outcome of the guest's client test goes.
+pub type ClientReport = Box<dyn Fn(&ClientOutcome) + Send + Sync>;
+
 /// What every vCPU's iperf3 service shares: the test registry and the
 /// mailboxes. Made once at boot.
 pub struct Hub {
@@ -127,6 +176,9 @@ pub struct Hub {
     mailboxes: Vec<Mailbox>,
     waker: Box<dyn Wake + Send + Sync>,
     load: Option<Box<dyn CpuLoad + Send + Sync>>,
+    /// Told how the guest's own client test went (the kernel logs it).
+    on_client_done: Option<ClientReport>,
+    client_outcome: spin::Mutex<Option<ClientOutcome>>,
     pub stats: HubStats,
 }
 
@@ -153,8 +205,42 @@ impl Hub {
                 .collect(),
             waker,
             load,
+            on_client_done: None,
+            client_outcome: spin::Mutex::new(None),
             stats: HubStats::default(),
         }
+    }
+
+    /// Calls `report` once the guest's own client test (see
+    /// [`Iperf::start_client`]) has ended, whichever way.
+    pub fn on_client_done(mut self, report: ClientReport) -> Hub {
+        self.on_client_done = Some(report);
+        self
+    }
+
+    /// How the guest's client test went, once it has ended.
+    pub fn client_outcome(&self) -> Option<ClientOutcome> {
+        self.client_outcome.lock().clone()
+    }
+
+    fn client_done(&self, outcome: ClientOutcome) {
+        if let Some(report) = &self.on_client_done {
+            report(&outcome);
+        }
+        *self.client_outcome.lock() = Some(outcome);
+    }
+
+    /// vCPUs served.
+    pub fn cpus(&self) -> u16 {
+        self.mailboxes.len() as u16
+    }
+
+    /// A serial number for a test of the guest's client (from the same
+    /// counter as served tests, so messages never mix them up).
+    fn serial(&self) -> u32 {
+        let mut reg = self.registry.lock();
+        reg.1 = reg.1.wrapping_add(1);
+        reg.1
     }
 
     fn claim(&self, cookie: &Cookie, cpu: u16) -> Claim {
@@ -271,7 +357,8 @@ struct Member {
     report: Option<(u64, Duration)>,
 }
 
-/// The test whose control connection this vCPU serves.
+/// A test whose control connection this vCPU serves (as the server, or as
+/// the guest's client).
 #[derive(Debug)]
 struct Hosted {
     serial: u32,
@@ -279,6 +366,29 @@ struct Hosted {
     members: Vec<Member>,
     load_at_start: Option<(u64, u64)>,
     cpu_util: f64,
+    /// Client: a stream could not be opened.
+    failed: bool,
+    /// Client: the server asked for the results before every stream had
+    /// reported.
+    results_asked: bool,
+    /// Client: the server's results.
+    server: Option<Results>,
+}
+
+impl Hosted {
+    fn new(serial: u32, params: Params) -> Hosted {
+        let members = Vec::with_capacity(params.streams() as usize);
+        Hosted {
+            serial,
+            params,
+            members,
+            load_at_start: None,
+            cpu_util: 0.0,
+            failed: false,
+            results_asked: false,
+            server: None,
+        }
+    }
 }
 
 /// One vCPU's iperf3 state, shared by its service and its connections
@@ -292,9 +402,47 @@ struct Local {
     hosted: Option<Hosted>,
     /// Connections of port 5201 open on this vCPU.
     conns: u32,
+    /// The guest's client test run from this vCPU, what it runs, and when
+    /// its next connection attempt is due (with the attempts left).
+    client: Option<Hosted>,
+    client_config: Option<ClientConfig>,
+    client_attempt: Option<(Instant, u32)>,
+    /// Client streams this vCPU was asked to open.
+    opens: Vec<Open>,
+}
+
+/// A client stream to open (from [`Msg::Open`]).
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    test: u32,
+    token: u32,
+    index: u32,
+    control: u16,
+    remote: [u8; 4],
+    port: u16,
+    cookie: Cookie,
 }
 
 impl Local {
+    /// A data stream of test `test` (controlled from vCPU `control`) on
+    /// this vCPU, waiting for its `Start`; returns its token.
+    fn new_slot(&mut self, test: u32, control: u16) -> u32 {
+        let token = self.next_token;
+        self.next_token = token.wrapping_add(1);
+        self.slots.push(Slot {
+            test,
+            token,
+            control,
+            phase: SlotPhase::Waiting,
+            sends: false,
+            bytes: 0,
+            omitted: 0,
+            measure_from: None,
+            live: true,
+        });
+        token
+    }
+
     fn slot(&mut self, test: u32, token: u32) -> Option<&mut Slot> {
         self.slots.iter_mut().find(|s| s.test == test && s.token == token)
     }
@@ -345,10 +493,27 @@ impl Local {
                 }
             }
             Msg::Report { test, from, token, bytes, elapsed } => {
-                if let Some(h) = self.hosted.as_mut().filter(|h| h.serial == test) {
+                let tests = self.hosted.iter_mut().chain(self.client.iter_mut());
+                if let Some(h) = tests.into_iter().find(|h| h.serial == test) {
                     if let Some(m) = h.members.iter_mut().find(|m| m.cpu == from && m.token == token) {
                         m.report = Some((bytes, elapsed));
                     }
+                }
+            }
+            Msg::Open { test, index, remote, port, cookie, control } => {
+                let token = self.new_slot(test, control);
+                self.opens.push(Open { test, token, index, control, remote, port, cookie });
+            }
+            Msg::Opened { test, index, from, token } => {
+                if let Some(c) = self.client.as_mut().filter(|c| c.serial == test) {
+                    let sends = !c.params.server_sends(index);
+                    let id = proto::stream_id(index);
+                    c.members.push(Member { cpu: from, token, at: now, id, sends, report: None });
+                }
+            }
+            Msg::OpenFailed { test } => {
+                if let Some(c) = self.client.as_mut().filter(|c| c.serial == test) {
+                    c.failed = true;
                 }
             }
         }
@@ -377,6 +542,18 @@ pub struct Iperf {
 }
 
 impl Iperf {
+    /// Runs one iperf3 client test from this vCPU, to an `iperf3 -s` at
+    /// `cfg.server`: up to [`CONNECT_ATTEMPTS`] connection attempts a
+    /// second apart, the first a second after `now` (the host's side is
+    /// usually started once the guest is up, and its first pings then find
+    /// the guest quiet), then the test. Its outcome goes to the hub
+    /// ([`Hub::on_client_done`]).
+    pub fn start_client(&mut self, cfg: ClientConfig, now: Instant) {
+        let mut local = self.local.borrow_mut();
+        local.client_config = Some(cfg);
+        local.client_attempt = Some((now + Duration::from_secs(1), CONNECT_ATTEMPTS));
+    }
+
     /// vCPU `cpu`'s server (its index in the hub, as in steering).
     pub fn new(hub: &'static Hub, cpu: u16) -> Iperf {
         Iperf {
@@ -388,6 +565,10 @@ impl Iperf {
                 slots: Vec::new(),
                 hosted: None,
                 conns: 0,
+                client: None,
+                client_config: None,
+                client_attempt: None,
+                opens: Vec::new(),
             })),
         }
     }
@@ -411,7 +592,7 @@ impl TcpService for Iperf {
         Box::new(Conn { local: self.local.clone(), since: now, cookie: [0; COOKIE_LEN], have: 0, role: Role::Cookie })
     }
 
-    fn poll(&mut self, now: Instant) -> bool {
+    fn poll(&mut self, now: Instant, connect: &mut Vec<Connect>) -> bool {
         let mut local = self.local.borrow_mut();
         local.now = now;
         let (hub, cpu) = (local.hub, local.cpu);
@@ -419,6 +600,27 @@ impl TcpService for Iperf {
         while let Some(msg) = hub.take(cpu) {
             local.handle(msg);
             progress = true;
+        }
+        for o in core::mem::take(&mut local.opens) {
+            local.conns += 1;
+            let role = Role::Opening { test: o.test, token: o.token, index: o.index, control: o.control, sent: 0 };
+            let conn = Conn { local: Rc::clone(&self.local), since: now, cookie: o.cookie, have: 0, role };
+            connect.push(Connect { remote: o.remote, port: o.port, conn: Box::new(conn) });
+            progress = true;
+        }
+        // The guest's client: (another) attempt at its control connection.
+        if let (Some((at, left)), Some(cfg)) = (local.client_attempt, local.client_config.clone()) {
+            if now >= at && local.client.is_none() {
+                local.client_attempt = (left > 1).then(|| (now + Duration::from_secs(1), left - 1));
+                let serial = hub.serial();
+                local.client = Some(Hosted::new(serial, cfg.params.clone()));
+                local.conns += 1;
+                let cookie = make_cookie(now.total_micros() as u64 ^ u64::from(serial) << 32 ^ u64::from(cpu));
+                let role = Role::Client(Box::new(ClientControl::new(serial, cookie, now)));
+                let conn = Conn { local: Rc::clone(&self.local), since: now, cookie, have: 0, role };
+                connect.push(Connect { remote: cfg.server, port: cfg.port, conn: Box::new(conn) });
+                progress = true;
+            }
         }
         progress
     }
@@ -435,7 +637,7 @@ impl TcpService for Iperf {
             .is_some_and(|h| h.load_at_start.is_some() && h.members.iter().any(|m| m.report.is_none()));
         if reports {
             Some(local.now + Duration::from_millis(100))
-        } else if local.conns > 0 {
+        } else if local.conns > 0 || local.client_attempt.is_some() {
             Some(local.now + Duration::from_secs(1))
         } else {
             None
@@ -452,6 +654,17 @@ enum Role {
         test: u32,
         token: u32,
     },
+    /// A client stream: sending its cookie (`sent` bytes of it so far),
+    /// then it is a `Stream`.
+    Opening {
+        test: u32,
+        token: u32,
+        index: u32,
+        control: u16,
+        sent: usize,
+    },
+    /// The guest's client's control connection.
+    Client(Box<ClientControl>),
     /// Answering ACCESS_DENIED, then closing.
     Refused {
         sent: bool,
@@ -486,6 +699,29 @@ impl Connection for Conn {
             Role::Stream { test, token } => {
                 let (test, token) = (*test, *token);
                 serve_stream(socket, &mut self.local.borrow_mut(), test, token, now, self.since)
+            }
+            Role::Opening { test, token, index, control, sent } => {
+                let (test, token, index, control) = (*test, *token, *index, *control);
+                if let Ok(n) = socket.send_slice(&self.cookie[*sent..]) {
+                    *sent += n;
+                }
+                if *sent == COOKIE_LEN {
+                    let local = self.local.borrow();
+                    local.hub.post(control, Msg::Opened { test, index, from: local.cpu, token });
+                    self.role = Role::Stream { test, token };
+                    self.since = now;
+                }
+                true
+            }
+            Role::Client(c) => {
+                let mut local = self.local.borrow_mut();
+                // Connected: no more attempts, whatever happens now.
+                local.client_attempt = None;
+                let progress = c.serve(socket, &mut local, now);
+                if c.phase == client::Phase::Over {
+                    self.role = Role::Done;
+                }
+                progress
             }
             Role::Refused { sent } => {
                 if !*sent {
@@ -528,24 +764,12 @@ impl Conn {
             Claim::Control(serial) => {
                 local.hosted = None;
                 let mut c = Box::new(Control::new(serial, now));
-                c.out.push(state::PARAM_EXCHANGE as u8);
-                c.flush(socket);
+                c.out.bytes.push(state::PARAM_EXCHANGE as u8);
+                c.out.flush(socket);
                 self.role = Role::Control(c);
             }
             Claim::Stream { cpu: control, serial } => {
-                let token = local.next_token;
-                local.next_token = token.wrapping_add(1);
-                local.slots.push(Slot {
-                    test: serial,
-                    token,
-                    control,
-                    phase: SlotPhase::Waiting,
-                    sends: false,
-                    bytes: 0,
-                    omitted: 0,
-                    measure_from: None,
-                    live: true,
-                });
+                let token = local.new_slot(serial, control);
                 hub.post(control, Msg::Join { test: serial, from: cpu, token, at: now });
                 self.role = Role::Stream { test: serial, token };
             }
@@ -562,7 +786,7 @@ impl Drop for Conn {
     fn drop(&mut self) {
         let Ok(mut local) = self.local.try_borrow_mut() else { return };
         local.conns = local.conns.saturating_sub(1);
-        match &self.role {
+        match &mut self.role {
             // A control connection that goes away (reset, timed out) ends
             // its test.
             Role::Control(c) if c.phase != Phase::Over => {
@@ -575,6 +799,23 @@ impl Drop for Conn {
                     s.live = false;
                 }
                 local.slots.retain(|s| s.live || s.phase == SlotPhase::Running);
+            }
+            // A client stream that never got its cookie out (refused,
+            // timed out): the test cannot run.
+            Role::Opening { test, token, control, .. } => {
+                let (test, token) = (*test, *token);
+                local.hub.post(*control, Msg::OpenFailed { test });
+                local.slots.retain(|s| !(s.test == test && s.token == token));
+            }
+            Role::Client(c) if c.phase != client::Phase::Over => {
+                let now = local.now;
+                let never_served = c.phase == client::Phase::Waiting && local.client_attempt.is_some();
+                if never_served {
+                    // Its connection failed: the next attempt comes when due.
+                    local.client = None;
+                } else {
+                    c.finish(&mut local, Some("the control connection ended early".into()), now);
+                }
             }
             _ => {}
         }
@@ -645,6 +886,28 @@ fn serve_stream(
     }
 }
 
+/// Control bytes waiting to go out, and how many of them are out.
+#[derive(Debug, Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    sent: usize,
+}
+
+impl Outbox {
+    /// Sends what the socket takes; forgets it all once everything is out.
+    fn flush(&mut self, socket: &mut tcp::Socket) {
+        if self.sent < self.bytes.len() {
+            if let Ok(n) = socket.send_slice(&self.bytes[self.sent..]) {
+                self.sent += n;
+            }
+        }
+        if self.sent == self.bytes.len() {
+            self.bytes.clear();
+            self.sent = 0;
+        }
+    }
+}
+
 /// The control connection's phases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -671,8 +934,7 @@ struct Control {
     serial: u32,
     phase: Phase,
     /// Bytes to send, and how many of them are out.
-    out: Vec<u8>,
-    sent: usize,
+    out: Outbox,
     reader: JsonReader,
     /// When the current phase must be over.
     deadline: Instant,
@@ -683,29 +945,16 @@ impl Control {
         Control {
             serial,
             phase: Phase::Params,
-            out: Vec::with_capacity(64),
-            sent: 0,
+            out: Outbox::default(),
             reader: JsonReader::default(),
             deadline: now + SETUP_TIMEOUT,
-        }
-    }
-
-    fn flush(&mut self, socket: &mut tcp::Socket) {
-        if self.sent < self.out.len() {
-            if let Ok(n) = socket.send_slice(&self.out[self.sent..]) {
-                self.sent += n;
-            }
-        }
-        if self.sent == self.out.len() {
-            self.out.clear();
-            self.sent = 0;
         }
     }
 
     /// Ends the test on an error: SERVER_ERROR with `errno`, then close.
     fn fail(&mut self, local: &mut Local, errno: i32) {
         local.hub.stats.failed.fetch_add(1, Ordering::Relaxed);
-        proto::server_error(errno, &mut self.out);
+        proto::server_error(errno, &mut self.out.bytes);
         self.finish(local);
     }
 
@@ -716,14 +965,14 @@ impl Control {
     }
 
     fn serve(&mut self, socket: &mut tcp::Socket, local: &mut Local, now: Instant) -> bool {
-        let before = (self.phase, self.out.len());
+        let before = (self.phase, self.out.bytes.len());
         self.step(socket, local, now);
-        self.flush(socket);
-        if self.phase == Phase::Closing && self.out.is_empty() {
+        self.out.flush(socket);
+        if self.phase == Phase::Closing && self.out.bytes.is_empty() {
             socket.close();
             self.phase = Phase::Over;
         }
-        (self.phase, self.out.len()) != before
+        (self.phase, self.out.bytes.len()) != before
     }
 
     fn step(&mut self, socket: &mut tcp::Socket, local: &mut Local, now: Instant) {
@@ -745,16 +994,9 @@ impl Control {
             Phase::Params => match self.read_json(socket) {
                 Some(Ok(json)) => match Params::parse(&json) {
                     Ok(params) => {
-                        let expected = params.streams();
-                        local.hosted = Some(Hosted {
-                            serial: self.serial,
-                            params,
-                            members: Vec::with_capacity(expected as usize),
-                            load_at_start: None,
-                            cpu_util: 0.0,
-                        });
+                        local.hosted = Some(Hosted::new(self.serial, params));
                         local.hub.set_joining(self.serial, true);
-                        self.out.push(state::CREATE_STREAMS as u8);
+                        self.out.bytes.push(state::CREATE_STREAMS as u8);
                         self.phase = Phase::Streams;
                         self.deadline = now + STREAMS_TIMEOUT;
                     }
@@ -793,8 +1035,8 @@ impl Control {
                 self.deadline = now + Duration::from_secs(run) + END_GRACE;
                 local.hub.set_joining(self.serial, false);
                 local.hub.stats.started.fetch_add(1, Ordering::Relaxed);
-                self.out.push(state::TEST_START as u8);
-                self.out.push(state::TEST_RUNNING as u8);
+                self.out.bytes.push(state::TEST_START as u8);
+                self.out.bytes.push(state::TEST_RUNNING as u8);
                 self.phase = Phase::Running;
             }
             Phase::Running => {
@@ -819,7 +1061,7 @@ impl Control {
                     },
                     _ if now >= self.deadline => {
                         local.hub.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        self.out.push(state::SERVER_TERMINATE as u8);
+                        self.out.bytes.push(state::SERVER_TERMINATE as u8);
                         self.finish(local);
                     }
                     _ => {}
@@ -831,7 +1073,7 @@ impl Control {
                 }
                 let all = local.hosted.as_ref().is_none_or(|h| h.members.iter().all(|m| m.report.is_some()));
                 if all || now >= self.deadline {
-                    self.out.push(state::EXCHANGE_RESULTS as u8);
+                    self.out.bytes.push(state::EXCHANGE_RESULTS as u8);
                     self.phase = Phase::ClientResults;
                     self.deadline = now + RESULTS_TIMEOUT;
                 }
@@ -839,8 +1081,8 @@ impl Control {
             Phase::ClientResults => match self.read_json(socket) {
                 Some(Ok(json)) if Results::parse(&json).is_ok() => {
                     let ours = local.hosted.as_ref().map(our_results).unwrap_or_else(empty_results);
-                    proto::frame_json(&ours.to_json(), &mut self.out);
-                    self.out.push(state::DISPLAY_RESULTS as u8);
+                    proto::frame_json(&ours.to_json(), &mut self.out.bytes);
+                    self.out.bytes.push(state::DISPLAY_RESULTS as u8);
                     self.phase = Phase::Done;
                     self.deadline = now + RESULTS_TIMEOUT;
                 }
