@@ -134,6 +134,9 @@ pub fn guest_side(lines: &[Line], start: Duration, end: Duration) -> Option<Gues
 pub struct Row {
     pub mode: RawMode,
     pub queues: u16,
+    /// Queue pairs the guest used (fewer than `queues` when the device
+    /// refused or did not answer VQ_PAIRS_SET in time); `None`: unknown.
+    pub pairs: Option<u16>,
     pub len: u16,
     pub host: Result<Value, String>,
     pub guest: Option<GuestSide>,
@@ -162,6 +165,7 @@ impl Row {
         let mut v = json!({
             "mode": self.mode.name(),
             "queues": self.queues,
+            "pairs_used": self.pairs,
             "len": self.len,
             "frames_per_s": rate,
             "mbit_per_s": rate.map(|r| r * f64::from(self.len) * 8.0 / 1e6),
@@ -181,9 +185,10 @@ impl Row {
 /// The table: one row per mode × queues × size.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:>8} {:>6} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9} {:>11} {:>8} {:>12}\n",
+        "{:>8} {:>6} {:>5} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9} {:>11} {:>8} {:>12}\n",
         "mode",
         "queues",
+        "used",
         "len",
         "host sent",
         "guest rx",
@@ -207,9 +212,10 @@ pub fn table(rows: &[Row]) -> String {
         let g = r.guest.as_ref();
         let rate = r.rate();
         out.push_str(&format!(
-            "{:>8} {:>6} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9} {:>11} {:>8} {:>12}\n",
+            "{:>8} {:>6} {:>5} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9} {:>11} {:>8} {:>12}\n",
             r.mode.name(),
             r.queues,
+            r.pairs.map_or("?".to_string(), |p| p.to_string()),
             r.len,
             num(host_sent),
             num(g.map(|g| g.total(0))),
@@ -320,12 +326,22 @@ fn boot_once(
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         ));
     }
+    // "raw mode up: MODE on N queue pairs": fewer than asked when the
+    // device did not take VQ_PAIRS_SET (the kernel then warns why).
+    let pairs = report.find(kernel::raw::READY).and_then(|l| {
+        let rest = l.text.split(" on ").nth(1)?;
+        rest.split_whitespace().next()?.parse::<u16>().ok()
+    });
+    if pairs.is_some_and(|p| p < queues.min(a.smp)) {
+        say!("{mode}, queues {queues}: the guest uses only {} queue pairs", pairs.unwrap_or(0));
+    }
     let loads = loads.lock().expect("not poisoned").clone();
     Ok(loads
         .into_iter()
         .map(|l| Row {
             mode,
             queues,
+            pairs,
             len: l.len,
             guest: guest_side(&report.lines, l.window.0, l.window.1),
             host: l.result,
@@ -498,6 +514,7 @@ mod tests {
             Row {
                 mode: RawMode::RxOnly,
                 queues: 2,
+                pairs: Some(2),
                 len: 60,
                 host: Ok(
                     json!({"sent": 5000, "elapsed_s": 2.0, "tap_before": tap(0, 0, 0), "tap_after": tap(0, 1000, 4000)}),
@@ -507,22 +524,30 @@ mod tests {
             Row {
                 mode: RawMode::TxOnly,
                 queues: 2,
+                pairs: Some(1),
                 len: 1514,
                 host: Ok(
                     json!({"received": 10, "elapsed_s": 4.0, "tap_before": tap(100, 0, 0), "tap_after": tap(4100, 0, 0)}),
                 ),
                 guest: None,
             },
-            Row { mode: RawMode::MacSwap, queues: 2, len: 60, host: Err("no summary".into()), guest: None },
+            Row {
+                mode: RawMode::MacSwap,
+                queues: 2,
+                pairs: None,
+                len: 60,
+                host: Err("no summary".into()),
+                guest: None,
+            },
         ];
         assert_eq!(rows[0].rate(), Some(500.0));
         assert_eq!(rows[1].rate(), Some(1000.0));
         assert_eq!(rows[2].rate(), None);
         let t = table(&rows);
         let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
-        assert_eq!(lines[1], ["rxonly", "2", "60", "5000", "1000", "0", "-", "4000", "500", "0.2", "60/40"]);
-        assert_eq!(lines[2], ["txonly", "2", "1514", "-", "-", "-", "4000", "0", "1000", "12.1", "-"]);
-        assert_eq!(lines[3][..4], ["macswap", "2", "60", "-"]);
+        assert_eq!(lines[1], ["rxonly", "2", "2", "60", "5000", "1000", "0", "-", "4000", "500", "0.2", "60/40"]);
+        assert_eq!(lines[2], ["txonly", "2", "1", "1514", "-", "-", "-", "4000", "0", "1000", "12.1", "-"]);
+        assert_eq!(lines[3][..5], ["macswap", "2", "?", "60", "-"]);
         assert_eq!(t.lines().last(), Some("macswap queues 2 len 60: no summary"));
         let j = rows[0].json();
         assert_eq!((j["frames_per_s"].as_f64(), j["guest_rx"].as_u64()), (Some(500.0), Some(1000)));

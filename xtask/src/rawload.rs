@@ -73,7 +73,7 @@ pub struct Common {
     pub time: Duration,
     /// Wait this long after the run before reading the tap's counters
     /// (frames still queued reach their end).
-    #[arg(long, default_value = "0.5", value_parser = parse_time)]
+    #[arg(long, default_value = "0.5", value_parser = parse_settle)]
     pub settle: Duration,
 }
 
@@ -128,6 +128,15 @@ fn parse_time(s: &str) -> Result<Duration, String> {
         return Err(format!("at most {} s", MAX_TIME.as_secs()));
     }
     Ok(t)
+}
+
+/// 0 to 60 seconds.
+fn parse_settle(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().trim_end_matches('s').parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(0.0..=60.0).contains(&secs) {
+        return Err(format!("settle time must be between 0 and 60 seconds, not `{s}`"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_mac_arg(s: &str) -> Result<[u8; 6], String> {
@@ -675,8 +684,11 @@ mod tests {
             panic!()
         };
         assert_eq!((p.window, p.send.common.time), (32, Duration::from_millis(1500)));
-        let RawLoadCmd::Count(c) = parse(&["count", "--expect", "40000", "--iface", "tap1"]).unwrap() else { panic!() };
-        assert_eq!((c.expect, c.common.iface.as_str()), (Some(40000), "tap1"));
+        let RawLoadCmd::Count(c) = parse(&["count", "--expect", "40000", "--iface", "tap1", "--settle", "0"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((c.expect, c.common.iface.as_str(), c.common.settle), (Some(40000), "tap1", Duration::ZERO));
         for bad in [
             &["send", "--len", "59"][..],
             &["send", "--len", "1515"],
@@ -685,6 +697,8 @@ mod tests {
             &["send", "--dst", "52:54"],
             &["send", "--time", "3601"],
             &["count", "--time", "0"],
+            &["count", "--settle", "61"],
+            &["count", "--settle", "-1"],
             &["flood"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
