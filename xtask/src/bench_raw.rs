@@ -9,7 +9,8 @@
 //!   what the guest received over the sending time.
 //! - txonly: the guest sends from boot on; the host counts for `--time`;
 //!   the rate is what the tap took from the guest in that time.
-//! - macswap: the host sends without a window; the rate is what came back.
+//! - macswap: the host sends without a window; the rate is what came back
+//!   (what the tap took from the guest).
 //!
 //! The guest reports its counters every [`STATS_MS`]; the reports around
 //! each load give its own side (received, sent, dropped) and the share of
@@ -149,14 +150,18 @@ impl Row {
         let secs = host["elapsed_s"].as_f64().filter(|s| *s > 0.0)?;
         let frames = match self.mode {
             RawMode::RxOnly => self.guest.as_ref()?.total(0),
-            RawMode::TxOnly => {
-                let (b, a) =
-                    (TapCounters::from_json(&host["tap_before"])?, TapCounters::from_json(&host["tap_after"])?);
-                a.rx_packets.saturating_sub(b.rx_packets)
-            }
-            RawMode::MacSwap => field(host, "received"),
+            RawMode::TxOnly | RawMode::MacSwap => self.tap_from_guest()?,
         };
         Some(frames as f64 / secs)
+    }
+
+    /// Frames the tap took from the guest during the load. (The host's
+    /// AF_PACKET socket may see fewer: the host's stack can drop frames
+    /// before they reach it; its own count is `host.received`.)
+    fn tap_from_guest(&self) -> Option<u64> {
+        let host = self.host.as_ref().ok()?;
+        let (b, a) = (TapCounters::from_json(&host["tap_before"])?, TapCounters::from_json(&host["tap_after"])?);
+        Some(a.rx_packets.saturating_sub(b.rx_packets))
     }
 
     pub fn json(&self) -> Value {
@@ -205,9 +210,9 @@ pub fn table(rows: &[Row]) -> String {
         let tap = host
             .and_then(|h| Some((TapCounters::from_json(&h["tap_before"])?, TapCounters::from_json(&h["tap_after"])?)));
         let (host_sent, host_rx) = match r.mode {
-            RawMode::TxOnly => (None, tap.map(|(b, a)| a.rx_packets - b.rx_packets)),
+            RawMode::TxOnly => (None, r.tap_from_guest()),
             RawMode::RxOnly => (host.map(|h| field(h, "sent")), None),
-            RawMode::MacSwap => (host.map(|h| field(h, "sent")), host.map(|h| field(h, "received"))),
+            RawMode::MacSwap => (host.map(|h| field(h, "sent")), r.tap_from_guest()),
         };
         let g = r.guest.as_ref();
         let rate = r.rate();
@@ -400,7 +405,7 @@ pub fn raw(a: BenchRawArgs) -> Result<i32, String> {
     println!();
     println!(
         "raw mode: {} vCPUs, {:.1} s per load, {} flows{}, accelerator {}{}, release kernel (frames/s: rxonly = \
-         received by the guest, txonly = taken by the tap from the guest, macswap = returned to the host)",
+         received by the guest, txonly and macswap = taken by the tap from the guest, host rx likewise)",
         a.smp,
         a.time.as_secs_f64(),
         a.flows,
