@@ -43,6 +43,9 @@ pub const MAX_FLOWS: u16 = 4096;
 const MAX_PAIRS: usize = 64;
 /// Longest run.
 const MAX_TIME: Duration = Duration::from_secs(3600);
+/// pingpong checks the first this many sequence numbers for duplicates
+/// (a 16 MiB bit set at most).
+const MAX_TRACKED: u64 = 1 << 27;
 /// With a window: frames in flight this long without any coming back are
 /// counted lost, and sending goes on.
 const LOST_AFTER: Duration = Duration::from_millis(500);
@@ -450,9 +453,15 @@ impl Received {
                     return;
                 }
                 let (word, bit) = ((f.seq / 64) as usize, f.seq % 64);
+                if f.seq >= MAX_TRACKED {
+                    // Past the tracked range (a very long run): counted
+                    // without the duplicate check.
+                    self.frames += 1;
+                    self.bytes += frame.len() as u64;
+                    return;
+                }
                 if word >= self.seen.len() {
-                    // Bounded by the frames a run can send (a duplicate
-                    // check, not an allocation per frame).
+                    // Grows by doubling, up to MAX_TRACKED bits.
                     self.seen.resize((word + 1).next_power_of_two(), 0);
                 }
                 if self.seen[word] & (1 << bit) != 0 {
