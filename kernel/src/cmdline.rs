@@ -6,6 +6,8 @@
 
 use core::fmt;
 
+use crate::raw::RawOptions;
+
 /// What the kernel does once it has booted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterBoot {
@@ -111,6 +113,9 @@ pub struct BootOptions {
     /// The in-kernel TCP services to run (`services=echo,discard,metrics,iperf`
     /// or `services=none`); all of them by default.
     pub services: Services,
+    /// Raw driver mode and its options (`raw=`, `raw-len=`, `raw-count=`,
+    /// `raw-dst=`; see [`crate::raw`]): no stacks, no services.
+    pub raw: RawOptions,
 }
 
 /// How vCPUs without a queue pair of their own transmit.
@@ -323,6 +328,7 @@ impl Default for BootOptions {
             gateway: None,
             iperf_client: None,
             services: Services { echo: true, discard: true, metrics: true, iperf: true },
+            raw: RawOptions::default(),
         }
     }
 }
@@ -415,6 +421,7 @@ impl BootOptions {
                 }
                 "iperf-omit" => value.parse::<u32>().ok().filter(|n| *n <= 86_400).map(|n| client(&mut opts).omit = n),
                 "iperf-mode" => IperfMode::parse(value).map(|m| client(&mut opts).mode = m),
+                k if RawOptions::is_key(k) => opts.raw.set(k, value),
                 "selftest" => match value {
                     "smp" => Some(true),
                     "none" => Some(false),
@@ -599,6 +606,44 @@ mod tests {
         let (o, p) = parse("tcp-buf=1K tcp-buf=64G tcp-buf=lots tx-share=maybe services=echo,ftp");
         assert_eq!((o.tcp_buffer, o.tx_share), (None, TxShare::Lock));
         assert_eq!(p.len(), 5, "{p:?}");
+    }
+
+    #[test]
+    fn raw_mode_options() {
+        use crate::raw::RawMode;
+        assert_eq!(BootOptions::default().raw.mode, None);
+        let (o, p) = parse("raw=macswap raw-len=1514 raw-count=5000 raw-dst=52:54:00:aa:bb:cc net-stats=250");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!((o.raw.mode, o.raw.len, o.raw.count), (Some(RawMode::MacSwap), 1514, Some(5000)));
+        assert_eq!((o.raw.dst, o.net_stats_ms), (Some([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]), Some(250)));
+        for m in RawMode::ALL {
+            assert_eq!(parse(&format!("raw={}", m.name())).0.raw.mode, Some(m));
+        }
+        assert_eq!(parse("raw=txonly raw=none").0.raw.mode, None);
+    }
+
+    #[test]
+    fn malformed_raw_options_are_reported_and_ignored() {
+        let (o, p) = parse(
+            "raw=rxonly raw=forward raw-len=40 raw-len=9000 raw-count=0 raw-count=x raw-dst=ff:ff raw raw-burst=32",
+        );
+        assert_eq!(
+            (o.raw.mode, o.raw.len, o.raw.count, o.raw.dst),
+            (Some(crate::raw::RawMode::RxOnly), 60, None, None)
+        );
+        assert_eq!(
+            p,
+            [
+                "bad value `forward` for boot option `raw` ignored",
+                "bad value `40` for boot option `raw-len` ignored",
+                "bad value `9000` for boot option `raw-len` ignored",
+                "bad value `0` for boot option `raw-count` ignored",
+                "bad value `x` for boot option `raw-count` ignored",
+                "bad value `ff:ff` for boot option `raw-dst` ignored",
+                "boot option `raw` has no `=value`; ignored",
+                "unknown boot option `raw-burst` ignored",
+            ]
+        );
     }
 
     #[test]

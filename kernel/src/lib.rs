@@ -20,5 +20,6 @@ pub mod frames;
 pub mod fwcfg;
 pub mod logfmt;
 pub mod madt;
+pub mod raw;
 pub mod time;
 pub mod timers;

@@ -55,6 +55,7 @@ mod boot {
 
     use crate::arch::apic::{self, TimerKind};
     use crate::arch::percpu::{self, PerCpu};
+    use crate::nic::raw::RawNic;
     use crate::nic::CpuNic;
     use crate::runloop::{self, Poll};
     use crate::selftest::SelfTest;
@@ -67,6 +68,14 @@ mod boot {
         selftest: SelfTest,
         /// This vCPU's share of the NIC and its stack, once claimed.
         nic: Option<CpuNic>,
+        /// Or, in raw mode (`raw=`), its queue pair alone.
+        raw: Option<RawNic>,
+    }
+
+    impl AsMut<Option<RawNic>> for CpuState {
+        fn as_mut(&mut self) -> &mut Option<RawNic> {
+            &mut self.raw
+        }
     }
 
     impl AsMut<SelfTest> for CpuState {
@@ -294,7 +303,11 @@ mod boot {
     fn add_common_work(local: &mut Local) {
         let config = CONFIG.get().expect("config set before any loop runs");
         local.add_work(selftest::answer_pings);
-        local.add_work(crate::nic::claim);
+        if config.options.raw.mode.is_some() {
+            local.add_work(crate::nic::raw::claim);
+        } else {
+            local.add_work(crate::nic::claim);
+        }
         if config.options.smp_selftest {
             selftest::start_timer_test(local);
         }

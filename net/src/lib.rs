@@ -17,6 +17,7 @@ pub mod cpu;
 pub mod device;
 pub mod inbox;
 pub mod neighbours;
+pub mod raw;
 pub mod services;
 pub mod stack;
 pub mod steer;

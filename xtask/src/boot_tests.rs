@@ -11,6 +11,7 @@ use boot::outcome::{Outcome, StopReason};
 use boot::runner::RunReport;
 
 use crate::tcpload::LoadSummary;
+use kernel::raw::RawMode;
 
 /// What a boot must show.
 #[derive(Clone, Debug)]
@@ -30,6 +31,8 @@ pub enum Expect {
     /// A failure report containing every one of these lines (substrings, in
     /// order) and the failure status.
     Failure(&'static [&'static str]),
+    /// Raw driver mode on `pairs` queue pairs: see `boot_raw::check`.
+    Raw { pairs: u16 },
     /// The kernel gives up on its network (a device fault it was told to
     /// act out): these lines in order after boot, and the kernel still
     /// running, without a panic, when the host's traffic is done.
@@ -101,6 +104,9 @@ pub struct NetCase {
     /// Then `iperf3 -s -1` on the host, for the guest's own iperf3 client
     /// (the case's command line sets `iperf-client=`).
     pub iperf_client: bool,
+    /// Raw driver mode (`raw=`): the host side and the checks are
+    /// `boot_raw`'s instead of all of the above.
+    pub raw: Option<kernel::raw::RawMode>,
 }
 
 /// The TCP step of a network case: an echo load, then (if it passed) a
@@ -140,6 +146,7 @@ impl NetCase {
             rss: false,
             iperf: false,
             iperf_client: false,
+            raw: None,
         }
     }
 }
@@ -285,6 +292,14 @@ fn tcp_case(name: &'static str, queues: u16, rss: bool) -> BootCase {
             "net-stats=1000",
             Expect::Network { pairs: queues.min(4), vectors: Vectors::PerQueue },
         )
+    }
+}
+
+/// A raw-mode case: 2 vCPUs, 2 queue pairs, `mode` (in `cmdline` too).
+fn raw_case(name: &'static str, mode: RawMode, cmdline: &'static str) -> BootCase {
+    BootCase {
+        net: Some(NetCase { raw: Some(mode), ..NetCase::new(2) }),
+        ..case(name, Firmware::Bios, 2, 256, cmdline, Expect::Raw { pairs: 2 })
     }
 }
 
@@ -520,6 +535,15 @@ pub fn cases() -> Vec<BootCase> {
                 Expect::Network { pairs: 4, vectors: Vectors::PerQueue },
             )
         },
+        // Raw mode, one boot per mode: the guest moves frames with no
+        // stack, the host counts them on the tap (see boot_raw).
+        raw_case("net-raw-rxonly-smp2-queues2", RawMode::RxOnly, "net-stats=400 raw=rxonly"),
+        raw_case(
+            "net-raw-txonly-smp2-queues2",
+            RawMode::TxOnly,
+            "net-stats=400 raw=txonly raw-len=300 raw-count=20000 raw-delay=2000",
+        ),
+        raw_case("net-raw-macswap-smp2-queues2", RawMode::MacSwap, "net-stats=400 raw=macswap"),
         case(
             "panic-on-ap-stops-all-cpus",
             Bios,
@@ -609,7 +633,9 @@ pub fn cases() -> Vec<BootCase> {
 pub fn time_limit(case: &BootCase, accel: Accel) -> Duration {
     let base = match (accel, &case.expect) {
         (_, Expect::IdleUntilStopped) => idle_window(accel),
-        (Accel::Tcg, Expect::Network { .. } | Expect::NetworkStopped(_)) => Duration::from_secs(90),
+        (Accel::Tcg, Expect::Network { .. } | Expect::NetworkStopped(_) | Expect::Raw { .. }) => {
+            Duration::from_secs(90)
+        }
         (Accel::Tcg, _) => Duration::from_secs(60),
         // kvm_pvm: ~50 s BIOS boots measured; hardware KVM is far faster.
         (Accel::Kvm { .. }, _) => Duration::from_secs(240),
@@ -690,6 +716,11 @@ pub fn check(case: &BootCase, report: &RunReport) -> Result<(), String> {
         Expect::Network { pairs, vectors } => {
             expect_outcome(report, Outcome::Stopped(StopReason::Finished))?;
             check_network(case, report, *pairs, *vectors)?;
+        }
+        Expect::Raw { pairs } => {
+            expect_outcome(report, Outcome::Stopped(StopReason::Finished))?;
+            let mode = case.net.and_then(|n| n.raw).ok_or("a raw expectation without a raw mode")?;
+            crate::boot_raw::check(mode, report, case.cpus, *pairs)?;
         }
         Expect::SmpSelftest { cpus } => {
             expect_outcome(report, Outcome::Success)?;
@@ -898,6 +929,9 @@ fn per_cpu(reports: &BTreeMap<u32, Counters>, key: &str) -> String {
 /// replies where the case has them. For information: none of these
 /// figures is a failure by itself.
 pub fn network_note(case: &BootCase, report: &RunReport) -> String {
+    if case.net.is_some_and(|n| n.raw.is_some()) {
+        return crate::boot_raw::note(report);
+    }
     let last = last_net_stats(report);
     let mut parts: Vec<String> =
         last.values().map(|s| format!("rxq{} {} pkts/{} irqs", s.rxq, s.rx.get("packets"), s.rx.get("irqs"))).collect();

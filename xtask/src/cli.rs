@@ -34,6 +34,12 @@ pub enum Cmd {
     /// one JSON summary line; exits 1 if any connection failed.
     #[command(hide = true)]
     TcpLoad(TcpLoadArgs),
+    /// Host side of the guest's raw mode (`raw=`), on the tap through an
+    /// AF_PACKET socket: run inside the namespace, e.g. `ip netns exec NS
+    /// xtask raw-load send --iface mqtap0 --len 60 --time 2`. Prints one
+    /// JSON summary line.
+    #[command(hide = true)]
+    RawLoad(crate::rawload::RawLoadArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -111,6 +117,10 @@ pub enum BenchCmd {
     /// each connection count from the host; prints a table and writes
     /// target/bench/echo.json.
     Echo(BenchEchoArgs),
+    /// Raw driver mode (no TCP/IP stack): one boot per mode (txonly: per
+    /// frame size), host-side AF_PACKET loads; frames/s per mode and size;
+    /// writes target/bench/raw.json.
+    Raw(crate::bench_raw::BenchRawArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -463,7 +473,7 @@ mod tests {
     #[test]
     fn bench_echo_arguments() {
         let Cmd::Bench(b) = parse(&["bench", "echo"]).unwrap().command else { panic!() };
-        let BenchCmd::Echo(e) = b.bench;
+        let BenchCmd::Echo(e) = b.bench else { panic!() };
         assert_eq!((e.queues, e.connections, e.bytes, e.smp), (vec![1, 2, 4], vec![1, 4, 16], 16 << 20, 4));
         assert_eq!((e.accel, e.rss, e.netns.as_str()), (AccelArg::Auto, false, "mqnet-bench"));
         assert_eq!(e.timeout_secs, Duration::from_secs(120));
@@ -482,7 +492,7 @@ mod tests {
         ])
         .unwrap();
         let Cmd::Bench(b) = cli.command else { panic!() };
-        let BenchCmd::Echo(e) = b.bench;
+        let BenchCmd::Echo(e) = b.bench else { panic!() };
         assert_eq!(
             (e.queues, e.connections, e.bytes, e.accel, e.rss),
             (vec![4, 1], vec![2, 8, 32], 64 << 20, AccelArg::Tcg, true)

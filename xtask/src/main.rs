@@ -1,11 +1,14 @@
 //! `cargo xtask`: build, run and test the mqnet kernel. See README.md.
 
 mod bench;
+mod bench_raw;
+mod boot_raw;
 mod boot_tests;
 mod cli;
 mod kbuild;
 mod libtest;
 mod qmp;
+mod rawload;
 mod run;
 mod tcpload;
 mod test;
@@ -34,6 +37,7 @@ fn main() {
         Cmd::Test(args) => test::test(args),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::TcpLoad(args) => tcpload::main(args),
+        Cmd::RawLoad(args) => rawload::main(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -290,9 +290,14 @@ fn run_case(
             });
             config.qmp = qmp.clone();
             let host_end = tap.clone();
+            // About when QEMU starts: the clock of the serial lines' times.
+            let started = std::time::Instant::now();
             opts.during = Some(During {
-                after: boot_tests::NET_READY.into(),
-                action: Box::new(move || case_traffic(&net, &host_end, qmp.as_deref())),
+                after: if net.raw.is_some() { kernel::raw::READY } else { boot_tests::NET_READY }.into(),
+                action: Box::new(move || match net.raw {
+                    Some(mode) => crate::boot_raw::traffic(mode, &host_end, started),
+                    None => case_traffic(&net, &host_end, qmp.as_deref()),
+                }),
                 then_wait: boot_tests::then_wait(case),
             });
             Some(guard)

@@ -80,7 +80,7 @@ pub fn find_section(transcript: &str, name: &str) -> Option<String> {
     Some(lines.take_while(|l| !l.starts_with("== ")).map(|l| format!("{l}\n")).collect())
 }
 
-fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> Command {
+pub fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", netns]).arg(program);
     c
@@ -213,7 +213,7 @@ pub fn tcp_load(
 
 /// Runs `cmd` (stdin closed, output captured) for at most `limit`; a child
 /// still running then is killed (it is ours, by its PID) and reported.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Result<(String, String, String), String> {
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<(String, String, String), String> {
     let program: OsString = cmd.get_program().to_owned();
     let mut child = cmd
         .stdin(Stdio::null())

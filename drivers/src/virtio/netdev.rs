@@ -560,6 +560,13 @@ impl TxQueue {
         !self.free.is_empty()
     }
 
+    /// Frames that can be queued now without reclaiming (free buffers; each
+    /// frame takes one buffer and one descriptor). Unlike [`Self::has_room`]
+    /// this neither reclaims nor notifies.
+    pub fn room(&self) -> usize {
+        self.free.len()
+    }
+
     /// Queues a `len`-byte frame that `fill` writes in place, and notifies
     /// the device if it asked. `None` when the queue is full or the frame too
     /// long (the frame is dropped and counted).

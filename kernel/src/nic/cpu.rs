@@ -108,6 +108,17 @@ pub(super) struct Claim {
     outbox: Option<&'static Inbox>,
 }
 
+impl Claim {
+    /// The queue pair of a vCPU that owns one alone (raw mode hands every
+    /// pair to its owner: nobody shares).
+    pub(super) fn into_pair(self) -> Option<(RxQueue, TxQueue)> {
+        match (self.rx, self.tx) {
+            (Some(rx), CpuTx::Own(tx)) => Some((rx, tx)),
+            _ => None,
+        }
+    }
+}
+
 /// For queue operations that cannot need a notification (nothing queued).
 struct NoBell;
 

@@ -11,6 +11,7 @@
 //! network stopped, loudly.
 
 mod cpu;
+pub mod raw;
 
 pub use cpu::{claim, count_queue_irq, CpuNic};
 use cpu::{claims, create_board, create_iperf_hub, Claim};
@@ -474,7 +475,9 @@ fn bring_up(
             cpu_apic(p)
         );
     }
-    if cpus > pairs as usize {
+    // Raw mode (`raw=`): every pair to its owner alone; no stacks to serve.
+    let raw = crate::boot_options().raw.mode.is_some();
+    if cpus > pairs as usize && !raw {
         info!(
             "virtio-net {}: cpus {}..{} have no queue pair of their own: they receive their flows from the \
              pairs' owners and transmit {}",
@@ -490,7 +493,8 @@ fn bring_up(
     let net_cpus: Vec<u32> = online.iter().copied().take(cpus).collect();
     create_board(&net_cpus, pairs);
     create_iperf_hub(cpus as u16);
-    let unclaimed = claims(queues, cpus as u16, share, fabric).into_iter().map(|c| Mutex::new(Some(c))).collect();
+    let claimers = if raw { pairs } else { cpus as u16 };
+    let unclaimed = claims(queues, claimers, share, fabric).into_iter().map(|c| Mutex::new(Some(c))).collect();
     Ok(Nic {
         pairs,
         doorbells,
