@@ -15,11 +15,22 @@
 //! Our retransmissions of data the host had long acknowledged went on for
 //! ever and the connection never moved again.
 //!
+//! The same stall comes from a peer whose sequence numbers ran ahead of our
+//! `RCV.NXT` (it sent bytes that we dropped, a lost burst or a probe, and
+//! carries on from there): every segment it sends then, its pure ACKs
+//! included, starts past our zero window, and smoltcp drops it, ACK and
+//! all. Under RSS and heavy host load this stalled a TCP echo in about one
+//! run of twenty (resets after the peer gave up).
+//!
 //! The guard remembers, per vCPU, the flows whose last segment from us
-//! advertised a zero window, and for a data segment of such a flow hands
-//! the stack a copy without the data first: headers only, checksums
-//! recomputed. smoltcp accepts that copy when it starts at `RCV.NXT` and
-//! takes its ACK and window; the original follows and is judged as before.
+//! advertised a zero window, with the `RCV.NXT` that segment acknowledged.
+//! For a segment of such a flow that smoltcp would not take whole (one
+//! with data, or one that does not start at `RCV.NXT`) it hands the stack
+//! a copy first: headers only, the sequence number set to `RCV.NXT`,
+//! checksums recomputed. smoltcp accepts that copy and takes its ACK and
+//! window; the original follows and is judged as before. The copy claims
+//! nothing the peer did not say: the ACK and window are the peer's own,
+//! and a segment at `RCV.NXT` without data is one the peer could have sent.
 //! The set is a table of 64 buckets of 8 flows, chosen by a hash of the
 //! ports (at most 8 compares per frame), so it holds every connection a
 //! vCPU is likely to have: a flow pushed out of a full bucket is stuck
@@ -60,11 +71,23 @@ fn segment(frame: &[u8]) -> Option<(usize, usize, usize, Key)> {
     Some((ihl, thl, payload, key))
 }
 
-/// The flows of one vCPU whose receive window we last advertised as zero.
+/// TCP flags of a segment (the header's byte 13).
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// A big-endian u32 at `at` (bounds checked by `segment`).
+fn be32(frame: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
+}
+
+/// The flows of one vCPU whose receive window we last advertised as zero,
+/// each with the `RCV.NXT` we acknowledged then.
 #[derive(Clone, Debug)]
 pub struct ZeroWindows {
     /// Bucket [`bucket`] of a flow holds it, if anywhere.
-    flows: alloc::boxed::Box<[[Option<Key>; WAYS]]>,
+    flows: alloc::boxed::Box<[[Option<(Key, u32)>; WAYS]]>,
     /// Flows in the table (the per-packet check is one compare while 0).
     len: usize,
     /// Payload-less copies handed to the stack.
@@ -97,23 +120,29 @@ impl ZeroWindows {
     }
 
     /// Looks at a frame we transmit: a TCP segment advertising a zero window
-    /// puts its flow in the set, any other window takes it out.
+    /// puts its flow in the set (or updates its `RCV.NXT`), any other
+    /// window takes it out.
     pub fn on_transmit(&mut self, frame: &[u8]) {
         let Some((ihl, _, _, (ours, peer, our_port, peer_port))) = segment(frame) else { return };
         let key = (peer, ours, peer_port, our_port);
-        let window = u16::from_be_bytes([frame[14 + ihl + 14], frame[14 + ihl + 15]]);
+        let tcp = 14 + ihl;
+        let window = u16::from_be_bytes([frame[tcp + 14], frame[tcp + 15]]);
+        if frame[tcp + 13] & ACK == 0 {
+            return;
+        }
+        let rcv_nxt = be32(frame, tcp + 8);
         let ways = &mut self.flows[bucket(&key)];
-        let at = ways.iter().position(|f| *f == Some(key));
+        let at = ways.iter().position(|f| f.is_some_and(|(k, _)| k == key));
         match (window, at) {
             (0, None) => match ways.iter().position(Option::is_none) {
                 Some(free) => {
-                    ways[free] = Some(key);
+                    ways[free] = Some((key, rcv_nxt));
                     self.len += 1;
                 }
                 // A full bucket: the first flow in it makes room.
-                None => ways[0] = Some(key),
+                None => ways[0] = Some((key, rcv_nxt)),
             },
-            (0, Some(_)) => {}
+            (0, Some(i)) => ways[i] = Some((key, rcv_nxt)),
             (_, Some(i)) => {
                 ways[i] = None;
                 self.len -= 1;
@@ -122,17 +151,22 @@ impl ZeroWindows {
         }
     }
 
-    /// For a received data segment of a flow in the set: writes a copy
-    /// without its data (and without FIN, which would make it occupy
-    /// sequence space) into `out` and returns its length.
+    /// For a received ACK of a flow in the set that smoltcp would drop whole
+    /// (it carries data, or it does not start at our `RCV.NXT`): writes a
+    /// copy without data, FIN or PSH, starting at `RCV.NXT`, into `out` and
+    /// returns its length. SYNs and RSTs are left alone.
     pub fn strip(&mut self, frame: &[u8], out: &mut [u8; COPY_MAX]) -> Option<usize> {
         if self.is_empty() {
             return None;
         }
         let (ihl, thl, payload, key) = segment(frame)?;
-        if payload == 0 || !self.flows[bucket(&key)].contains(&Some(key)) {
+        let (_, rcv_nxt) = self.flows[bucket(&key)].iter().flatten().find(|(k, _)| *k == key)?;
+        let tcp_at = 14 + ihl;
+        let (flags, seq) = (frame[tcp_at + 13], be32(frame, tcp_at + 4));
+        if flags & (SYN | RST) != 0 || flags & ACK == 0 || (payload == 0 && seq == *rcv_nxt && flags & FIN == 0) {
             return None;
         }
+        let rcv_nxt = *rcv_nxt;
         let len = 14 + ihl + thl;
         out[..len].copy_from_slice(&frame[..len]);
         let mut ip = Ipv4Packet::new_unchecked(&mut out[14..len]);
@@ -140,6 +174,7 @@ impl ZeroWindows {
         ip.fill_checksum();
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+        tcp.set_seq_number(smoltcp::wire::TcpSeqNumber(rcv_nxt as i32));
         tcp.set_fin(false);
         tcp.set_psh(false);
         tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
@@ -165,12 +200,28 @@ mod tests {
         data: &[u8],
         fin: bool,
     ) -> Vec<u8> {
+        // The host's bytes start at 1000, the guest's at 5000.
+        let seq = if src == GUEST { 5000 } else { 1000 };
+        tcp_frame_at(src, dst, ports, window, data, fin, seq)
+    }
+
+    /// A frame with sequence number `seq` (and ack 5000 or 1000, see above).
+    fn tcp_frame_at(
+        src: Ipv4Address,
+        dst: Ipv4Address,
+        ports: (u16, u16),
+        window: u16,
+        data: &[u8],
+        fin: bool,
+        seq: i32,
+    ) -> Vec<u8> {
+        let ack = if src == GUEST { 1000 } else { 5000 };
         frames::tcp_frame(
             End { mac: [2, 0, 0, 0, 0, 1], ip: src, port: ports.0 },
             End { mac: [2, 0, 0, 0, 0, 2], ip: dst, port: ports.1 },
             if fin { TcpControl::Fin } else { TcpControl::None },
-            TcpSeqNumber(1000),
-            TcpSeqNumber(5000),
+            TcpSeqNumber(seq),
+            TcpSeqNumber(ack),
             window,
             data,
         )
@@ -201,13 +252,53 @@ mod tests {
         let n = z.strip(&fin, &mut out).unwrap();
         let ip = Ipv4Packet::new_checked(&out[14..n]).unwrap();
         assert!(!TcpPacket::new_checked(ip.payload()).unwrap().fin());
-        // Pure ACKs need no copy; other flows are left alone.
+        // Pure ACKs at RCV.NXT need no copy (the guest acknowledged 1000
+        // in its zero-window segment); other flows are left alone.
         assert_eq!(z.strip(&tcp_frame(HOST, GUEST, (40000, 7), 9, b"", false), &mut out), None);
         assert_eq!(z.strip(&tcp_frame(HOST, GUEST, (40001, 7), 9, b"zz", false), &mut out), None);
         // Once we advertise a window again the flow leaves the set.
         z.on_transmit(&tcp_frame(GUEST, HOST, (7, 40000), 512, b"", false));
         assert!(z.is_empty());
         assert_eq!(z.strip(&probe, &mut out), None);
+    }
+
+    #[test]
+    fn segments_past_rcv_nxt_get_a_copy_at_rcv_nxt() {
+        let mut z = ZeroWindows::new();
+        let mut out = [0u8; COPY_MAX];
+        // The guest advertised window 0 acknowledging the host's byte 1000.
+        z.on_transmit(&tcp_frame(GUEST, HOST, (7, 40000), 0, b"", false));
+        // The host ran ahead (it sent bytes 1000..1004, which were lost):
+        // its pure ACKs now start at 1004, outside the zero window.
+        let dup_ack = tcp_frame_at(HOST, GUEST, (40000, 7), 2000, b"", false, 1004);
+        let n = z.strip(&dup_ack, &mut out).expect("a copy at RCV.NXT");
+        let ip = Ipv4Packet::new_checked(&out[14..n]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(ip.verify_checksum() && tcp.verify_checksum(&IpAddress::Ipv4(HOST), &IpAddress::Ipv4(GUEST)));
+        assert_eq!(
+            (tcp.seq_number(), tcp.ack_number(), tcp.window_len()),
+            (TcpSeqNumber(1000), TcpSeqNumber(5000), 2000)
+        );
+        // Data past RCV.NXT: the same.
+        let ahead = tcp_frame_at(HOST, GUEST, (40000, 7), 2000, b"later", false, 1010);
+        let n = z.strip(&ahead, &mut out).unwrap();
+        let ip = Ipv4Packet::new_checked(&out[14..n]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!((tcp.seq_number(), tcp.payload().len()), (TcpSeqNumber(1000), 0));
+        // A pure ACK at RCV.NXT is smoltcp's own; SYNs and RSTs are left alone.
+        assert_eq!(z.strip(&tcp_frame_at(HOST, GUEST, (40000, 7), 9, b"", false, 1000), &mut out), None);
+        let mut rst = dup_ack.clone();
+        rst[14 + 20 + 13] |= RST;
+        assert_eq!(z.strip(&rst, &mut out), None);
+        let mut syn = dup_ack.clone();
+        syn[14 + 20 + 13] |= SYN;
+        assert_eq!(z.strip(&syn, &mut out), None);
+        // A later zero-window segment of ours moves RCV.NXT along.
+        let mut acked_more = tcp_frame(GUEST, HOST, (7, 40000), 0, b"", false);
+        acked_more[14 + 20 + 8..14 + 20 + 12].copy_from_slice(&1004u32.to_be_bytes());
+        z.on_transmit(&acked_more);
+        assert_eq!(z.strip(&dup_ack, &mut out), None, "1004 is RCV.NXT now");
+        assert_eq!(z.copies, 2);
     }
 
     #[test]

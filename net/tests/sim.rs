@@ -1389,10 +1389,19 @@ fn guest_socket(sim: &Sim, host_port: u16) -> Option<&tcp::Socket<'static>> {
 /// the host's ACK comes on a 4-byte window probe at the guest's `RCV.NXT`.
 /// The guard hands that ACK to smoltcp: the guest's next data is new (not
 /// a retransmission of what the host acknowledged), and the echo completes.
-#[test]
-fn a_window_probe_into_a_zero_window_gets_its_ack_through() {
-    let mut sim = Sim::new(Spec { seed: 12, ..Spec::new(1, 1) });
-    let (port, seed) = (40_007, 12);
+/// A guest echo stalled behind its own zero window with the host's ACKs of
+/// its whole transmit buffer lost (see the tests below).
+struct Stalled {
+    sim: Sim,
+    client: Client,
+    w: Watch,
+    /// What the host has acknowledged (all the guest sent).
+    acked: TcpSeqNumber,
+    stalled: Duration,
+}
+
+fn stall_behind_zero_window(port: u16, seed: u64) -> Stalled {
+    let mut sim = Sim::new(Spec { seed, ..Spec::new(1, 1) });
     let mut client = Client::new(&mut sim, Echo::PORT, port, MIB, seed);
     let mut w = Watch { host_port: port, ..Watch::default() };
     let keep = |_: &Seg| false;
@@ -1430,42 +1439,71 @@ fn a_window_probe_into_a_zero_window_gets_its_ack_through() {
     let s = guest_socket(&sim, port).unwrap();
     assert_eq!(s.send_queue(), tx_cap, "the guest saw none of it");
     assert_eq!(w.from_guest.unwrap().window, 0);
+    Stalled { sim, client, w, acked, stalled }
+}
 
-    // The probe: new data at the guest's RCV.NXT (the client's next bytes),
-    // carrying the ACK of everything, put straight into the receive queue.
-    let rcv_nxt = w.from_guest.unwrap().ack.unwrap();
-    let offset = rcv_nxt - (w.host_isn.unwrap() + 1);
-    let probe =
-        host_segment(port, Echo::PORT, rcv_nxt, acked, w.from_host.unwrap().window, &stream_bytes(seed, offset, 4));
+/// Hands `frame` to the guest's only vCPU and returns the segments it
+/// sends back, with how many payload-less copies the guard made for it.
+fn deliver_one(sim: &mut Sim, frame: Vec<u8>) -> (Vec<Seg>, u64) {
     let before = sim.cpus[0].net.counters();
-    sim.pairs[0].backlog.push_back((probe, None));
+    sim.pairs[0].backlog.push_back((frame, None));
     sim.pairs[0].deliver();
     sim.poll_guests();
     let seen = sim.to_host.len();
     sim.tap_to_host();
     let replies: Vec<Seg> = sim.to_host.iter().skip(seen).filter_map(|f| Seg::parse(f)).collect();
-    let after = sim.cpus[0].net.counters();
-    assert_eq!(
-        after.zero_window_acks,
-        before.zero_window_acks + 1,
-        "the probe reached smoltcp as a payload-less copy first"
-    );
+    (replies, sim.cpus[0].net.counters().zero_window_acks - before.zero_window_acks)
+}
+
+/// The guest's answer to an ACK of everything it sent: new data right
+/// after it, no retransmission, and (the echo emptying its receive buffer)
+/// an open window; then the echo completes, intact.
+fn assert_unstalled(mut st: Stalled, replies: &[Seg], port: u16) {
     let data: Vec<&Seg> = replies.iter().filter(|s| s.len > 0).collect();
     assert!(!data.is_empty(), "the guest sends data at once: {replies:?}");
-    assert_eq!(data[0].seq, acked, "its next data is new, right after what the host acknowledged: {replies:?}");
-    assert!(data.iter().all(|s| s.seq >= acked), "no retransmission of acknowledged data: {replies:?}");
+    assert_eq!(data[0].seq, st.acked, "its next data is new, right after what the host acknowledged: {replies:?}");
+    assert!(data.iter().all(|s| s.seq >= st.acked), "no retransmission of acknowledged data: {replies:?}");
     assert!(replies.iter().any(|s| s.window > 0), "the echo emptied the receive buffer: the window opens");
-
-    // The link heals; the echo completes, intact.
-    run_clients(&mut sim, std::slice::from_mut(&mut client), Duration::from_secs(60));
-    assert_served_by_owners(&sim, std::slice::from_ref(&client));
-    assert_eq!(sim.cpus[0].net.services.bytes_sent_by(Echo::PORT), MIB as u64);
-    let copies = sim.cpus[0].net.counters().zero_window_acks;
-    assert!(copies >= 1);
+    run_clients(&mut st.sim, std::slice::from_mut(&mut st.client), Duration::from_secs(60));
+    assert_served_by_owners(&st.sim, std::slice::from_ref(&st.client));
+    assert_eq!(st.sim.cpus[0].net.services.bytes_sent_by(Echo::PORT), MIB as u64);
+    let copies = st.sim.cpus[0].net.counters().zero_window_acks;
     eprintln!(
-        "ACKs lost for {stalled} (virtual), {} acknowledged segments resent; {copies} payload-less copies",
-        w.resent_acked
+        "port {port}: ACKs lost for {} (virtual), {} acknowledged segments resent; {copies} payload-less copies",
+        st.stalled, st.w.resent_acked
     );
+}
+
+#[test]
+fn a_window_probe_into_a_zero_window_gets_its_ack_through() {
+    let (port, seed) = (40_007, 12);
+    let mut st = stall_behind_zero_window(port, seed);
+    // The probe: new data at the guest's RCV.NXT (the client's next bytes),
+    // carrying the ACK of everything, put straight into the receive queue.
+    let w = &st.w;
+    let rcv_nxt = w.from_guest.unwrap().ack.unwrap();
+    let offset = rcv_nxt - (w.host_isn.unwrap() + 1);
+    let probe =
+        host_segment(port, Echo::PORT, rcv_nxt, st.acked, w.from_host.unwrap().window, &stream_bytes(seed, offset, 4));
+    let (replies, copies) = deliver_one(&mut st.sim, probe);
+    assert_eq!(copies, 1, "the probe reached smoltcp as a payload-less copy first");
+    assert_unstalled(st, &replies, port);
+}
+
+/// The same stall, but the host's sequence numbers ran ahead of the
+/// guest's `RCV.NXT` (its probe bytes were lost too): its ACK comes on a
+/// pure ACK that starts 4 bytes past the guest's zero window, which smoltcp
+/// drops whole. The guard hands it over as a copy at `RCV.NXT`.
+#[test]
+fn an_ack_from_past_a_zero_window_gets_through() {
+    let (port, seed) = (40_011, 14);
+    let mut st = stall_behind_zero_window(port, seed);
+    let w = &st.w;
+    let rcv_nxt = w.from_guest.unwrap().ack.unwrap();
+    let dup_ack = host_segment(port, Echo::PORT, rcv_nxt + 4, st.acked, w.from_host.unwrap().window, &[]);
+    let (replies, copies) = deliver_one(&mut st.sim, dup_ack);
+    assert_eq!(copies, 1, "the ACK reached smoltcp as a copy at RCV.NXT");
+    assert_unstalled(st, &replies, port);
 }
 
 /// The host and one guest stack over a plain `NetDevice`, the guard on or
