@@ -71,6 +71,9 @@ fn segment(frame: &[u8]) -> Option<(usize, usize, usize, Key)> {
     Some((ihl, thl, payload, key))
 }
 
+/// One bucket: up to [`WAYS`] flows, each with its `RCV.NXT`.
+type Bucket = [Option<(Key, u32)>; WAYS];
+
 /// TCP flags of a segment (the header's byte 13).
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -87,7 +90,7 @@ fn be32(frame: &[u8], at: usize) -> u32 {
 #[derive(Clone, Debug)]
 pub struct ZeroWindows {
     /// Bucket [`bucket`] of a flow holds it, if anywhere.
-    flows: alloc::boxed::Box<[[Option<(Key, u32)>; WAYS]]>,
+    flows: alloc::boxed::Box<[Bucket]>,
     /// Flows in the table (the per-packet check is one compare while 0).
     len: usize,
     /// Payload-less copies handed to the stack.
