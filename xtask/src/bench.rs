@@ -262,7 +262,7 @@ fn boot_once(
         let (loads, stop) = (loads.clone(), stop.clone());
         let (ns, guest) = (tap.netns.clone(), tap.guest_addr.to_string());
         let (conns, total, timeout) = (a.connections.clone(), a.bytes, a.timeout_secs);
-        move || {
+        move |_| {
             let mut done = Vec::new();
             for n in conns {
                 std::thread::sleep(PAUSE);

@@ -292,7 +292,7 @@ fn boot_once(
     let started = Instant::now();
     let action = {
         let (loads, stop, a, tap, lens) = (loads.clone(), stop.clone(), a.clone(), tap.clone(), lens.clone());
-        move || {
+        move |_| {
             for len in lens {
                 std::thread::sleep(PAUSE);
                 if stop.load(Ordering::SeqCst) {

@@ -294,7 +294,7 @@ fn run_case(
             let started = std::time::Instant::now();
             opts.during = Some(During {
                 after: if net.raw.is_some() { kernel::raw::READY } else { boot_tests::NET_READY }.into(),
-                action: Box::new(move || match net.raw {
+                action: Box::new(move |_| match net.raw {
                     Some(mode) => crate::boot_raw::traffic(mode, &host_end, started),
                     None => case_traffic(&net, &host_end, qmp.as_deref()),
                 }),
