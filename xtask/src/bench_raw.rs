@@ -449,7 +449,7 @@ mod tests {
     fn args(extra: &[&str]) -> BenchRawArgs {
         let cli = crate::cli::Cli::try_parse_from(["xtask", "bench", "raw"].iter().chain(extra)).unwrap();
         let crate::cli::Cmd::Bench(b) = cli.command else { panic!() };
-        let crate::cli::BenchCmd::Raw(r) = b.bench else { panic!() };
+        let Some(crate::cli::BenchCmd::Raw(r)) = b.bench else { panic!() };
         r
     }
 
