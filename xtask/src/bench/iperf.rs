@@ -529,6 +529,49 @@ mod tests {
     use super::*;
     use crate::bench::report::tests::fake_run;
 
+    /// The measuring path of one run with real processes: the host's
+    /// iperf3 against `iperf3 -s -1` on the loopback of a namespace of the
+    /// test's own (deleted by the guard), the server's threads standing in
+    /// for QEMU's. No metrics there: the guest's figures are absent, not
+    /// made up.
+    #[test]
+    #[ignore = "needs root: creates a network namespace"]
+    fn one_run_against_a_real_iperf3_server() {
+        let netns = format!("mqbench-u{}", std::process::id() % 10_000);
+        let _guard = NetnsGuard::create(&TapNetwork::new(&netns, 1).unwrap()).unwrap();
+        let mut server = traffic::in_netns(&netns, "iperf3")
+            .args(["-s", "-1", "-p", &IPERF3_PORT.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let plan = Plan { seconds: 2, omit: 1, ..report::tests::fake_run().plan };
+        let key = plan.points(plan.configs[0])[1];
+        assert_eq!((key.direction, key.sessions), (crate::cli::DirectionArg::HostToGuest, 2));
+        let work = Work {
+            netns: netns.clone(),
+            guest: "127.0.0.1".into(),
+            plan,
+            points: Arc::default(),
+            found: Arc::default(),
+            stop: Arc::default(),
+            progress: ProgressBar::hidden(),
+        };
+        let result = work.one_run(server.id(), &key);
+        // Ours, by its pid: it exits by itself after one test (-1).
+        let _ = server.kill();
+        let _ = server.wait();
+        let s = result.unwrap();
+        assert!(s.mbit_s > 0.0, "{s:?}");
+        let host = s.host.expect("the server's threads were sampled");
+        assert!((1.5..=2.6).contains(&host.window_s), "the measured 2 s, not the omitted one: {host:?}");
+        assert!(host.device_pct > 0.0 && host.vcpu_pct == 0.0, "no vCPU threads in iperf3: {host:?}");
+        assert_eq!(s.guest, None, "nothing serves metrics there");
+        // No server any more: an error, in iperf3's own words.
+        let e = work.one_run(std::process::id(), &key).unwrap_err();
+        assert!(e.starts_with("iperf3: unable to connect"), "{e}");
+    }
+
     #[test]
     fn timestamps() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
