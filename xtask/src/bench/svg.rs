@@ -15,7 +15,7 @@ const RIGHT: f64 = 16.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 44.0;
 /// Above the panels: the title and the legend.
-const HEADER: f64 = 64.0;
+const HEADER: f64 = 66.0;
 /// One colour per configuration, in order (repeating after eight).
 const COLOURS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
@@ -58,21 +58,22 @@ pub fn chart(run: &MatrixRun) -> String {
                 .axis{stroke:#444;stroke-width:1}.grid{stroke:#ddd;stroke-width:1}.note{fill:#888}</style>\n",
     );
     let _ = writeln!(s, r##"<rect width="{width}" height="{height}" fill="#fff"/>"##);
-    let title = format!(
-        "mqnet iperf3 matrix {}: median Mbit/s vs sessions (accelerator {}, vhost {}, {} run(s) × {} s)",
-        run.date,
+    let title = format!("mqnet iperf3 matrix, {}: median Mbit/s vs sessions", run.date);
+    let subtitle = format!(
+        "accelerator {}, vhost {}, {} run(s) × {} s per point; bars: min–max of the runs",
         run.accel,
         if run.vhost { "on" } else { "off" },
         plan.repeat,
         plan.seconds
     );
-    let _ = writeln!(s, r#"<text class="title" x="12" y="22">{}</text>"#, escape(&title));
-    s.push_str("<g class=\"legend\">\n");
+    let _ = writeln!(s, r#"<text class="title" x="12" y="20">{}</text>"#, escape(&title));
+    let _ = writeln!(s, r#"<text x="12" y="38">{}</text>"#, escape(&subtitle));
+    s.push_str("<g class=\"legend\">\n<text x=\"12\" y=\"56\">vCPUs/queues:</text>\n");
     for (i, c) in plan.configs.iter().enumerate() {
-        let (x, colour) = (12.0 + 110.0 * i as f64, COLOURS[i % COLOURS.len()]);
+        let (x, colour) = (104.0 + 72.0 * i as f64, COLOURS[i % COLOURS.len()]);
         let _ = writeln!(
             s,
-            r#"<line x1="{x}" y1="44" x2="{}" y2="44" stroke="{colour}" stroke-width="3"/><text x="{}" y="48">{} (vCPUs/queues)</text>"#,
+            r#"<line x1="{x}" y1="52" x2="{}" y2="52" stroke="{colour}" stroke-width="3"/><text class="config" x="{}" y="56">{}</text>"#,
             x + 22.0,
             x + 28.0,
             escape(&c.to_string())
@@ -236,9 +237,8 @@ mod tests {
         assert!(texts.contains(&"skipped: guest has no iperf3 client mode"), "{texts:?}");
         // The legend names every configuration.
         let legend = doc.descendants().find(|n| class(n, "legend")).unwrap();
-        let names: Vec<&str> =
-            legend.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).collect();
-        assert_eq!(names, ["2/1 (vCPUs/queues)", "2/2 (vCPUs/queues)"]);
+        let names: Vec<&str> = legend.descendants().filter(|n| class(n, "config")).filter_map(|n| n.text()).collect();
+        assert_eq!(names, ["2/1", "2/2"]);
     }
 
     #[test]
