@@ -39,7 +39,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::matrix::{Plan, PointKey, PointResult, Sample};
 use super::measure::{self, ThreadSample, IPERF3_PORT, SERVICES_LINE};
-use super::report::{self, ConfigRun, MatrixRun, Status};
+use super::report::{self, ConfigRun, HostLoad, MatrixRun, Status};
 use super::{bench_dir, require_root, svg, write_out};
 use crate::cli::{BenchIperfArgs, VmConfig};
 use crate::kbuild;
@@ -123,6 +123,12 @@ pub fn write_files(run: &MatrixRun, dir: &Path) -> Result<Vec<PathBuf>, String> 
 /// Boots every configuration in turn and measures its points.
 pub fn run_matrix(setup: &Setup, plan: &Plan, built: &kbuild::Built, stop: &Arc<AtomicBool>) -> MatrixRun {
     let date = rfc3339(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    let load = || std::fs::read_to_string("/proc/loadavg").ok().and_then(|t| HostLoad::parse_loadavg(&t));
+    let mut host = HostLoad {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_start: load(),
+        load_end: None,
+    };
     say!(
         "iperf3 matrix: configurations {}, sessions {:?}, lengths {}, {} run(s) of {} s (+{} s omitted) per point: \
          {} runs",
@@ -154,8 +160,10 @@ pub fn run_matrix(setup: &Setup, plan: &Plan, built: &kbuild::Built, stop: &Arc<
         progress.set_position(per_config * (i as u64 + 1));
     }
     progress.finish_and_clear();
+    host.load_end = load();
     MatrixRun {
         date,
+        host,
         accel: setup.accel.to_string(),
         accel_reason: setup.accel_reason.clone(),
         vhost: setup.vhost.on,

@@ -31,6 +31,9 @@ pub struct ConfigRun {
 pub struct MatrixRun {
     /// When it started (UTC, RFC 3339).
     pub date: String,
+    /// The host: its CPU count and load averages (1, 5, 15 min) at the
+    /// start and at the end (the machine may be shared: a noisy run shows).
+    pub host: HostLoad,
     pub accel: String,
     pub accel_reason: String,
     pub vhost: bool,
@@ -41,6 +44,28 @@ pub struct MatrixRun {
     pub cmdline: String,
     pub plan: Plan,
     pub configs: Vec<ConfigRun>,
+}
+
+/// The host's size and how busy it was around a run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostLoad {
+    pub cpus: usize,
+    pub load_start: Option<[f64; 3]>,
+    pub load_end: Option<[f64; 3]>,
+}
+
+impl HostLoad {
+    /// `/proc/loadavg`'s first three fields.
+    pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
+        let mut f = text.split_whitespace().map(|w| w.parse::<f64>().ok());
+        Some([f.next()??, f.next()??, f.next()??])
+    }
+
+    /// `2 host CPUs, load 1.20 1.00 0.90 → 2.10 1.50 1.00`.
+    pub fn describe(&self) -> String {
+        let load = |l: Option<[f64; 3]>| l.map_or("?".into(), |l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]));
+        format!("{} host CPUs, load {} → {}", self.cpus, load(self.load_start), load(self.load_end))
+    }
 }
 
 /// How a point fared.
@@ -144,7 +169,7 @@ pub fn tables(run: &MatrixRun) -> String {
     let plan = &run.plan;
     let mut out = String::new();
     out.push_str(&format!(
-        "iperf3 matrix, {}: accelerator {}, vhost {}, {}median of {} run(s) × {} s (first {} s omitted)\n\
+        "iperf3 matrix, {}: accelerator {}, vhost {}, {}median of {} run(s) × {} s (first {} s omitted); {}\n\
          Mbit/s = iperf3's receiver; vCPU% and DM% = host CPU of QEMU's vCPU threads and of its other threads \
          (main loop, device model, vhost), % of one host CPU, over the measured interval; norm = Mbit/s per host \
          CPU (Mbit/s ÷ ((vCPU% + DM%) / 100))\n",
@@ -154,7 +179,8 @@ pub fn tables(run: &MatrixRun) -> String {
         if run.rss { "RSS offered, " } else { "" },
         plan.repeat,
         plan.seconds,
-        plan.omit
+        plan.omit,
+        run.host.describe()
     ));
     let pairs = run.ratio_pairs();
     for &direction in &plan.directions {
@@ -405,6 +431,9 @@ pub fn json(run: &MatrixRun) -> Value {
     json!({
         "benchmark": "iperf3-matrix",
         "date": run.date,
+        "host_cpus": run.host.cpus,
+        "host_load_start": run.host.load_start,
+        "host_load_end": run.host.load_end,
         "kernel": "release",
         "accel": run.accel,
         "accel_reason": run.accel_reason,
@@ -514,6 +543,7 @@ pub mod tests {
             .collect();
         MatrixRun {
             date: "2026-11-25T20:00:00Z".into(),
+            host: HostLoad { cpus: 2, load_start: Some([1.0, 0.5, 0.25]), load_end: None },
             accel: "tcg".into(),
             accel_reason: "test".into(),
             vhost: false,
@@ -563,6 +593,19 @@ pub mod tests {
         run.configs[0].points[0].skipped = None;
         run.configs[1].error = Some("QEMU ended".into());
         assert!(!run.complete(), "a boot that failed");
+    }
+
+    #[test]
+    fn host_load() {
+        assert_eq!(HostLoad::parse_loadavg("1.20 0.98 0.85 2/345 6789\n"), Some([1.2, 0.98, 0.85]));
+        assert_eq!(HostLoad::parse_loadavg("1.20 x 0.85"), None);
+        assert_eq!(HostLoad::parse_loadavg(""), None);
+        let run = fake_run();
+        assert_eq!(run.host.describe(), "2 host CPUs, load 1.00 0.50 0.25 → ?");
+        assert!(tables(&run).lines().next().unwrap().ends_with("; 2 host CPUs, load 1.00 0.50 0.25 → ?"));
+        let j = json(&run);
+        assert_eq!((j["host_cpus"].as_u64(), j["host_load_start"][1].as_f64()), (Some(2), Some(0.5)));
+        assert!(j["host_load_end"].is_null());
     }
 
     #[test]
