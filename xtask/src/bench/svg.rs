@@ -16,6 +16,8 @@ const TOP: f64 = 30.0;
 const BOTTOM: f64 = 44.0;
 /// Above the panels: the title and the legend.
 const HEADER: f64 = 66.0;
+/// How far apart (px) the configurations' points at one session count are drawn.
+const DODGE: f64 = 5.0;
 /// One colour per configuration, in order (repeating after eight).
 const COLOURS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
@@ -165,15 +167,19 @@ pub fn chart(run: &MatrixRun) -> String {
                     continue;
                 }
                 let _ = writeln!(s, r#"<g class="series" data-config="{}">"#, escape(&config.to_string()));
+                // Each configuration a few pixels aside, so that the runs'
+                // bars at one session count do not hide each other.
+                let dodge = (ci as f64 - (plan.configs.len() as f64 - 1.0) / 2.0) * DODGE;
+                let x_at = |i: usize| x_of(i) + dodge;
                 let line: Vec<String> =
-                    measured.iter().map(|(i, m)| format!("{:.1},{:.1}", x_of(*i), y_of(m.mbit_s))).collect();
+                    measured.iter().map(|(i, m)| format!("{:.1},{:.1}", x_at(*i), y_of(m.mbit_s))).collect();
                 let _ = writeln!(
                     s,
                     r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
                     line.join(" ")
                 );
                 for (i, m) in &measured {
-                    let x = x_of(*i);
+                    let x = x_at(*i);
                     let _ = writeln!(
                         s,
                         r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{colour}" stroke-width="1"/><circle cx="{x:.1}" cy="{:.1}" r="3.5" fill="{colour}"><title>{}: {:.1} Mbit/s</title></circle>"#,
