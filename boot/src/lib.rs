@@ -8,6 +8,7 @@
 //! - [`prereq`]: finding (or installing) QEMU, OVMF and `ip`.
 //! - [`procstat`]: CPU time of QEMU's vCPU threads, as the host accounts it.
 //! - [`runner`]: starting QEMU, streaming its serial console, timeouts, stop requests.
+//! - [`vhost`]: whether the tap backend uses vhost-net.
 
 pub mod accel;
 pub mod image;
@@ -17,5 +18,6 @@ pub mod prereq;
 pub mod procstat;
 pub mod qemu;
 pub mod runner;
+pub mod vhost;
 
 pub use kernel::abi;

@@ -49,6 +49,44 @@ pub fn is_vcpu_thread(name: &str) -> bool {
     name.starts_with("CPU ") && (name.ends_with("/TCG") || name.ends_with("/KVM"))
 }
 
+/// vhost-net names its worker threads `vhost-<QEMU pid>`; from Linux 6.4
+/// on they are threads of the QEMU process itself.
+pub fn is_vhost_thread(name: &str) -> bool {
+    name.starts_with("vhost-")
+}
+
+/// CPU time a process's threads used between two samples, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuByKind {
+    /// The vCPU threads ([`is_vcpu_thread`]).
+    pub vcpu: Duration,
+    /// vhost-net workers ([`is_vhost_thread`]).
+    pub vhost: Duration,
+    /// Every other thread: QEMU's main loop (device models, the tap
+    /// backend without vhost), I/O threads, worker threads.
+    pub other: Duration,
+}
+
+/// What each kind of thread used between `before` and `after`. A thread
+/// that started meanwhile counts from zero; one that ended meanwhile is
+/// missing from `after` and its time is lost (QEMU's long-lived threads
+/// do the work, so this is small).
+pub fn used_between(before: &[ThreadTime], after: &[ThreadTime]) -> CpuByKind {
+    let mut used = CpuByKind::default();
+    for t in after {
+        let start = before.iter().find(|b| b.tid == t.tid).map_or(Duration::ZERO, |b| b.cpu);
+        let d = t.cpu.saturating_sub(start);
+        if is_vcpu_thread(&t.name) {
+            used.vcpu += d;
+        } else if is_vhost_thread(&t.name) {
+            used.vhost += d;
+        } else {
+            used.other += d;
+        }
+    }
+    used
+}
+
 /// Per vCPU thread: the share of one host CPU it used between two samples.
 pub fn vcpu_utilisation(before: &[ThreadTime], after: &[ThreadTime], wall: Duration) -> Vec<(String, f64)> {
     after
@@ -94,6 +132,36 @@ mod tests {
         let after = [t(1, "qemu", 900), t(2, "CPU 0/TCG", 1050), t(3, "CPU 1/TCG", 3000)];
         let u = vcpu_utilisation(&before, &after, Duration::from_secs(2));
         assert_eq!(u, [("CPU 0/TCG".to_string(), 0.025), ("CPU 1/TCG".to_string(), 1.0)]);
+    }
+
+    #[test]
+    fn cpu_by_kind_from_stat_text() {
+        // Two /proc/<pid>/task/*/stat readings of a QEMU with two vCPUs, its
+        // main thread, a vhost worker and a worker thread that started
+        // between them; clock ticks at 100 Hz.
+        let stat = |tid: u32, name: &str, utime: u64, stime: u64| {
+            let line = format!("{tid} ({name}) S 1 1 1 0 -1 4194624 30 0 0 0 {utime} {stime} 0 0 20 0 5 0 1234 0 0");
+            parse_stat(&line, 100).unwrap()
+        };
+        let before = [
+            stat(100, "qemu-system-x86", 200, 100),
+            stat(101, "CPU 0/TCG", 1000, 0),
+            stat(102, "CPU 1/TCG", 500, 20),
+            stat(103, "vhost-100", 0, 40),
+        ];
+        let after = [
+            stat(100, "qemu-system-x86", 260, 140),
+            stat(101, "CPU 0/TCG", 1090, 5),
+            stat(102, "CPU 1/TCG", 520, 25),
+            stat(103, "vhost-100", 0, 70),
+            stat(104, "worker", 3, 2),
+        ];
+        let used = used_between(&before, &after);
+        assert_eq!(used.vcpu, Duration::from_millis(950 + 250), "(95 + 25) ticks");
+        assert_eq!(used.vhost, Duration::from_millis(300));
+        assert_eq!(used.other, Duration::from_millis(1000 + 50), "main thread 100 ticks, the new worker 5");
+        assert!(is_vhost_thread("vhost-4242") && !is_vhost_thread("CPU 0/KVM") && !is_vhost_thread("qemu"));
+        assert_eq!(used_between(&after, &after), CpuByKind::default());
     }
 
     #[test]

@@ -119,6 +119,11 @@ pub struct QemuConfig {
     /// Start QEMU inside this network namespace (`ip netns exec NAME`), as
     /// the tap of [`Network::Tap`] lives there.
     pub netns: Option<String>,
+    /// With [`Network::Tap`]: let vhost-net move the packets (host kernel
+    /// worker threads) instead of QEMU's own threads. Off by default: then
+    /// the host accounts the data path's CPU to QEMU's main loop. RSS
+    /// needs it off ([`QemuConfig::validate`]); see [`crate::vhost`].
+    pub vhost: bool,
 }
 
 impl QemuConfig {
@@ -137,6 +142,21 @@ impl QemuConfig {
             network: Network::None,
             fw_cfg: Vec::new(),
             netns: None,
+            vhost: false,
+        }
+    }
+
+    /// Checks combinations the types allow but QEMU would refuse or
+    /// silently change: vhost needs a tap network, and QEMU's RSS runs in
+    /// QEMU, never in vhost-net.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.network, self.vhost) {
+            (_, false) => Ok(()),
+            (Network::Tap { rss: true, .. }, true) => {
+                Err("vhost-net cannot be used with RSS (rss=on runs in QEMU): turn one of them off".into())
+            }
+            (Network::Tap { .. }, true) => Ok(()),
+            (_, true) => Err("vhost-net needs a tap network".into()),
         }
     }
 
@@ -205,10 +225,12 @@ impl QemuConfig {
             Network::Tap { tap, queues, mac, vectors, rss } => {
                 // The tap already exists (script=no: QEMU configures nothing
                 // on the host). vhost=off keeps the data path in QEMU's own
-                // threads, where the host accounts its CPU time per process.
+                // threads; vhost=on hands it to vhost-net's worker threads
+                // (threads of the QEMU process on Linux 6.4 and later).
+                let vhost = if self.vhost { "on" } else { "off" };
                 a.pair(
                     "-netdev",
-                    format!("tap,id=net0,ifname={},script=no,downscript=no,vhost=off,queues={queues}", escape(tap)),
+                    format!("tap,id=net0,ifname={},script=no,downscript=no,vhost={vhost},queues={queues}", escape(tap)),
                 );
                 // One MSI-X vector per virtqueue (RX and TX per pair), one for
                 // the control queue and one for configuration changes.
@@ -468,6 +490,28 @@ mod tests {
         c.network = c.network.with_rss(false);
         assert!(!value_of(&strings(&c), "-device")[0].contains("rss"));
         assert_eq!(Network::User.with_rss(true), Network::User, "only a tap network has the option");
+    }
+
+    #[test]
+    fn vhost_on_request_and_never_with_rss() {
+        let mut c = QemuConfig::new(Accel::Tcg, bios());
+        assert!(!c.vhost, "off unless asked for");
+        c.network = Network::Tap { tap: "mqtap0".into(), queues: 2, mac: None, vectors: None, rss: false };
+        assert_eq!(c.validate(), Ok(()));
+        c.vhost = true;
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            value_of(&strings(&c), "-netdev"),
+            ["tap,id=net0,ifname=mqtap0,script=no,downscript=no,vhost=on,queues=2"]
+        );
+        c.network = c.network.with_rss(true);
+        assert!(c.validate().unwrap_err().contains("RSS"));
+        c.vhost = false;
+        assert_eq!(c.validate(), Ok(()));
+        assert!(value_of(&strings(&c), "-netdev")[0].contains(",vhost=off,"));
+        c.network = Network::User;
+        c.vhost = true;
+        assert_eq!(c.validate().unwrap_err(), "vhost-net needs a tap network");
     }
 
     #[test]

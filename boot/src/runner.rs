@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -50,10 +50,40 @@ pub struct During {
     /// Start once a serial line contains this.
     pub after: String,
     /// The work; its result ends up in the report. It must bound itself.
-    pub action: Box<dyn FnOnce() -> Result<String, String> + Send>,
+    pub action: Box<dyn FnOnce(Started) -> Result<String, String> + Send>,
     /// Keep the VM running this long after the work (for its last reports),
     /// then stop it.
     pub then_wait: Duration,
+}
+
+/// What [`During::action`] is handed when it starts.
+pub struct Started {
+    /// QEMU's process id (its threads are in `/proc/<pid>/task`).
+    pub pid: u32,
+    /// The serial console so far, growing while the VM runs.
+    pub console: Console,
+}
+
+/// The serial lines of a run, shared between the runner, which appends
+/// each line as it arrives, and the host-side work, which may look at them
+/// while the VM runs.
+#[derive(Clone, Debug, Default)]
+pub struct Console(Arc<Mutex<Vec<Line>>>);
+
+impl Console {
+    fn push(&self, line: Line) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<Line> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The first line so far that contains `needle`.
+    pub fn find(&self, needle: &str) -> Option<Line> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|l| l.text.contains(needle)).cloned()
+    }
 }
 
 /// CPU use of each vCPU thread between the marker line and the stop.
@@ -87,6 +117,7 @@ pub fn run(config: &QemuConfig, opts: &mut RunOptions) -> Result<RunReport, Stri
     // With a network namespace this starts `ip netns exec`, which execs QEMU
     // in place: the child's PID, the process group and PR_SET_PDEATHSIG (kept
     // across exec) all carry over to QEMU.
+    config.validate()?;
     let (program, args) = config.program_and_args();
     let mut command = Command::new(&program);
     command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
@@ -125,7 +156,7 @@ pub fn run(config: &QemuConfig, opts: &mut RunOptions) -> Result<RunReport, Stri
     });
 
     let deadline = opts.timeout.map(|t| started + t);
-    let mut lines = Vec::new();
+    let console = Console::default();
     let mut stopped = None;
     let mut first_sample: Option<(Instant, Vec<procstat::ThreadTime>)> = None;
     let mut cpu_sample = None;
@@ -146,9 +177,12 @@ pub fn run(config: &QemuConfig, opts: &mut RunOptions) -> Result<RunReport, Stri
                 if during.as_ref().is_some_and(|d| line.text.contains(&d.after)) {
                     let d = during.take().expect("checked");
                     then_wait = d.then_wait;
-                    worker = Some(thread::spawn(d.action));
+                    let started = Started { pid: child.id(), console: console.clone() };
+                    console.push(line);
+                    worker = Some(thread::spawn(move || (d.action)(started)));
+                    continue;
                 }
-                lines.push(line);
+                console.push(line);
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
@@ -185,7 +219,7 @@ pub fn run(config: &QemuConfig, opts: &mut RunOptions) -> Result<RunReport, Stri
         if opts.echo {
             println!("{}", line.text);
         }
-        lines.push(line);
+        console.push(line);
     }
     let stderr = stderr_reader.join().unwrap_or_default();
     use std::os::unix::process::ExitStatusExt;
@@ -194,7 +228,7 @@ pub fn run(config: &QemuConfig, opts: &mut RunOptions) -> Result<RunReport, Stri
         // QEMU ended first; the work is bounded, so wait for its result.
         action = Some(join_work(w));
     }
-    Ok(RunReport { outcome, lines, stderr, elapsed: started.elapsed(), cpu_sample, action })
+    Ok(RunReport { outcome, lines: console.lines(), stderr, elapsed: started.elapsed(), cpu_sample, action })
 }
 
 fn join_work(w: thread::JoinHandle<Result<String, String>>) -> Result<String, String> {

@@ -292,7 +292,7 @@ fn boot_once(
     let started = Instant::now();
     let action = {
         let (loads, stop, a, tap, lens) = (loads.clone(), stop.clone(), a.clone(), tap.clone(), lens.clone());
-        move || {
+        move |_| {
             for len in lens {
                 std::thread::sleep(PAUSE);
                 if stop.load(Ordering::SeqCst) {
@@ -449,7 +449,7 @@ mod tests {
     fn args(extra: &[&str]) -> BenchRawArgs {
         let cli = crate::cli::Cli::try_parse_from(["xtask", "bench", "raw"].iter().chain(extra)).unwrap();
         let crate::cli::Cmd::Bench(b) = cli.command else { panic!() };
-        let crate::cli::BenchCmd::Raw(r) = b.bench else { panic!() };
+        let Some(crate::cli::BenchCmd::Raw(r)) = b.bench else { panic!() };
         r
     }
 

@@ -1263,21 +1263,10 @@ fn check_tcp(case: &BootCase, net: &NetCase, tcp: &TcpCase, out: &str, report: &
 /// every line a comment or `mqnet_name{labels} value`; every series with
 /// one sample per vCPU (`rows`); frames counted as received.
 pub fn check_metrics(scrape: &str, rows: usize) -> Result<(), String> {
-    let mut lines = scrape.lines();
-    match lines.next().map(str::trim) {
-        Some("status 200") => {}
-        other => return Err(format!("GET /metrics answered {other:?}, not status 200")),
-    }
     let mut samples: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for line in lines.filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
-        let parsed = line.split_once('{').and_then(|(name, rest)| {
-            let (labels, value) = rest.split_once("} ")?;
-            let ok = name.starts_with("mqnet_") && !labels.contains('}') && labels.contains("cpu=\"");
-            let value = value.trim().parse::<u64>().ok()?;
-            ok.then_some((name, value))
-        });
-        let Some((name, value)) = parsed else { return Err(format!("not a metrics sample: {line:?}")) };
-        samples.entry(name).or_default().push(value);
+    let parsed = crate::traffic::parse_metrics(scrape)?;
+    for m in &parsed {
+        samples.entry(m.name.as_str()).or_default().push(m.value);
     }
     if samples.is_empty() {
         return Err("GET /metrics returned no samples".into());

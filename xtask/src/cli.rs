@@ -26,8 +26,10 @@ pub enum Cmd {
     Run(RunArgs),
     /// Host unit tests of every crate, then boot tests of the real kernel.
     Test(TestArgs),
-    /// Benchmarks (they print tables and write JSON; they never pass or fail on speed).
-    Bench(BenchArgs),
+    /// Benchmarks (they print tables and write JSON; they never pass or fail
+    /// on speed). Without a subcommand: the iperf3 multiqueue matrix.
+    #[command(args_conflicts_with_subcommands = true)]
+    Bench(Box<BenchArgs>),
     /// Host-side TCP load against the guest's echo or discard service: run by
     /// the network tests and benchmarks inside their namespace, e.g.
     /// `ip netns exec NS xtask tcp-load echo --addr 10.99.0.2 ...`. Prints
@@ -107,11 +109,21 @@ impl RunArgs {
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    pub bench: BenchCmd,
+    pub bench: Option<BenchCmd>,
+    /// The options of the matrix (`bench` alone is `bench iperf`).
+    #[command(flatten)]
+    pub iperf: BenchIperfArgs,
 }
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum BenchCmd {
+    /// The netperf-style multiqueue matrix (the default): boots the release
+    /// kernel once per vCPUs/queues configuration (inside a network
+    /// namespace it creates; root) and drives the guest's iperf3 server with
+    /// the host's iperf3 for every direction, message size and session
+    /// count; prints the tables and writes iperf.json, iperf.csv and
+    /// iperf.svg under target/bench/.
+    Iperf(BenchIperfArgs),
     /// TCP echo throughput: boots the release kernel once per queue count
     /// (inside a network namespace it creates; root) and runs echo loads of
     /// each connection count from the host; prints a table and writes
@@ -155,6 +167,151 @@ pub struct BenchEchoArgs {
     /// Network namespace to create (and delete) for the boots.
     #[arg(long, default_value = "mqnet-bench", value_parser = parse_netns)]
     pub netns: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchIperfArgs {
+    /// vCPUs/queue pairs of each boot, one boot each (comma-separated)
+    /// [default: 1/1,2/1,2/2; with --quick 2/2].
+    #[arg(long, value_delimiter = ',', value_parser = parse_vm_config)]
+    pub configs: Option<Vec<VmConfig>>,
+    /// iperf3 parallel streams (-P) of each point (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8", conflicts_with = "quick",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_SESSIONS))]
+    pub sessions: Vec<u32>,
+    /// Message sizes (iperf3 -l): bytes or `default` (iperf3's own, 128 KiB for TCP).
+    #[arg(long, value_delimiter = ',', default_value = "512,default", value_parser = parse_msg_len)]
+    pub lengths: Vec<MsgLen>,
+    /// Directions to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "host-to-guest,guest-to-host,guest-initiated")]
+    pub directions: Vec<DirectionArg>,
+    /// Runs of each point; the tables show the median.
+    #[arg(long, default_value_t = 3, conflicts_with = "quick",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
+    /// Seconds measured per run (iperf3 -t).
+    #[arg(long, default_value_t = 5, conflicts_with = "quick",
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub time: u32,
+    /// Seconds of each run left out before measuring (iperf3 -O: slow start, steering settling).
+    #[arg(long, default_value_t = 1, conflicts_with = "quick",
+          value_parser = clap::value_parser!(u32).range(0..=60))]
+    pub omit: u32,
+    /// A smoke run of about a minute: one configuration (2/2 unless
+    /// --configs), sessions 1 and 2, one run of 2 s per point, nothing omitted.
+    #[arg(long)]
+    pub quick: bool,
+    /// vhost-net for the tap: on where /dev/vhost-net exists and RSS is off (auto), or forced.
+    #[arg(long, value_enum, default_value_t = VhostArg::Auto)]
+    pub vhost: VhostArg,
+    /// Offer virtio-net RSS (rss=on,hash=on) in every boot (needs vhost off).
+    #[arg(long)]
+    pub rss: bool,
+    /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    pub accel: AccelArg,
+    /// Guest memory of every boot: MiB, or with a unit (512M, 2G).
+    #[arg(long, default_value = "512M", value_parser = parse_memory)]
+    pub memory: u32,
+    /// Extra kernel boot options for every boot, e.g. "tcp-buf=1M".
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Network namespace to create (and delete) for the boots.
+    #[arg(long, default_value = "mqbench", value_parser = parse_netns)]
+    pub netns: String,
+    /// Directory for iperf.json, iperf.csv and iperf.svg [default: target/bench].
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+impl BenchIperfArgs {
+    /// `bench --quick --netns NETNS`, every other option at its default.
+    pub fn quick(netns: &str) -> Result<BenchIperfArgs, String> {
+        let cli = Cli::try_parse_from(["xtask", "bench", "--quick", "--netns", netns]).map_err(|e| e.to_string())?;
+        match cli.command {
+            Cmd::Bench(b) => Ok(b.iperf),
+            _ => Err("`bench --quick` parsed as another command".into()),
+        }
+    }
+}
+
+/// Most iperf3 streams of one point.
+pub const MAX_SESSIONS: i64 = 128;
+
+/// vCPUs and queue pairs of one benchmark boot, written `V/Q`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmConfig {
+    pub vcpus: u16,
+    pub queues: u16,
+}
+
+impl std::fmt::Display for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.vcpus, self.queues)
+    }
+}
+
+/// `2/1` → 2 vCPUs, 1 queue pair. The kernel uses at most one pair per
+/// vCPU, so more pairs than vCPUs is refused rather than measured as idle.
+pub fn parse_vm_config(s: &str) -> Result<VmConfig, String> {
+    let (v, q) = s.trim().split_once('/').ok_or_else(|| format!("`{s}` is not VCPUS/QUEUES, e.g. 2/2"))?;
+    let num =
+        |x: &str, what: &str| x.trim().parse::<u16>().map_err(|_| format!("`{s}`: `{x}` is not a number of {what}"));
+    let (vcpus, queues) = (num(v, "vCPUs")?, num(q, "queue pairs")?);
+    if !(1..=255).contains(&vcpus) {
+        return Err(format!("`{s}`: use 1 to 255 vCPUs"));
+    }
+    boot::netns::validate_queues(queues).map_err(|e| format!("`{s}`: {e}"))?;
+    if queues > vcpus {
+        return Err(format!("`{s}`: more queue pairs than vCPUs (the kernel uses at most one pair per vCPU)"));
+    }
+    Ok(VmConfig { vcpus, queues })
+}
+
+/// An iperf3 message size: `-l BYTES`, or iperf3's default (no `-l`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MsgLen(pub Option<u32>);
+
+/// iperf3 refuses TCP blocks above 1 MiB (MAX_BLOCKSIZE).
+pub const MAX_MSG_LEN: u64 = 1 << 20;
+
+/// `512`, `64K`, `default` → a message size.
+pub fn parse_msg_len(s: &str) -> Result<MsgLen, String> {
+    if s.trim().eq_ignore_ascii_case("default") {
+        return Ok(MsgLen(None));
+    }
+    let n = parse_size(s)?;
+    if n > MAX_MSG_LEN {
+        return Err(format!("`{s}`: iperf3 takes at most 1 MiB per message"));
+    }
+    Ok(MsgLen(Some(n as u32)))
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DirectionArg {
+    /// The host's iperf3 client sends to the guest's server.
+    HostToGuest,
+    /// The same client, reversed (-R): the guest's server sends.
+    GuestToHost,
+    /// The guest connects out as an iperf3 client to `iperf3 -s` on the host.
+    GuestInitiated,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VhostArg {
+    Auto,
+    On,
+    Off,
+}
+
+impl From<VhostArg> for boot::vhost::VhostRequest {
+    fn from(v: VhostArg) -> Self {
+        match v {
+            VhostArg::Auto => boot::vhost::VhostRequest::Auto,
+            VhostArg::On => boot::vhost::VhostRequest::On,
+            VhostArg::Off => boot::vhost::VhostRequest::Off,
+        }
+    }
 }
 
 /// Most connections one load opens.
@@ -473,7 +630,7 @@ mod tests {
     #[test]
     fn bench_echo_arguments() {
         let Cmd::Bench(b) = parse(&["bench", "echo"]).unwrap().command else { panic!() };
-        let BenchCmd::Echo(e) = b.bench else { panic!() };
+        let Some(BenchCmd::Echo(e)) = b.bench else { panic!() };
         assert_eq!((e.queues, e.connections, e.bytes, e.smp), (vec![1, 2, 4], vec![1, 4, 16], 16 << 20, 4));
         assert_eq!((e.accel, e.rss, e.netns.as_str()), (AccelArg::Auto, false, "mqnet-bench"));
         assert_eq!(e.timeout_secs, Duration::from_secs(120));
@@ -492,7 +649,7 @@ mod tests {
         ])
         .unwrap();
         let Cmd::Bench(b) = cli.command else { panic!() };
-        let BenchCmd::Echo(e) = b.bench else { panic!() };
+        let Some(BenchCmd::Echo(e)) = b.bench else { panic!() };
         assert_eq!(
             (e.queues, e.connections, e.bytes, e.accel, e.rss),
             (vec![4, 1], vec![2, 8, 32], 64 << 20, AccelArg::Tcg, true)
@@ -501,7 +658,97 @@ mod tests {
         assert_eq!(kind(&["bench", "echo", "--queues", "1,17"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["bench", "echo", "--connections", "0"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["bench", "echo", "--bytes", "lots"]), ErrorKind::ValueValidation);
-        assert_eq!(kind(&["bench", "iperf"]), ErrorKind::InvalidSubcommand);
+        assert_eq!(kind(&["bench", "netperf"]), ErrorKind::InvalidSubcommand);
+    }
+
+    #[test]
+    fn plain_bench_is_the_iperf_matrix() {
+        let Cmd::Bench(b) = parse(&["bench"]).unwrap().command else { panic!() };
+        assert!(b.bench.is_none());
+        let i = b.iperf;
+        assert_eq!((i.configs, i.sessions, i.repeat, i.time, i.omit), (None, vec![1, 2, 4, 8], 3, 5, 1));
+        assert_eq!(i.lengths, [MsgLen(Some(512)), MsgLen(None)]);
+        use DirectionArg::*;
+        assert_eq!(i.directions, [HostToGuest, GuestToHost, GuestInitiated]);
+        assert_eq!(
+            (i.vhost, i.accel, i.rss, i.quick, i.netns.as_str()),
+            (VhostArg::Auto, AccelArg::Auto, false, false, "mqbench")
+        );
+        assert_eq!((i.memory, i.out), (512, None));
+
+        let cli = parse(&[
+            "bench",
+            "--configs",
+            "4/1,4/4,8/8",
+            "--sessions",
+            "1,16",
+            "--lengths",
+            "64K,default",
+            "--directions",
+            "guest-to-host",
+            "--repeat",
+            "5",
+            "--time",
+            "10",
+            "--omit",
+            "2",
+            "--vhost",
+            "off",
+            "--accel",
+            "tcg",
+            "--out",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let Cmd::Bench(b) = cli.command else { panic!() };
+        let i = b.iperf;
+        let c = |vcpus, queues| VmConfig { vcpus, queues };
+        assert_eq!(i.configs, Some(vec![c(4, 1), c(4, 4), c(8, 8)]));
+        assert_eq!((i.sessions, i.lengths), (vec![1, 16], vec![MsgLen(Some(65536)), MsgLen(None)]));
+        assert_eq!((i.directions, i.repeat, i.time, i.omit), (vec![GuestToHost], 5, 10, 2));
+        assert_eq!((i.vhost, i.accel, i.out), (VhostArg::Off, AccelArg::Tcg, Some("/tmp/x".into())));
+
+        // `bench iperf` takes the same options.
+        let Cmd::Bench(b) = parse(&["bench", "iperf", "--quick", "--configs", "1/1"]).unwrap().command else {
+            panic!()
+        };
+        let Some(BenchCmd::Iperf(i)) = b.bench else { panic!() };
+        assert!(i.quick);
+        assert_eq!(i.configs, Some(vec![c(1, 1)]));
+
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(kind(&["bench", "--configs", "2/3"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["bench", "--configs", "0/1"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["bench", "--configs", "2-2"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["bench", "--sessions", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["bench", "--lengths", "2M"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["bench", "--directions", "sideways"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["bench", "--vhost", "maybe"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["bench", "--quick", "--repeat", "2"]), ErrorKind::ArgumentConflict);
+        assert_eq!(kind(&["bench", "--time", "0"]), ErrorKind::ValueValidation);
+        // Matrix options belong to the matrix, not to `bench echo`.
+        assert_eq!(kind(&["bench", "--quick", "echo"]), ErrorKind::ArgumentConflict);
+        let q = BenchIperfArgs::quick("mq-t").unwrap();
+        assert!(q.quick && q.configs.is_none());
+        assert_eq!(q.netns, "mq-t");
+        assert!(BenchIperfArgs::quick("a/b").is_err());
+    }
+
+    #[test]
+    fn vm_configs_and_message_sizes() {
+        assert_eq!(parse_vm_config("2/2"), Ok(VmConfig { vcpus: 2, queues: 2 }));
+        assert_eq!(parse_vm_config(" 8/1 "), Ok(VmConfig { vcpus: 8, queues: 1 }));
+        assert_eq!(VmConfig { vcpus: 4, queues: 2 }.to_string(), "4/2");
+        assert!(parse_vm_config("1/2").unwrap_err().contains("more queue pairs than vCPUs"));
+        assert!(parse_vm_config("4/17").unwrap_err().contains("1 to 16"));
+        assert!(parse_vm_config("256/1").unwrap_err().contains("1 to 255"));
+        assert!(parse_vm_config("x/1").unwrap_err().contains("not a number of vCPUs"));
+        assert!(parse_vm_config("4").unwrap_err().contains("VCPUS/QUEUES"));
+        assert_eq!(parse_msg_len("512"), Ok(MsgLen(Some(512))));
+        assert_eq!(parse_msg_len("Default"), Ok(MsgLen(None)));
+        assert_eq!(parse_msg_len("1M"), Ok(MsgLen(Some(1 << 20))));
+        assert!(parse_msg_len("0").is_err());
+        assert!(parse_msg_len("lots").is_err());
     }
 
     #[test]

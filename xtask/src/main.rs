@@ -35,7 +35,7 @@ fn main() {
             run::run(args)
         }
         Cmd::Test(args) => test::test(args),
-        Cmd::Bench(args) => bench::bench(args),
+        Cmd::Bench(args) => bench::bench(*args),
         Cmd::TcpLoad(args) => tcpload::main(args),
         Cmd::RawLoad(args) => rawload::main(args),
     };

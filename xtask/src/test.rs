@@ -49,6 +49,7 @@ pub fn test(args: TestArgs) -> Result<i32, String> {
     }
     if !args.host_only {
         boot_tests(&args, &mut tally);
+        bench_smoke(&args, &mut tally);
     }
     println!();
     for (name, why) in &tally.skipped {
@@ -232,6 +233,47 @@ fn boot_tests(args: &TestArgs, tally: &mut Tally) {
     }
 }
 
+/// The name of the bench step (selected by `--filter` like a boot case).
+pub const BENCH_SMOKE: &str = "bench-quick";
+
+/// `cargo xtask bench --quick` as a smoke test of the benchmark harness,
+/// after the boot tests, in their namespace name (deleted by then): it
+/// must complete, write its JSON, CSV and SVG, and measure every point it
+/// can with non-zero throughput. Speed is never judged. Skipped without
+/// root, and while the guest serves no iperf3.
+fn bench_smoke(args: &TestArgs, tally: &mut Tally) {
+    if args.filter.as_deref().is_some_and(|f| !BENCH_SMOKE.contains(f)) {
+        return;
+    }
+    let name = format!("bench: {BENCH_SMOKE}");
+    let skip = |tally: &mut Tally, why: String| {
+        println!("SKIP {name}: {why}");
+        tally.skipped.push((name.clone(), why));
+    };
+    if !boot::prereq::is_root() {
+        return skip(tally, NEEDS_ROOT.into());
+    }
+    let stop = stop_flag();
+    if stop.load(Ordering::SeqCst) {
+        return skip(tally, "interrupted by Ctrl-C".into());
+    }
+    let started = Instant::now();
+    let result = boot_tests::test_netns(std::env::var_os(boot_tests::TEST_NETNS_VAR))
+        .and_then(|netns| crate::bench::iperf::smoke(&netns, args.accel.into(), &stop));
+    let secs = started.elapsed().as_secs_f64();
+    match result {
+        Ok(crate::bench::iperf::Smoke::Passed(note)) => {
+            println!("PASS {name} ({secs:.1} s, {note})");
+            tally.passed += 1;
+        }
+        Ok(crate::bench::iperf::Smoke::Skipped(why)) => skip(tally, why),
+        Err(why) => {
+            println!("FAIL {name} ({secs:.1} s): {why}");
+            tally.failed.push(name);
+        }
+    }
+}
+
 /// The network cases need `ip`, `ping` and `python3`, a valid namespace
 /// name (`MQNET_TEST_NETNS` or the default) and no namespace of that name
 /// already (a leftover of a killed run, or another checkout's run: never
@@ -294,7 +336,7 @@ fn run_case(
             let started = std::time::Instant::now();
             opts.during = Some(During {
                 after: if net.raw.is_some() { kernel::raw::READY } else { boot_tests::NET_READY }.into(),
-                action: Box::new(move || match net.raw {
+                action: Box::new(move |_| match net.raw {
                     Some(mode) => crate::boot_raw::traffic(mode, &host_end, started),
                     None => case_traffic(&net, &host_end, qmp.as_deref()),
                 }),

@@ -213,7 +213,19 @@ pub fn tcp_load(
 
 /// Runs `cmd` (stdin closed, output captured) for at most `limit`; a child
 /// still running then is killed (it is ours, by its PID) and reported.
-pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<(String, String, String), String> {
+pub fn run_bounded(cmd: Command, limit: Duration) -> Result<(String, String, String), String> {
+    run_bounded_ticking(cmd, limit, &mut |_| true)
+}
+
+/// [`run_bounded`], calling `tick(false)` about every 20 ms while the child
+/// runs and `tick(true)` once as soon as it has exited by itself, for
+/// whoever watches it meanwhile. A `tick(false)` that returns false ends
+/// the child at once (killed, reported as `stopped`).
+pub fn run_bounded_ticking(
+    mut cmd: Command,
+    limit: Duration,
+    tick: &mut dyn FnMut(bool) -> bool,
+) -> Result<(String, String, String), String> {
     let program: OsString = cmd.get_program().to_owned();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -234,8 +246,15 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<(String, String,
     let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let until = Instant::now() + limit;
     let status = loop {
+        let go_on = tick(false);
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            tick(true);
             break status.to_string();
+        }
+        if !go_on {
+            let _ = child.kill();
+            let _ = child.wait();
+            break "stopped".into();
         }
         if Instant::now() >= until {
             let _ = child.kill();
@@ -385,6 +404,40 @@ pub fn metrics_scrape(netns: &str, addr: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// One sample of the guest's metrics: `mqnet_NAME{cpu="N",...} VALUE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricSample {
+    /// With its `mqnet_` prefix.
+    pub name: String,
+    /// The vCPU (its `cpu` label).
+    pub cpu: u32,
+    pub value: u64,
+}
+
+/// Parses a scrape of [`metrics_scrape`] (`status N` then the body): it
+/// must have status 200, and every line must be a comment or a sample
+/// `mqnet_NAME{labels} VALUE` whose labels name its vCPU.
+pub fn parse_metrics(scrape: &str) -> Result<Vec<MetricSample>, String> {
+    let mut lines = scrape.lines();
+    match lines.next().map(str::trim) {
+        Some("status 200") => {}
+        other => return Err(format!("GET /metrics answered {other:?}, not status 200")),
+    }
+    let sample = |line: &str| {
+        let (name, rest) = line.split_once('{')?;
+        let (labels, value) = rest.split_once("} ")?;
+        if !name.starts_with("mqnet_") || labels.contains('}') {
+            return None;
+        }
+        let cpu = labels.split(',').find_map(|l| l.strip_prefix("cpu=\"")?.strip_suffix('"')?.parse().ok())?;
+        Some(MetricSample { name: name.to_string(), cpu, value: value.trim().parse().ok()? })
+    };
+    lines
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| sample(l).ok_or_else(|| format!("not a metrics sample: {l:?}")))
+        .collect()
+}
+
 /// Sends one broadcast ARP request for `guest` out of `tap` (sender: the
 /// tap's own MAC and `host`), then listens for `listen` and counts the ARP
 /// replies whose sender is `guest`: one frame out, a finite window. Prints
@@ -525,6 +578,46 @@ wrong data byte #2000 should be 0xd0 but was 0x0
         assert_eq!(status, "killed after 0.2 s");
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(run_bounded(Command::new("/nonexistent/program"), Duration::from_secs(1)).is_err());
+        let (mut ticks, mut done) = (0, 0);
+        let mut cmd = Command::new("sleep");
+        cmd.arg("0.2");
+        let mut count = |end: bool| {
+            if end {
+                done += 1;
+            } else {
+                ticks += 1;
+            }
+            true
+        };
+        run_bounded_ticking(cmd, Duration::from_secs(10), &mut count).unwrap();
+        assert!(ticks >= 5, "ticks every 20 ms or so: {ticks}");
+        assert_eq!(done, 1);
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let started = Instant::now();
+        let (status, _, _) = run_bounded_ticking(cmd, Duration::from_secs(60), &mut |_| false).unwrap();
+        assert_eq!(status, "stopped");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn metrics_samples_are_parsed_with_their_vcpu() {
+        let scrape = "status 200\n# HELP mqnet_rx_packets x\n# TYPE mqnet_rx_packets counter\n\
+                      mqnet_rx_packets{cpu=\"0\",rxq=\"0\",txq=\"1\"} 12\nmqnet_cpu_busy_ns{cpu=\"3\"} 99\n\n";
+        let m = parse_metrics(scrape).unwrap();
+        assert_eq!(
+            m,
+            [
+                MetricSample { name: "mqnet_rx_packets".into(), cpu: 0, value: 12 },
+                MetricSample { name: "mqnet_cpu_busy_ns".into(), cpu: 3, value: 99 },
+            ]
+        );
+        assert_eq!(parse_metrics("status 200\n"), Ok(vec![]));
+        assert!(parse_metrics("status 500\n").unwrap_err().contains("not status 200"));
+        for bad in ["mqnet_x{rxq=\"0\"} 1", "other{cpu=\"0\"} 1", "mqnet_x{cpu=\"0\"} -1", "mqnet_x 1"] {
+            let err = parse_metrics(&format!("status 200\n{bad}\n")).unwrap_err();
+            assert!(err.contains("not a metrics sample"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,3 @@
-//! `cargo xtask bench`: benchmarks. They print tables and write JSON; they
-//! never pass or fail on speed (the exit status only says whether every
-//! measurement could be taken).
-//!
 //! `bench echo` boots the release kernel with `--smp` vCPUs (4) once per
 //! queue count, inside a network namespace it creates and deletes (the
 //! network rule: every packet stays in there), and once the guest's stacks
@@ -17,7 +13,6 @@
 //! owner (misses) and inbox drops.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,12 +21,13 @@ use boot::accel::Accel;
 use boot::image::Firmware;
 use boot::netns::{NetnsGuard, TapNetwork};
 use boot::prereq::{self, Tool};
-use boot::qemu::{self, QemuConfig};
+use boot::qemu::QemuConfig;
 use boot::runner::{self, During, Line, RunOptions};
 use serde_json::{json, Value};
 
+use super::{bench_dir, require_root, write_out};
 use crate::boot_tests::{self, parse_net_cpu, parse_net_stats};
-use crate::cli::{BenchArgs, BenchCmd, BenchEchoArgs};
+use crate::cli::BenchEchoArgs;
 use crate::kbuild;
 use crate::run::{say, stop_flag};
 use crate::tcpload::{size, LoadSummary, Mode, ECHO_PORT};
@@ -44,13 +40,6 @@ pub const STATS_MS: u64 = 500;
 pub const PAUSE: Duration = Duration::from_millis(3 * STATS_MS);
 /// Guest memory of the benchmark boots.
 const MEMORY_MIB: u32 = 512;
-
-pub fn bench(args: BenchArgs) -> Result<i32, String> {
-    match args.bench {
-        BenchCmd::Echo(a) => echo(a),
-        BenchCmd::Raw(a) => crate::bench_raw::raw(a),
-    }
-}
 
 /// One load of a benchmark boot, as the host side saw it.
 #[derive(Clone, Debug)]
@@ -262,7 +251,7 @@ fn boot_once(
         let (loads, stop) = (loads.clone(), stop.clone());
         let (ns, guest) = (tap.netns.clone(), tap.guest_addr.to_string());
         let (conns, total, timeout) = (a.connections.clone(), a.bytes, a.timeout_secs);
-        move || {
+        move |_| {
             let mut done = Vec::new();
             for n in conns {
                 std::thread::sleep(PAUSE);
@@ -318,17 +307,10 @@ fn boot_once(
         .collect())
 }
 
-fn echo(a: BenchEchoArgs) -> Result<i32, String> {
+pub fn run(a: BenchEchoArgs) -> Result<i32, String> {
     // Everything that can be checked before the (slow) kernel build.
     TapNetwork::new(&a.netns, 1)?;
-    if !prereq::is_root() {
-        let again: Vec<String> = std::env::args().skip(1).map(|x| qemu::shell_quote(&x)).collect();
-        return Err(format!(
-            "bench echo needs root: it creates a network namespace and a tap device. Run it as root, e.g.\n    \
-             sudo -E env \"PATH=$PATH\" cargo xtask {}",
-            again.join(" ")
-        ));
-    }
+    require_root("bench echo")?;
     prereq::ensure(&[Tool::Iproute2], &mut |m| say!("{m}"))?;
     boot::netns::check_absent(&a.netns)?;
     let choice = crate::run::prepare(Firmware::Bios, a.accel.into())?;
@@ -384,9 +366,7 @@ fn echo(a: BenchEchoArgs) -> Result<i32, String> {
         "runs": rows.iter().map(row_json).collect::<Vec<_>>(),
     });
     let path = bench_dir(&built).join("echo.json");
-    std::fs::create_dir_all(path.parent().expect("has a parent"))
-        .and_then(|()| std::fs::write(&path, serde_json::to_string_pretty(&out).expect("serialisable") + "\n"))
-        .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+    write_out(&path, &(serde_json::to_string_pretty(&out).expect("serialisable") + "\n"))?;
     say!("wrote {}", path.display());
     let complete = boots.iter().all(|b| b["error"].is_null())
         && rows.len() == a.queues.len() * a.connections.len()
@@ -395,11 +375,6 @@ fn echo(a: BenchEchoArgs) -> Result<i32, String> {
         say!("some measurements are missing or had errors (see above)");
     }
     Ok(if complete { 0 } else { 1 })
-}
-
-/// `<target>/bench`: the kernel is `<target>/x86_64-unknown-none/release/kernel`.
-fn bench_dir(built: &kbuild::Built) -> PathBuf {
-    built.kernel.ancestors().nth(3).map_or_else(|| kbuild::workspace_root().join("target"), PathBuf::from).join("bench")
 }
 
 #[cfg(test)]
@@ -458,15 +433,6 @@ mod tests {
         let c = count(&plain, s(1.2), s(3.1)).unwrap();
         assert_eq!((c.rx_packets, c.misses), (3000, None));
         assert_eq!(count(&[], s(0.0), s(1.0)), None);
-    }
-
-    #[test]
-    fn results_go_to_the_target_directory() {
-        let built = kbuild::Built {
-            kernel: "/w/target/x86_64-unknown-none/release/kernel".into(),
-            images_dir: "/w/target/x86_64-unknown-none/release/images".into(),
-        };
-        assert_eq!(bench_dir(&built), PathBuf::from("/w/target/bench"));
     }
 
     #[test]
