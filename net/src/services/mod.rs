@@ -85,6 +85,7 @@ use smoltcp::wire::IpAddress;
 pub mod discard;
 pub mod echo;
 pub mod metrics;
+pub mod rr;
 
 pub use discard::Discard;
 pub use echo::Echo;
