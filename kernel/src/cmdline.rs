@@ -97,7 +97,7 @@ pub struct BootOptions {
     pub tcp_buffer: Option<u32>,
     /// How a vCPU without a queue pair of its own transmits (`tx-share=`).
     pub tx_share: TxShare,
-    /// The in-kernel TCP services to run (`services=echo,discard,metrics`
+    /// The in-kernel TCP services to run (`services=echo,discard,metrics,rr`
     /// or `services=none`); all of them by default.
     pub services: Services,
 }
@@ -128,17 +128,19 @@ pub struct Services {
     pub discard: bool,
     /// The counters in the Prometheus text format, HTTP port 9100.
     pub metrics: bool,
+    /// Request/response transactions (netperf TCP_RR style), port 5202.
+    pub rr: bool,
 }
 
 impl Default for Services {
     fn default() -> Self {
-        Services { echo: true, discard: true, metrics: true }
+        Services { echo: true, discard: true, metrics: true, rr: true }
     }
 }
 
 impl Services {
     fn parse(value: &str) -> Option<Services> {
-        let mut s = Services { echo: false, discard: false, metrics: false };
+        let mut s = Services { echo: false, discard: false, metrics: false, rr: false };
         if value == "none" {
             return Some(s);
         }
@@ -147,6 +149,7 @@ impl Services {
                 "echo" => s.echo = true,
                 "discard" => s.discard = true,
                 "metrics" => s.metrics = true,
+                "rr" => s.rr = true,
                 _ => return None,
             }
         }
@@ -219,7 +222,7 @@ impl Default for BootOptions {
             net_fault: None,
             tcp_buffer: None,
             tx_share: TxShare::Lock,
-            services: Services { echo: true, discard: true, metrics: true },
+            services: Services::default(),
         }
     }
 }
@@ -399,13 +402,21 @@ mod tests {
         let (o, p) = parse("tcp-buf=512K tx-share=handoff services=echo");
         assert!(p.is_empty(), "{p:?}");
         assert_eq!((o.tcp_buffer, o.tx_share), (Some(512 << 10), TxShare::Handoff));
-        assert_eq!(o.services, Services { echo: true, discard: false, metrics: false });
-        assert_eq!(parse("services=none").0.services, Services { echo: false, discard: false, metrics: false });
+        assert_eq!(o.services, Services { echo: true, discard: false, metrics: false, rr: false });
+        assert_eq!(
+            parse("services=none").0.services,
+            Services { echo: false, discard: false, metrics: false, rr: false }
+        );
         assert_eq!(
             parse("services=metrics,discard").0.services,
-            Services { echo: false, discard: true, metrics: true }
+            Services { echo: false, discard: true, metrics: true, rr: false }
         );
-        assert_eq!(BootOptions::default().services, Services { echo: true, discard: true, metrics: true });
+        assert_eq!(parse("services=rr").0.services, Services { echo: false, discard: false, metrics: false, rr: true });
+        assert_eq!(
+            BootOptions::default().services,
+            Services { echo: true, discard: true, metrics: true, rr: true }
+        );
+        assert_eq!(parse("services=echo,discard,metrics,rr").0.services, BootOptions::default().services);
         assert_eq!(BootOptions::default().tx_share, TxShare::Lock);
         assert_eq!(parse("tcp-buf=1M").0.tcp_buffer, Some(1 << 20));
         assert_eq!(parse("tcp-buf=65536").0.tcp_buffer, Some(65536));

@@ -198,6 +198,9 @@ fn services(cpus: usize) -> Services {
     if let (true, Some(board)) = (options.services.metrics, METRICS.get()) {
         s.add(Box::new(Metrics::new(board)));
     }
+    if options.services.rr {
+        s.add(Box::new(net::services::rr::Rr));
+    }
     s
 }
 
