@@ -139,6 +139,14 @@ impl Default for Services {
 }
 
 impl Services {
+    /// How many services run: each keeps its own listening sockets.
+    pub fn count(self) -> usize {
+        // Taken apart field by field, so that a service added to the struct
+        // cannot be left out here.
+        let Services { echo, discard, metrics, rr } = self;
+        [echo, discard, metrics, rr].into_iter().filter(|&on| on).count()
+    }
+
     fn parse(value: &str) -> Option<Services> {
         let mut s = Services { echo: false, discard: false, metrics: false, rr: false };
         if value == "none" {
@@ -417,6 +425,8 @@ mod tests {
             Services { echo: true, discard: true, metrics: true, rr: true }
         );
         assert_eq!(parse("services=echo,discard,metrics,rr").0.services, BootOptions::default().services);
+        assert_eq!((BootOptions::default().services.count(), parse("services=none").0.services.count()), (4, 0));
+        assert_eq!(parse("services=rr,echo").0.services.count(), 2);
         assert_eq!(BootOptions::default().tx_share, TxShare::Lock);
         assert_eq!(parse("tcp-buf=1M").0.tcp_buffer, Some(1 << 20));
         assert_eq!(parse("tcp-buf=65536").0.tcp_buffer, Some(65536));
