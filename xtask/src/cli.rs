@@ -34,6 +34,12 @@ pub enum Cmd {
     /// one JSON summary line; exits 1 if any connection failed.
     #[command(hide = true)]
     TcpLoad(TcpLoadArgs),
+    /// Host side of the guest's request/response service (port 5202): N
+    /// connections, one transaction at a time each, for --time seconds; run
+    /// inside the namespace like tcp-load. Prints a human line and one JSON
+    /// line (transactions/s, latency percentiles); exits 1 on any error.
+    #[command(hide = true)]
+    Rr(crate::rr::RrArgs),
 }
 
 #[derive(Args, Debug, Clone)]

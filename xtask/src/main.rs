@@ -6,6 +6,7 @@ mod cli;
 mod kbuild;
 mod libtest;
 mod qmp;
+mod rr;
 mod run;
 mod tcpload;
 mod test;
@@ -34,6 +35,7 @@ fn main() {
         Cmd::Test(args) => test::test(args),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::TcpLoad(args) => tcpload::main(args),
+        Cmd::Rr(args) => rr::main(args),
     };
     match result {
         Ok(code) => std::process::exit(code),
