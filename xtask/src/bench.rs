@@ -48,6 +48,7 @@ const MEMORY_MIB: u32 = 512;
 pub fn bench(args: BenchArgs) -> Result<i32, String> {
     match args.bench {
         BenchCmd::Echo(a) => echo(a),
+        BenchCmd::Rr(a) => crate::bench_rr::rr(a),
     }
 }
 

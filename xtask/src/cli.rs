@@ -117,6 +117,11 @@ pub enum BenchCmd {
     /// each connection count from the host; prints a table and writes
     /// target/bench/echo.json.
     Echo(BenchEchoArgs),
+    /// TCP request/response latency (netperf TCP_RR style): boots the
+    /// release kernel once per queue count (in a namespace it creates;
+    /// root), runs `xtask rr` with each connection count; prints
+    /// transactions/s and latency percentiles, writes target/bench/rr.json.
+    Rr(crate::bench_rr::BenchRrArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -469,7 +474,7 @@ mod tests {
     #[test]
     fn bench_echo_arguments() {
         let Cmd::Bench(b) = parse(&["bench", "echo"]).unwrap().command else { panic!() };
-        let BenchCmd::Echo(e) = b.bench;
+        let BenchCmd::Echo(e) = b.bench else { panic!() };
         assert_eq!((e.queues, e.connections, e.bytes, e.smp), (vec![1, 2, 4], vec![1, 4, 16], 16 << 20, 4));
         assert_eq!((e.accel, e.rss, e.netns.as_str()), (AccelArg::Auto, false, "mqnet-bench"));
         assert_eq!(e.timeout_secs, Duration::from_secs(120));
@@ -488,7 +493,7 @@ mod tests {
         ])
         .unwrap();
         let Cmd::Bench(b) = cli.command else { panic!() };
-        let BenchCmd::Echo(e) = b.bench;
+        let BenchCmd::Echo(e) = b.bench else { panic!() };
         assert_eq!(
             (e.queues, e.connections, e.bytes, e.accel, e.rss),
             (vec![4, 1], vec![2, 8, 32], 64 << 20, AccelArg::Tcg, true)

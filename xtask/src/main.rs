@@ -1,6 +1,7 @@
 //! `cargo xtask`: build, run and test the mqnet kernel. See README.md.
 
 mod bench;
+mod bench_rr;
 mod boot_tests;
 mod cli;
 mod kbuild;
