@@ -110,7 +110,7 @@ pub struct BootOptions {
     /// (`steer-key=`), for runs that must know which vCPU owns a flow.
     /// `None`: a random key per boot.
     pub steer_key: Option<[u8; 40]>,
-    /// The in-kernel TCP services to run (`services=echo,discard,metrics,iperf`
+    /// The in-kernel TCP services to run (`services=echo,discard,metrics,iperf,rr`
     /// or `services=none`); all of them by default.
     pub services: Services,
     /// Raw driver mode and its options (`raw=`, `raw-len=`, `raw-count=`,
@@ -146,17 +146,27 @@ pub struct Services {
     pub metrics: bool,
     /// The iperf3 server, port 5201.
     pub iperf: bool,
+    /// Request/response transactions (netperf TCP_RR style), port 5202.
+    pub rr: bool,
 }
 
 impl Default for Services {
     fn default() -> Self {
-        Services { echo: true, discard: true, metrics: true, iperf: true }
+        Services { echo: true, discard: true, metrics: true, iperf: true, rr: true }
     }
 }
 
 impl Services {
+    /// How many services run: each keeps its own listening sockets.
+    pub fn count(self) -> usize {
+        // Taken apart field by field, so that a service added to the struct
+        // cannot be left out here.
+        let Services { echo, discard, metrics, iperf, rr } = self;
+        [echo, discard, metrics, iperf, rr].into_iter().filter(|&on| on).count()
+    }
+
     fn parse(value: &str) -> Option<Services> {
-        let mut s = Services { echo: false, discard: false, metrics: false, iperf: false };
+        let mut s = Services { echo: false, discard: false, metrics: false, iperf: false, rr: false };
         if value == "none" {
             return Some(s);
         }
@@ -166,6 +176,7 @@ impl Services {
                 "discard" => s.discard = true,
                 "metrics" => s.metrics = true,
                 "iperf" | "iperf3" => s.iperf = true,
+                "rr" => s.rr = true,
                 _ => return None,
             }
         }
@@ -327,7 +338,7 @@ impl Default for BootOptions {
             steer_key: None,
             gateway: None,
             iperf_client: None,
-            services: Services { echo: true, discard: true, metrics: true, iperf: true },
+            services: Services::default(),
             raw: RawOptions::default(),
         }
     }
@@ -586,20 +597,19 @@ mod tests {
         let (o, p) = parse("tcp-buf=512K tx-share=handoff services=echo");
         assert!(p.is_empty(), "{p:?}");
         assert_eq!((o.tcp_buffer, o.tx_share), (Some(512 << 10), TxShare::Handoff));
-        assert_eq!(o.services, Services { echo: true, discard: false, metrics: false, iperf: false });
+        assert_eq!(o.services, Services { echo: true, discard: false, metrics: false, iperf: false, rr: false });
+        let none = Services { echo: false, discard: false, metrics: false, iperf: false, rr: false };
+        assert_eq!(parse("services=none").0.services, none);
+        assert_eq!(parse("services=metrics,discard").0.services, Services { discard: true, metrics: true, ..none });
+        assert_eq!(parse("services=rr").0.services, Services { rr: true, ..none });
+        assert_eq!(parse("services=iperf3,echo").0.services, Services { echo: true, iperf: true, ..none });
         assert_eq!(
-            parse("services=none").0.services,
-            Services { echo: false, discard: false, metrics: false, iperf: false }
+            BootOptions::default().services,
+            Services { echo: true, discard: true, metrics: true, iperf: true, rr: true }
         );
-        assert_eq!(
-            parse("services=metrics,discard").0.services,
-            Services { echo: false, discard: true, metrics: true, iperf: false }
-        );
-        assert_eq!(BootOptions::default().services, Services { echo: true, discard: true, metrics: true, iperf: true });
-        assert_eq!(
-            parse("services=iperf3,echo").0.services,
-            Services { echo: true, discard: false, metrics: false, iperf: true }
-        );
+        assert_eq!(parse("services=echo,discard,metrics,iperf,rr").0.services, BootOptions::default().services);
+        assert_eq!((BootOptions::default().services.count(), parse("services=none").0.services.count()), (5, 0));
+        assert_eq!(parse("services=rr,echo").0.services.count(), 2);
         assert_eq!(BootOptions::default().tx_share, TxShare::Lock);
         assert_eq!(parse("tcp-buf=1M").0.tcp_buffer, Some(1 << 20));
         assert_eq!(parse("tcp-buf=65536").0.tcp_buffer, Some(65536));

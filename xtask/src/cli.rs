@@ -42,6 +42,12 @@ pub enum Cmd {
     /// JSON summary line.
     #[command(hide = true)]
     RawLoad(crate::rawload::RawLoadArgs),
+    /// Host side of the guest's request/response service (port 5202): N
+    /// connections, one transaction at a time each, for --time seconds; run
+    /// inside the namespace like tcp-load. Prints a human line and one JSON
+    /// line (transactions/s, latency percentiles); exits 1 on any error.
+    #[command(hide = true)]
+    Rr(crate::rr::RrArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -133,6 +139,11 @@ pub enum BenchCmd {
     /// frame size), host-side AF_PACKET loads; frames/s per mode and size;
     /// writes target/bench/raw.json.
     Raw(crate::bench_raw::BenchRawArgs),
+    /// TCP request/response latency (netperf TCP_RR style): boots the
+    /// release kernel once per queue count (in a namespace it creates;
+    /// root), runs `xtask rr` with each connection count; prints
+    /// transactions/s and latency percentiles, writes target/bench/rr.json.
+    Rr(crate::bench_rr::BenchRrArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_raw;
+mod bench_rr;
 mod boot_raw;
 mod boot_tests;
 mod cli;
@@ -9,6 +10,7 @@ mod kbuild;
 mod libtest;
 mod qmp;
 mod rawload;
+mod rr;
 mod run;
 mod tcpload;
 mod test;
@@ -38,6 +40,7 @@ fn main() {
         Cmd::Bench(args) => bench::bench(*args),
         Cmd::TcpLoad(args) => tcpload::main(args),
         Cmd::RawLoad(args) => rawload::main(args),
+        Cmd::Rr(args) => rr::main(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

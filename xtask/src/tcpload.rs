@@ -179,7 +179,7 @@ impl ErrorKind {
         }
     }
 
-    fn of(e: &io::Error) -> ErrorKind {
+    pub(crate) fn of(e: &io::Error) -> ErrorKind {
         match e.kind() {
             io::ErrorKind::ConnectionRefused => ErrorKind::Refused,
             io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => ErrorKind::Reset,
@@ -219,11 +219,20 @@ pub struct ConnError {
 }
 
 impl ConnError {
-    fn io(stage: Stage, offset: u64, e: &io::Error) -> ConnError {
+    pub(crate) fn new(kind: ErrorKind, stage: Stage, offset: u64, detail: &str) -> ConnError {
+        ConnError { kind, stage, offset, detail: detail.into() }
+    }
+
+    pub(crate) fn io(stage: Stage, offset: u64, e: &io::Error) -> ConnError {
         ConnError { kind: ErrorKind::of(e), stage, offset, detail: e.to_string() }
     }
 
-    fn timeout(stage: Stage, offset: u64, what: &str) -> ConnError {
+    /// The thread that ran the connection panicked.
+    pub(crate) fn panicked() -> ConnError {
+        ConnError::new(ErrorKind::Other, Stage::Connect, 0, "connection thread panicked")
+    }
+
+    pub(crate) fn timeout(stage: Stage, offset: u64, what: &str) -> ConnError {
         ConnError { kind: ErrorKind::Timeout, stage, offset, detail: format!("deadline passed {what}") }
     }
 }
@@ -389,7 +398,7 @@ pub fn size(bytes: u64) -> String {
 }
 
 /// Time left before `deadline`, `None` once it has passed.
-fn left(deadline: Instant) -> Option<Duration> {
+pub(crate) fn left(deadline: Instant) -> Option<Duration> {
     deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
 }
 
@@ -595,37 +604,26 @@ where
     let start = Instant::now();
     let deadline = start + timeout;
     let echo = mode == Mode::Echo;
-    let connections: Vec<ConnResult> = thread::scope(|s| {
-        let handles: Vec<_> = bytes
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                let pattern = Some(Pattern::new(Pattern::seed_for(seed, i)));
-                s.spawn(move || one(i, connect, pattern, b, echo, deadline))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(i, h)| {
-                h.join().unwrap_or_else(|_| ConnResult {
-                    index: i,
-                    sent: 0,
-                    done: 0,
-                    elapsed: start.elapsed(),
-                    last_progress: None,
-                    error: Some(ConnError {
-                        kind: ErrorKind::Other,
-                        stage: Stage::Connect,
-                        offset: 0,
-                        detail: "connection thread panicked".into(),
-                    }),
-                })
-            })
-            .collect()
+    let work = |i: usize| one(i, connect, Some(Pattern::new(Pattern::seed_for(seed, i))), bytes[i], echo, deadline);
+    let connections = at_once(bytes.len(), &work, |i| ConnResult {
+        index: i,
+        sent: 0,
+        done: 0,
+        elapsed: start.elapsed(),
+        last_progress: None,
+        error: Some(ConnError::panicked()),
     });
     let end = connections.iter().filter_map(|c| c.last_progress).max().unwrap_or_else(Instant::now);
     LoadReport { mode, bytes: total, connections, elapsed: end.saturating_duration_since(start) }
+}
+
+/// Runs `work(i)` for every `i` in `0..n` at once, a thread each; what a
+/// thread that panicked would have returned is `panicked(i)`.
+pub(crate) fn at_once<T: Send>(n: usize, work: &(dyn Fn(usize) -> T + Sync), panicked: impl Fn(usize) -> T) -> Vec<T> {
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..n).map(|i| s.spawn(move || work(i))).collect();
+        handles.into_iter().enumerate().map(|(i, h)| h.join().unwrap_or_else(|_| panicked(i))).collect()
+    })
 }
 
 /// `connections` concurrent connections to an echo server, each sending
@@ -667,7 +665,7 @@ pub fn main(args: crate::cli::TcpLoadArgs) -> Result<i32, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Mutex;
 
@@ -695,21 +693,21 @@ mod tests {
     }
 
     /// What a fake server does with its end of connection `index`.
-    type Server = fn(usize, UnixStream);
+    pub(crate) type Server = fn(usize, UnixStream);
 
     /// A connector whose every connection is a Unix socket pair with a
     /// server thread on the other end; the threads are joined on drop.
-    struct Fake {
+    pub(crate) struct Fake {
         server: Server,
         threads: Mutex<Vec<thread::JoinHandle<()>>>,
     }
 
     impl Fake {
-        fn new(server: Server) -> Fake {
+        pub(crate) fn new(server: Server) -> Fake {
             Fake { server, threads: Mutex::new(Vec::new()) }
         }
 
-        fn connect(&self, index: usize, _: Duration) -> io::Result<UnixStream> {
+        pub(crate) fn connect(&self, index: usize, _: Duration) -> io::Result<UnixStream> {
             let (client, server) = UnixStream::pair()?;
             let f = self.server;
             self.threads.lock().unwrap().push(thread::spawn(move || f(index, server)));
@@ -799,8 +797,8 @@ mod tests {
         drop(s);
     }
 
-    const FAST: Duration = Duration::from_millis(300);
-    const ENOUGH: Duration = Duration::from_secs(20);
+    pub(crate) const FAST: Duration = Duration::from_millis(300);
+    pub(crate) const ENOUGH: Duration = Duration::from_secs(20);
 
     #[test]
     fn a_correct_echo_server_passes() {

@@ -332,13 +332,14 @@ fn run_case(
             });
             config.qmp = qmp.clone();
             let host_end = tap.clone();
-            // About when QEMU starts: the clock of the serial lines' times.
+            // Just before QEMU starts: a little earlier than the clock of
+            // its serial lines.
             let started = std::time::Instant::now();
             opts.during = Some(During {
                 after: if net.raw.is_some() { kernel::raw::READY } else { boot_tests::NET_READY }.into(),
                 action: Box::new(move |_| match net.raw {
                     Some(mode) => crate::boot_raw::traffic(mode, &host_end, started),
-                    None => case_traffic(&net, &host_end, qmp.as_deref()),
+                    None => case_traffic(&net, &host_end, qmp.as_deref(), started),
                 }),
                 then_wait: boot_tests::then_wait(case),
             });
@@ -381,11 +382,17 @@ fn run_case(
 /// The host side of a network case, step by step from inside the
 /// namespace: pings, UDP flows, a link flap, floods and the pings after
 /// them, jumbo pings, the ARP probe, TCP echo and discard loads (this
-/// executable's `tcp-load`), as the case asks. Returns the
+/// executable's `tcp-load`) and RR transactions (its `rr`), as the case
+/// asks. Returns the
 /// transcript of every step's output ([`traffic::section`]) for the checks.
 /// Every step bounds itself; after a flood that did not complete the next
 /// is not started (it would only run into its deadline too).
-fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::path::Path>) -> Result<String, String> {
+fn case_traffic(
+    net: &boot_tests::NetCase,
+    tap: &TapNetwork,
+    qmp: Option<&std::path::Path>,
+    started: std::time::Instant,
+) -> Result<String, String> {
     use boot_tests::*;
     let (ns, guest) = (tap.netns.as_str(), tap.guest_addr.to_string());
     let ms = Duration::from_millis;
@@ -430,6 +437,15 @@ fn case_traffic(net: &boot_tests::NetCase, tap: &TapNetwork, qmp: Option<&std::p
             let (c, b) = (tcp.discard_connections, tcp.discard_bytes);
             let discard = traffic::tcp_load(ns, &guest, Mode::Discard, DISCARD_PORT, c, b, TCP_DISCARD_DEADLINE)?;
             out += &traffic::section(STEP_TCP_DISCARD, &discard);
+            // Request/response transactions; the checks compare the guest's
+            // reports from before and after the window (QEMU's clock).
+            if let Some(rr) = tcp.rr.filter(|_| LoadSummary::parse(&discard).is_some_and(|s| s.ok())) {
+                std::thread::sleep(RR_QUIET);
+                let from = started.elapsed().as_secs_f64();
+                let load = traffic::tcp_rr(ns, &guest, crate::rr::RR_PORT, rr.connections, rr.shape)?;
+                let window = format!("window {from:.3} {:.3}", started.elapsed().as_secs_f64());
+                out += &traffic::section(STEP_TCP_RR, &format!("{window}\n{load}"));
+            }
         }
     }
     if net.iperf {

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::rr::{RrShape, RrSummary};
 use crate::tcpload::{LoadSummary, Mode};
 
 /// What `ping` reported.
@@ -199,16 +200,62 @@ pub fn tcp_load(
     bytes: u64,
     timeout: Duration,
 ) -> Result<String, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the xtask executable: {e}"))?;
     let args = tcp_load_args(mode, addr, port, connections, bytes, timeout);
+    let (_, stdout) = run_self(netns, &args, timeout + TCP_LOAD_GRACE, |out| LoadSummary::parse(out).is_some())?;
+    Ok(stdout)
+}
+
+/// Runs this very xtask executable with `args` inside `netns`, for at most
+/// `limit`: its exit status and what it printed, which `has_summary` must
+/// accept (else the error says what happened).
+fn run_self(
+    netns: &str,
+    args: &[String],
+    limit: Duration,
+    has_summary: impl Fn(&str) -> bool,
+) -> Result<(String, String), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the xtask executable: {e}"))?;
     let mut cmd = in_netns(netns, &exe);
-    cmd.args(&args);
-    let shown = format!("ip netns exec {netns} {} {}", exe.display(), args.join(" "));
-    let (status, stdout, stderr) = run_bounded(cmd, timeout + TCP_LOAD_GRACE)?;
-    match LoadSummary::parse(&stdout) {
-        Some(_) => Ok(stdout),
-        None => Err(format!("`{shown}` printed no summary ({status}): {}", stderr.trim())),
+    cmd.args(args);
+    let (status, stdout, stderr) = run_bounded(cmd, limit)?;
+    if !has_summary(&stdout) {
+        let shown = format!("ip netns exec {netns} {} {}", exe.display(), args.join(" "));
+        return Err(format!("`{shown}` printed no summary ({status}): {}", stderr.trim()));
     }
+    Ok((status, stdout))
+}
+
+/// The arguments of one `xtask rr` run (after the program).
+pub fn rr_args(addr: &str, port: u16, connections: u32, shape: &RrShape) -> Vec<String> {
+    let numbers = [
+        ("--port", port.into()),
+        ("--connections", connections),
+        ("--request", shape.request),
+        ("--response", shape.response),
+    ];
+    let mut args = vec!["rr".to_string(), "--addr".into(), addr.into()];
+    for (flag, n) in numbers {
+        args.extend([flag.to_string(), n.to_string()]);
+    }
+    args.extend(["--time".to_string(), format!("{:.3}", shape.time.as_secs_f64())]);
+    args
+}
+
+/// How long an `xtask rr` run of `time` may take in all: its own deadline
+/// (`time` plus its grace) plus [`TCP_LOAD_GRACE`].
+pub fn rr_limit(time: Duration) -> Duration {
+    time + crate::rr::GRACE + TCP_LOAD_GRACE
+}
+
+/// A request/response load from inside the namespace: `ip netns exec NETNS
+/// XTASK rr --addr ADDR ...`, bounded by [`rr_limit`]. Returns a first line
+/// `status STATUS` (its exit status), then what it printed, its JSON
+/// summary last; a failed load is a result, not an error. Err when no
+/// summary came out.
+pub fn tcp_rr(netns: &str, addr: &str, port: u16, connections: u32, shape: RrShape) -> Result<String, String> {
+    let args = rr_args(addr, port, connections, &shape);
+    let (status, stdout) = run_self(netns, &args, rr_limit(shape.time), |out| RrSummary::parse(out).is_some())?;
+    Ok(format!("status {status}\n{stdout}"))
 }
 
 /// Runs `cmd` (stdin closed, output captured) for at most `limit`; a child
@@ -563,6 +610,21 @@ wrong data byte #2000 should be 0xd0 but was 0x0
         let args = tcp_load_args(Mode::Discard, "10.99.0.2", 9, 4, 100 << 20, Duration::from_millis(120_500));
         assert_eq!(args[1], "discard");
         assert_eq!(args.last().unwrap(), "120.5");
+    }
+
+    #[test]
+    fn rr_loads_run_this_executable_too() {
+        let shape = RrShape { request: 32, response: 4096, time: Duration::from_secs(2) };
+        let args = rr_args("10.99.0.2", 5202, 8, &shape);
+        assert_eq!(
+            args.join(" "),
+            "rr --addr 10.99.0.2 --port 5202 --connections 8 --request 32 --response 4096 --time 2.000"
+        );
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(std::iter::once("xtask".to_string()).chain(args)).unwrap();
+        let crate::cli::Cmd::Rr(a) = cli.command else { panic!() };
+        assert_eq!((a.port, a.connections, a.shape), (5202, 8, shape));
+        assert_eq!(rr_limit(Duration::from_secs(2)), Duration::from_secs(2 + 20 + 10));
     }
 
     #[test]

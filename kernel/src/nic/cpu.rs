@@ -200,7 +200,9 @@ fn services(id: u16, cpus: usize) -> Services {
     }
     let per_conn = (cfg.rx_buffer + cfg.tx_buffer).max(1) as u64;
     let budget = crate::memory::heap_bytes() / TCP_HEAP_SHARE / cpus.max(1) as u64;
-    cfg.max_connections = (budget / per_conn).saturating_sub(cfg.backlog as u64 * 2).clamp(8, 1024) as usize;
+    // The listeners (`backlog` per service) hold buffers too.
+    let listeners = (cfg.backlog * options.services.count()) as u64;
+    cfg.max_connections = (budget / per_conn).saturating_sub(listeners).clamp(8, 1024) as usize;
     let mut s = Services::new(cfg);
     if options.services.echo {
         s.add(Box::new(Echo));
@@ -227,6 +229,9 @@ fn services(id: u16, cpus: usize) -> Services {
             iperf.start_client(ClientConfig { server: c.server, port: c.port, params }, now());
         }
         s.add(Box::new(iperf));
+    }
+    if options.services.rr {
+        s.add(Box::new(net::services::rr::Rr));
     }
     s
 }

@@ -86,6 +86,7 @@ pub mod discard;
 pub mod echo;
 pub mod iperf;
 pub mod metrics;
+pub mod rr;
 
 pub use discard::Discard;
 pub use echo::Echo;

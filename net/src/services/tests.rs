@@ -31,6 +31,10 @@ const HOST_IP: IpAddress = IpAddress::Ipv4(Ipv4Address::new(10, 99, 0, 1));
 const MIB: usize = 1024 * 1024;
 pub(super) const MS: Duration = Duration::from_millis(1);
 
+/// The request/response service's tests, on this file's in-memory link.
+#[path = "rr_tests.rs"]
+mod rr_tests;
+
 /// The ports of a TCP segment in an Ethernet frame, and the segment.
 fn tcp_of(frame: &[u8]) -> Option<(u16, u16, TcpRepr<'_>)> {
     let (src, dst, tcp) = frames::tcp_in(frame)?;

@@ -26,6 +26,7 @@ pub fn bench(args: BenchArgs) -> Result<i32, String> {
     match args.bench {
         Some(BenchCmd::Echo(a)) => echo::run(a),
         Some(BenchCmd::Raw(a)) => crate::bench_raw::raw(a),
+        Some(BenchCmd::Rr(a)) => crate::bench_rr::rr(a),
         Some(BenchCmd::Iperf(a)) => iperf::main(a),
         None => iperf::main(args.iperf),
     }
