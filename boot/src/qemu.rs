@@ -124,6 +124,9 @@ pub struct QemuConfig {
     /// the host accounts the data path's CPU to QEMU's main loop. RSS
     /// needs it off ([`QemuConfig::validate`]); see [`crate::vhost`].
     pub vhost: bool,
+    /// With [`Network::User`]: TCP ports of the host's loopback forwarded
+    /// to the guest, (host port, guest port) each (`hostfwd=`).
+    pub user_forwards: Vec<(u16, u16)>,
 }
 
 impl QemuConfig {
@@ -143,6 +146,7 @@ impl QemuConfig {
             fw_cfg: Vec::new(),
             netns: None,
             vhost: false,
+            user_forwards: Vec::new(),
         }
     }
 
@@ -218,7 +222,11 @@ impl QemuConfig {
         match &self.network {
             Network::None => a.pair("-nic", "none"),
             Network::User | Network::UserTransitional => {
-                a.pair("-netdev", "user,id=net0");
+                // Forwards listen on 127.0.0.1 only: nothing outside the
+                // machine reaches the guest.
+                let forwards: String =
+                    self.user_forwards.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
+                a.pair("-netdev", format!("user,id=net0{forwards}"));
                 let legacy = if self.network == Network::User { "on" } else { "off" };
                 a.pair("-device", format!("virtio-net-pci,netdev=net0,disable-legacy={legacy}"));
             }
@@ -433,6 +441,11 @@ mod tests {
         assert_eq!(value_of(&a, "-device"), ["virtio-net-pci,netdev=net0,disable-legacy=on"]);
         assert_eq!(value_of(&a, "-machine"), ["pc"]);
         assert!(value_of(&a, "-nic").is_empty());
+        c.user_forwards = vec![(5201, 5201), (10007, 7)];
+        assert_eq!(
+            value_of(&strings(&c), "-netdev"),
+            ["user,id=net0,hostfwd=tcp:127.0.0.1:5201-:5201,hostfwd=tcp:127.0.0.1:10007-:7"]
+        );
     }
 
     #[test]

@@ -59,8 +59,18 @@ pub struct BuildArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    #[command(flatten)]
-    pub build: BuildArgs,
+    /// Boot the debug kernel (assertions, debug info; boots ~3× slower)
+    /// instead of the release kernel, which is the default.
+    #[arg(long)]
+    pub debug: bool,
+    /// The release kernel (the default; kept for scripts that say so).
+    #[arg(long, hide = true, conflicts_with = "debug")]
+    pub release: bool,
+    /// Print the commands that boot the guest without xtask (the namespace
+    /// and tap set-up, then QEMU's command line) and exit; builds the image
+    /// the command line names.
+    #[arg(long)]
+    pub print_qemu: bool,
     /// Boot with SeaBIOS (the default).
     #[arg(long, conflicts_with = "uefi")]
     pub bios: bool,
@@ -68,10 +78,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub uefi: bool,
     /// Number of vCPUs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=255))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=255))]
     pub smp: u16,
     /// Guest memory: MiB, or with a unit (512M, 2G).
-    #[arg(long, default_value = "256M", value_parser = parse_memory)]
+    #[arg(long, default_value = "512M", value_parser = parse_memory)]
     pub memory: u32,
     /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
@@ -82,17 +92,19 @@ pub struct RunArgs {
     /// Machine type (default: q35; pc-i440fx-7.0 under kvm_pvm).
     #[arg(long, value_enum)]
     pub machine: Option<MachineArg>,
-    /// Guest network: none, QEMU user-mode networking (one queue, no root), or
-    /// a multiqueue tap inside a network namespace this run creates (root).
-    #[arg(long, value_enum, default_value_t = NetArg::None)]
+    /// Guest network: a multiqueue tap inside a network namespace this run
+    /// creates (tap; root), QEMU user-mode networking with the services'
+    /// ports forwarded from 127.0.0.1 (user; one queue, no root), none; or
+    /// auto: tap when root, else user.
+    #[arg(long, value_enum, default_value_t = NetArg::Auto)]
     pub net: NetArg,
-    /// Queue pairs of the NIC and its tap, with --net tap [default: 1].
+    /// Queue pairs of the NIC and its tap, with a tap [default: one per vCPU].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUES)))]
     pub queues: Option<u16>,
-    /// Network namespace to create (and delete) for --net tap [default: mqnet].
+    /// Network namespace to create (and delete) for a tap [default: mqnet].
     #[arg(long, value_parser = parse_netns)]
     pub netns: Option<String>,
-    /// Offer virtio-net RSS and hash reports (rss=on,hash=on), with --net tap.
+    /// Offer virtio-net RSS and hash reports (rss=on,hash=on), with a tap.
     #[arg(long)]
     pub rss: bool,
     /// Kernel boot options, e.g. "log=debug" (see README).
@@ -102,13 +114,23 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// Checks what clap cannot express: --queues, --netns and --rss only
-    /// make sense with --net tap, and silently ignoring them would mislead.
-    /// The error is a usage error (status 2), like clap's own.
+    /// make sense with a tap (`--net tap`, or `auto` as root), and silently
+    /// ignoring them would mislead. The error is a usage error (status 2),
+    /// like clap's own.
     pub fn check(&self) -> Result<(), clap::Error> {
-        if self.net != NetArg::Tap && (self.queues.is_some() || self.netns.is_some() || self.rss) {
-            return Err(Cli::command().error(ErrorKind::ArgumentConflict, "--queues, --netns and --rss need --net tap"));
+        if matches!(self.net, NetArg::None | NetArg::User)
+            && (self.queues.is_some() || self.netns.is_some() || self.rss)
+        {
+            return Err(
+                Cli::command().error(ErrorKind::ArgumentConflict, "--queues, --netns and --rss need a tap network")
+            );
         }
         Ok(())
+    }
+
+    /// Whether to boot the release kernel (the default).
+    pub fn release(&self) -> bool {
+        !self.debug
     }
 }
 
@@ -445,6 +467,8 @@ impl From<MachineArg> for Machine {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetArg {
+    /// A tap when root, else user-mode networking.
+    Auto,
     None,
     User,
     Tap,
@@ -498,9 +522,17 @@ mod tests {
     #[test]
     fn run_defaults() {
         let Cmd::Run(r) = parse(&["run"]).unwrap().command else { panic!() };
-        assert!(!r.bios && !r.uefi && !r.build.release);
-        assert_eq!((r.smp, r.memory, r.accel, r.timeout), (1, 256, AccelArg::Auto, None));
-        assert_eq!((r.net, r.queues, r.netns.as_deref(), r.rss), (NetArg::None, None, None, false));
+        assert!(!r.bios && !r.uefi && r.release() && !r.print_qemu);
+        assert_eq!((r.smp, r.memory, r.accel, r.timeout), (2, 512, AccelArg::Auto, None));
+        assert_eq!((r.net, r.queues, r.netns.as_deref(), r.rss), (NetArg::Auto, None, None, false));
+        assert!(r.check().is_ok());
+        let Cmd::Run(r) = parse(&["run", "--debug", "--print-qemu"]).unwrap().command else { panic!() };
+        assert!(!r.release() && r.print_qemu);
+        assert!(parse(&["run", "--debug", "--release"]).is_err());
+        let Cmd::Run(r) = parse(&["run", "--release"]).unwrap().command else { panic!() };
+        assert!(r.release());
+        // auto may become a tap: its options are taken.
+        let Cmd::Run(r) = parse(&["run", "--queues", "2", "--rss"]).unwrap().command else { panic!() };
         assert!(r.check().is_ok());
     }
 
@@ -527,15 +559,15 @@ mod tests {
         assert_eq!(kind(&["run", "--net", "tap", "--netns", "sixteen-chars-xx"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["run", "--net", "bridge"]), ErrorKind::InvalidValue);
         for args in [
-            &["run", "--queues", "2"][..],
+            &["run", "--net", "none", "--queues", "2"][..],
             &["run", "--net", "user", "--netns", "x"],
-            &["run", "--rss"],
+            &["run", "--net", "none", "--rss"],
             &["run", "--net", "user", "--rss"],
         ] {
             let Cmd::Run(r) = parse(args).unwrap().command else { panic!() };
             let err = r.check().unwrap_err();
             assert_eq!((err.kind(), err.exit_code()), (ErrorKind::ArgumentConflict, 2), "{args:?}");
-            assert!(err.to_string().contains("--queues, --netns and --rss need --net tap"), "{err}");
+            assert!(err.to_string().contains("--queues, --netns and --rss need a tap network"), "{err}");
         }
     }
 
@@ -562,7 +594,7 @@ mod tests {
         ])
         .unwrap();
         let Cmd::Run(r) = cli.command else { panic!() };
-        assert!(r.uefi && r.build.release);
+        assert!(r.uefi && r.release());
         assert_eq!((r.smp, r.memory, r.accel), (4, 1024, AccelArg::Tcg));
         assert_eq!(r.timeout, Some(Duration::from_millis(2500)));
         assert_eq!(r.machine, Some(MachineArg::Pc));

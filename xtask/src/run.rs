@@ -16,6 +16,11 @@ use crate::kbuild;
 /// QEMU user networking's guest address (its built-in DHCP would hand it out).
 const SLIRP_GUEST: &str = "10.0.2.15/24";
 
+/// With user networking, the services' ports forwarded from the host's
+/// 127.0.0.1: (host port, guest port). Echo and discard sit above 1024 on
+/// the host, where a user without root may listen.
+pub const USER_FORWARDS: [(u16, u16); 5] = [(5201, 5201), (9100, 9100), (5202, 5202), (10007, 7), (10009, 9)];
+
 /// Prints a progress line of xtask's own (serial output goes to stdout).
 macro_rules! say {
     ($($t:tt)*) => { eprintln!("xtask: {}", format_args!($($t)*)) };
@@ -57,10 +62,25 @@ pub fn boot_for(firmware: Firmware, built: &kbuild::Built) -> Result<Boot, Strin
     })
 }
 
+/// What `--net auto` means here: a tap when root (and `ip` is there or can
+/// be installed), else user networking.
+fn resolve_net(net: NetArg) -> NetArg {
+    match net {
+        NetArg::Auto if prereq::is_root() => NetArg::Tap,
+        NetArg::Auto => NetArg::User,
+        other => other,
+    }
+}
+
 /// The tap network `--net tap` asks for, once we know it can be set up:
-/// checked before the (slow) kernel build, so a mistake shows at once.
-fn tap_network(args: &RunArgs) -> Result<TapNetwork, String> {
-    let net = TapNetwork::new(args.netns.as_deref().unwrap_or(DEFAULT_NETNS), args.queues.unwrap_or(1))?;
+/// checked before the (slow) kernel build, so a mistake shows at once. One
+/// queue pair per vCPU unless `--queues` says otherwise.
+fn tap_network(args: &RunArgs, check: bool) -> Result<TapNetwork, String> {
+    let queues = args.queues.unwrap_or(args.smp.min(boot::netns::MAX_QUEUES));
+    let net = TapNetwork::new(args.netns.as_deref().unwrap_or(DEFAULT_NETNS), queues)?;
+    if !check {
+        return Ok(net);
+    }
     if !prereq::is_root() {
         let again: Vec<String> = std::env::args().skip(1).map(|a| qemu::shell_quote(&a)).collect();
         return Err(format!(
@@ -74,18 +94,62 @@ fn tap_network(args: &RunArgs) -> Result<TapNetwork, String> {
     Ok(net)
 }
 
+/// How to reach the guest's services from the host, for the network it is
+/// on.
+fn how_to_reach(tap: Option<&TapNetwork>, net: NetArg) -> Vec<String> {
+    match (tap, net) {
+        (Some(t), _) => {
+            let (ns, g, h) = (&t.netns, t.guest_addr, t.host_addr);
+            vec![
+                format!("the guest is {g} in network namespace {ns}; from another shell, as root:"),
+                format!("    ip netns exec {ns} ping -c 3 {g}"),
+                format!("    ip netns exec {ns} iperf3 -c {g} -P {} -t 5       (host → guest; -R: guest → host)", t.queues),
+                format!("    ip netns exec {ns} curl -s http://{g}:9100/metrics"),
+                format!("    ip netns exec {ns} target/debug/xtask rr --addr {g} --connections 4 --time 5"),
+                format!(
+                    "    guest as client: ip netns exec {ns} iperf3 -s -1, and boot with --cmdline \"iperf-client={h} iperf-parallel=2\""
+                ),
+            ]
+        }
+        (None, NetArg::User) => {
+            let fwd: Vec<String> = USER_FORWARDS.iter().map(|(h, g)| format!("{h}→{g}")).collect();
+            vec![
+                format!(
+                    "user-mode networking (one queue; no ping): 127.0.0.1 ports {} reach the guest",
+                    fwd.join(", ")
+                ),
+                "    iperf3 -c 127.0.0.1 -t 5                  (host → guest; -R: guest → host)".into(),
+                "    curl -s http://127.0.0.1:9100/metrics".into(),
+                "    for multiqueue, run as root: a tap in a namespace of its own".into(),
+            ]
+        }
+        (None, _) => vec!["no network (--net none)".into()],
+    }
+}
+
 pub fn run(args: RunArgs) -> Result<i32, String> {
     let firmware = if args.uefi { Firmware::Uefi } else { Firmware::Bios };
-    let tap = match args.net {
-        NetArg::Tap => Some(tap_network(&args)?),
-        NetArg::None | NetArg::User => None,
+    let net = resolve_net(args.net);
+    if args.net == NetArg::Auto {
+        say!(
+            "network: {} (--net auto: {})",
+            if net == NetArg::Tap { "tap" } else { "user" },
+            if net == NetArg::Tap { "root" } else { "not root, so no tap" }
+        );
+    }
+    if net == NetArg::User && (args.queues.is_some() || args.rss) {
+        return Err("--queues and --rss need a tap network, which needs root (see --net)".into());
+    }
+    let tap = match net {
+        NetArg::Tap => Some(tap_network(&args, !args.print_qemu)?),
+        NetArg::Auto | NetArg::None | NetArg::User => None,
     };
     let choice = prepare(firmware, args.accel.into())?;
     say!("accelerator: {} ({})", choice.accel, choice.reason);
-    let built = kbuild::build(args.build.release, &[firmware])?;
+    let built = kbuild::build(args.release(), &[firmware])?;
     // The guest's address follows the network it is on; the user's own
     // `--cmdline ip=...` comes later and wins.
-    let ip = match (&tap, args.net) {
+    let ip = match (&tap, net) {
         (Some(net), _) => format!("ip={}/{} ", net.guest_addr, net.prefix_len),
         (None, NetArg::User) => format!("ip={SLIRP_GUEST} "),
         (None, _) => String::new(),
@@ -96,11 +160,40 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     config.memory_mib = args.memory;
     config.network = match &tap {
         Some(net) => net.network().with_rss(args.rss),
-        None if args.net == NetArg::User => Network::User,
+        None if net == NetArg::User => Network::User,
         None => Network::None,
     };
+    if net == NetArg::User {
+        config.user_forwards = USER_FORWARDS.to_vec();
+    }
     if let Some(m) = args.machine {
         config.machine = m.into();
+    }
+    if let Some(t) = &tap {
+        if args.print_qemu {
+            // The same steps a run takes, for a shell (as root); the last
+            // line deletes the namespace again.
+            println!("# the network namespace, its loopback and a {}-queue tap", t.queues);
+            for step in t.setup_plan() {
+                println!("{}", step.iter().map(|w| qemu::shell_quote(w)).collect::<Vec<_>>().join(" "));
+            }
+        }
+    }
+    if args.print_qemu {
+        if tap.is_some() {
+            config.netns = tap.as_ref().map(|t| t.netns.clone());
+        }
+        println!("{}", config.command_line());
+        if let Some(t) = &tap {
+            println!(
+                "# afterwards: {}",
+                t.teardown().iter().map(|w| qemu::shell_quote(w)).collect::<Vec<_>>().join(" ")
+            );
+        }
+        for line in how_to_reach(tap.as_ref(), net) {
+            println!("# {line}");
+        }
+        return Ok(0);
     }
     // The Ctrl-C/SIGTERM/SIGHUP handler goes in before the namespace exists,
     // so that from then on a stop request ends the run through the runner
@@ -124,12 +217,14 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
                 net.host_addr,
                 net.guest_addr
             );
-            say!("reach the guest with: ip netns exec {} ping -c 3 {}", net.netns, net.guest_addr);
             Some(guard)
         }
         None => None,
     };
     say!("{}", config.command_line());
+    for line in how_to_reach(tap.as_ref(), net) {
+        say!("{line}");
+    }
     match args.timeout {
         Some(t) => say!("the VM stops after {:.1} s or on Ctrl-C", t.as_secs_f64()),
         None => say!("the VM runs until Ctrl-C"),
