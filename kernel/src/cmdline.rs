@@ -87,6 +87,9 @@ pub struct BootOptions {
     pub max_queue_pairs: Option<u16>,
     /// Log every CPU's queue and interrupt counters this often (`net-stats=`, ms).
     pub net_stats_ms: Option<u32>,
+    /// Keep polling this many µs after the last busy round before halting
+    /// (`haltpoll=`, 0–10000; 0, the default, halts at once).
+    pub halt_poll_us: u32,
     /// One MSI-X vector per queue pair instead of per queue (`msix=per-pair`).
     pub msix_per_pair: bool,
     /// The guest's IPv4 address and prefix length (`ip=10.99.0.2/24`).
@@ -330,6 +333,7 @@ impl Default for BootOptions {
             phantom_apic: None,
             max_queue_pairs: None,
             net_stats_ms: None,
+            halt_poll_us: 0,
             msix_per_pair: false,
             ip: None,
             net_fault: None,
@@ -416,6 +420,7 @@ impl BootOptions {
                 .map(|v| opts.tx_share = v),
                 "services" => Services::parse(value).map(|v| opts.services = v),
                 "steer-key" => parse_key(value).map(|k| opts.steer_key = Some(k)),
+                "haltpoll" => value.parse::<u32>().ok().filter(|n| *n <= 10_000).map(|n| opts.halt_poll_us = n),
                 "gw" => parse_ipv4(value).map(|a| opts.gateway = Some(a)),
                 "iperf-client" => parse_ipv4_port(value, 5201).map(|(server, port)| {
                     let c = opts.iperf_client.get_or_insert_with(IperfClient::default);
@@ -504,6 +509,17 @@ mod tests {
             let (o, p) = parse(bad);
             assert_eq!(p.len(), 1, "{bad}: {p:?}");
             assert!(o.gateway.is_none() && o.iperf_client.is_none_or(|c| c == IperfClient::default()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn halt_polling_is_off_unless_asked() {
+        assert_eq!(BootOptions::default().halt_poll_us, 0);
+        assert_eq!(parse("haltpoll=50").0.halt_poll_us, 50);
+        assert_eq!(parse("haltpoll=10000").0.halt_poll_us, 10_000);
+        for bad in ["haltpoll=10001", "haltpoll=-1", "haltpoll=fast"] {
+            let (o, p) = parse(bad);
+            assert_eq!((o.halt_poll_us, p.len()), (0, 1), "{bad}");
         }
     }
 

@@ -302,6 +302,8 @@ mod boot {
     /// Work every CPU runs, and the self-test timer when enabled.
     fn add_common_work(local: &mut Local) {
         let config = CONFIG.get().expect("config set before any loop runs");
+        let ticks = u128::from(config.options.halt_poll_us) * u128::from(config.tsc_hz) / 1_000_000;
+        local.set_halt_poll(ticks as u64);
         local.add_work(selftest::answer_pings);
         if config.options.raw.mode.is_some() {
             local.add_work(crate::nic::raw::claim);

@@ -43,6 +43,9 @@ pub struct Local<S> {
     timers: TimerQueue<MAX_TIMERS>,
     timer_fns: [Option<TimerFn<S>>; MAX_TIMERS],
     work: [Option<WorkFn<S>>; MAX_WORK],
+    /// Keep polling instead of halting for this many TSC ticks after the
+    /// last busy round (0: halt at once). See [`Local::set_halt_poll`].
+    halt_poll: u64,
     pub state: S,
 }
 
@@ -55,8 +58,16 @@ impl<S> Local<S> {
             timers: TimerQueue::new(),
             timer_fns: [None; MAX_TIMERS],
             work: [None; MAX_WORK],
+            halt_poll: 0,
             state,
         }
+    }
+
+    /// Polls on for `ticks` TSC ticks after the last round that did work
+    /// before halting (the haltpoll idea): work that comes back within that
+    /// time is found without a halt, an interrupt and a wake-up.
+    pub fn set_halt_poll(&mut self, ticks: u64) {
+        self.halt_poll = ticks;
     }
 
     pub fn add_work(&mut self, f: WorkFn<S>) {
@@ -81,6 +92,7 @@ impl<S> Local<S> {
 /// Runs `local`'s CPU forever.
 pub fn run<S>(mut local: Local<S>) -> ! {
     let stats = &local.cpu.stats;
+    let mut last_busy = 0u64;
     loop {
         let start = rdtsc();
         CpuStats::add(&stats.loop_iterations, 1);
@@ -103,8 +115,14 @@ pub fn run<S>(mut local: Local<S>) -> ! {
             }
             busy = true;
         }
-        CpuStats::add(&stats.busy_tsc, rdtsc().wrapping_sub(start));
+        let end = rdtsc();
+        CpuStats::add(&stats.busy_tsc, end.wrapping_sub(start));
         if busy {
+            last_busy = end;
+            continue;
+        }
+        if local.halt_poll > 0 && end.wrapping_sub(last_busy) < local.halt_poll {
+            core::hint::spin_loop();
             continue;
         }
         halt_until_interrupt(&local);
