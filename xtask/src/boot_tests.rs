@@ -501,7 +501,7 @@ pub fn cases() -> Vec<BootCase> {
             net: Some(NetCase::new(2)),
             also: &[
                 "WARN  virtio-net 00:02.0: net-fault=ctrl-unanswered: not waiting for the answer",
-                "WARN  virtio-net 00:02.0: VQ_PAIRS_SET 2: no answer within 100 ms; the device was reset: setting it up again with one queue pair",
+                "WARN  virtio-net 00:02.0: VQ_PAIRS_SET 2: no answer within 1 s; the device was reset: setting it up again with one queue pair",
                 "cpus 1..1 have no queue pair of their own",
             ],
             ..case(

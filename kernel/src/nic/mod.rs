@@ -54,7 +54,10 @@ pub const CONFIG_VECTOR: u8 = 0x3f;
 /// Entries per receive/transmit queue.
 const QUEUE_SIZE: u16 = 256;
 /// How long to wait for the device to answer a control command.
-const CTRL_TIMEOUT_NS: u64 = 100_000_000;
+/// QEMU answers within microseconds; under a host busy with other
+/// guests (TCG, 2 cores shared) 100 ms was seen to run out, and the NIC came
+/// up with one pair instead of the ones asked for.
+const CTRL_TIMEOUT_NS: u64 = 1_000_000_000;
 
 /// Heap memory handed to the device: physically contiguous because the
 /// heap is one run of frames, translated through the direct map.
@@ -419,7 +422,7 @@ fn bring_up(
                     let _ = t.reset();
                     return Err(BringUpError::RetryWithoutMq(alloc::format!(
                         "VQ_PAIRS_SET {pairs}: {}",
-                        if outcome.is_some() { "completed without an answer" } else { "no answer within 100 ms" }
+                        if outcome.is_some() { "completed without an answer" } else { "no answer within 1 s" }
                     )));
                 }
             }
@@ -509,7 +512,7 @@ fn bring_up(
     })
 }
 
-/// Waits (spinning, at bring-up) up to 100 ms for the answer to the
+/// Waits (spinning, at bring-up) up to 1 s for the answer to the
 /// control command just submitted.
 fn await_answer(c: &mut CtrlQueue) -> Option<CtrlResult> {
     let until = time::now().plus_nanos(CTRL_TIMEOUT_NS, time::clock());
