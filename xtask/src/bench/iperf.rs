@@ -38,10 +38,10 @@ use boot::vhost::{self, VhostChoice};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::matrix::{Plan, PointKey, PointResult, Sample};
-use super::measure::{self, ThreadSample, IPERF3_PORT, SERVICES_LINE};
+use super::measure::{self, ClientReport, ThreadSample, IPERF3_PORT, SERVICES_LINE};
 use super::report::{self, ConfigRun, HostLoad, MatrixRun, Status};
 use super::{bench_dir, require_root, svg, write_out};
-use crate::cli::{BenchIperfArgs, VmConfig};
+use crate::cli::{BenchIperfArgs, DirectionArg, VmConfig};
 use crate::kbuild;
 use crate::run::{say, stop_flag};
 use crate::traffic;
@@ -153,6 +153,10 @@ pub fn run_matrix(setup: &Setup, plan: &Plan, built: &kbuild::Built, stop: &Arc<
         } else {
             boot_config(setup, plan, built, config, stop, &progress)
         };
+        let mut c = c;
+        if plan.directions.contains(&DirectionArg::GuestInitiated) && !stop.load(Ordering::SeqCst) {
+            guest_initiated(setup, plan, built, stop, &progress, &mut c);
+        }
         if let Some(e) = &c.error {
             note(&progress, format!("{config}: {e}"));
         }
@@ -190,35 +194,41 @@ fn unmeasured(plan: &Plan, config: VmConfig, qemu_command: String, error: String
     ConfigRun {
         config,
         qemu_command,
+        client_qemu_commands: Vec::new(),
         error: Some(error),
         guest_ports: None,
-        guest_client: None,
         points: plan.points(config).into_iter().map(PointResult::new).collect(),
     }
 }
 
-/// What the host-side work learns about the guest, besides the points.
-#[derive(Default)]
-struct Found {
-    ports: Option<Vec<u16>>,
-    client: Option<String>,
+/// How long a boot may take until the guest lists its services.
+fn boot_budget(accel: Accel) -> Duration {
+    match accel {
+        Accel::Tcg => Duration::from_secs(90),
+        Accel::Kvm { .. } => Duration::from_secs(240),
+    }
 }
 
-/// One boot: the namespace and tap, QEMU, the points once the guest lists
-/// its services, then the namespace deleted.
-fn boot_config(
+/// Boots `config` in a namespace of its own with `extra` boot options, runs
+/// `work` (bounded by `budget`) once the guest lists its TCP services,
+/// stops QEMU and deletes the namespace. Returns QEMU's command line and
+/// what `work` returned, or why it never ran.
+#[allow(clippy::too_many_arguments)]
+fn with_guest<T: Send + 'static>(
     setup: &Setup,
-    plan: &Plan,
     built: &kbuild::Built,
     config: VmConfig,
+    extra: &str,
+    budget: Duration,
     stop: &Arc<AtomicBool>,
     progress: &ProgressBar,
-) -> ConfigRun {
+    work: impl FnOnce(&TapNetwork, Started) -> T + Send + 'static,
+) -> (String, Result<T, String>) {
     let prepared = (|| {
         let tap = TapNetwork::new(&setup.netns, config.queues)?;
-        let cmdline = format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, setup.cmdline);
+        let cmdline = format!("ip={}/{} {} {extra}", tap.guest_addr, tap.prefix_len, setup.cmdline);
         let mut qemu = QemuConfig::new(setup.accel, crate::run::boot_for(Firmware::Bios, built)?)
-            .with_kernel_cmdline(cmdline.trim_end());
+            .with_kernel_cmdline(&cmdline.split_whitespace().collect::<Vec<_>>().join(" "));
         qemu.cpus = config.vcpus;
         qemu.memory_mib = setup.memory_mib;
         qemu.network = tap.network().with_rss(setup.rss);
@@ -229,37 +239,26 @@ fn boot_config(
     })();
     let (tap, qemu) = match prepared {
         Ok(x) => x,
-        Err(e) => return unmeasured(plan, config, String::new(), e),
+        Err(e) => return (String::new(), Err(e)),
     };
     let command = qemu.command_line();
-    let points = Arc::new(Mutex::new(plan.points(config).into_iter().map(PointResult::new).collect::<Vec<_>>()));
-    let found = Arc::new(Mutex::new(Found::default()));
     // Deleted when `guard` goes, after QEMU has ended, whatever happened.
     let guard = match NetnsGuard::create(&tap) {
         Ok(g) => g,
-        Err(e) => return unmeasured(plan, config, command, e),
+        Err(e) => return (command, Err(e)),
     };
     note(progress, format!("{config}: {command}"));
+    let slot: Arc<Mutex<Option<T>>> = Arc::default();
     let action = {
-        let work = Work {
-            netns: tap.netns.clone(),
-            guest: tap.guest_addr.to_string(),
-            plan: plan.clone(),
-            points: points.clone(),
-            found: found.clone(),
-            stop: stop.clone(),
-            progress: progress.clone(),
-        };
-        move |started: Started| work.run(started)
+        let slot = slot.clone();
+        move |started: Started| {
+            let t = work(&tap, started);
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+            Ok(String::new())
+        }
     };
-    let boot = match setup.accel {
-        Accel::Tcg => Duration::from_secs(90),
-        Accel::Kvm { .. } => Duration::from_secs(240),
-    };
-    let per_run = PAUSE + Duration::from_secs(u64::from(plan.seconds + plan.omit)) + RUN_GRACE + SCRAPES;
-    let runs = plan.points(config).len() as u32 * plan.repeat;
     let mut opts = RunOptions {
-        timeout: Some(boot + per_run * runs),
+        timeout: Some(boot_budget(setup.accel) + budget),
         echo: false,
         stop: Some(stop.clone()),
         sample_cpu_after: None,
@@ -267,37 +266,75 @@ fn boot_config(
     };
     let report = runner::run(&qemu, &mut opts);
     let deleted = guard.delete();
-    let found = std::mem::take(&mut *found.lock().unwrap_or_else(|p| p.into_inner()));
-    let points = std::mem::take(&mut *points.lock().unwrap_or_else(|p| p.into_inner()));
-    let error = match (report, deleted) {
-        (_, Err(e)) => Some(e),
-        (Err(e), _) => Some(e),
-        (Ok(r), Ok(())) => match r.action {
-            None => {
-                let tail: Vec<&str> = r.lines.iter().rev().take(5).map(|l| l.text.as_str()).collect();
-                Some(format!(
-                    "the guest never listed its TCP services ({} after {:.1} s); last lines: {}",
-                    r.outcome,
-                    r.elapsed.as_secs_f64(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                ))
-            }
-            Some(Err(e)) => Some(e),
-            Some(Ok(_)) => None,
-        },
+    let done = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let result = match (report, deleted, done) {
+        (_, Err(e), _) | (Err(e), _, _) => Err(e),
+        (Ok(_), Ok(()), Some(t)) => Ok(t),
+        (Ok(r), Ok(()), None) => {
+            let tail: Vec<&str> = r.lines.iter().rev().take(5).map(|l| l.text.as_str()).collect();
+            Err(format!(
+                "the guest never listed its TCP services ({} after {:.1} s); last lines: {}",
+                r.outcome,
+                r.elapsed.as_secs_f64(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ))
+        }
     };
-    ConfigRun { config, qemu_command: command, error, guest_ports: found.ports, guest_client: found.client, points }
+    (command, result)
 }
 
-/// The host-side work of one boot.
+/// One boot for every host-driven point of `config`.
+fn boot_config(
+    setup: &Setup,
+    plan: &Plan,
+    built: &kbuild::Built,
+    config: VmConfig,
+    stop: &Arc<AtomicBool>,
+    progress: &ProgressBar,
+) -> ConfigRun {
+    let work = Work {
+        plan: plan.clone(),
+        points: plan.points(config).into_iter().map(PointResult::new).collect(),
+        stop: stop.clone(),
+        progress: progress.clone(),
+    };
+    let runs = work.points.iter().filter(|p| p.key.direction.host_client()).count() as u32 * plan.repeat;
+    let (command, result) =
+        with_guest(setup, built, config, "", per_run(plan) * runs, stop, progress, move |tap, started| {
+            work.run(tap, started)
+        });
+    match result {
+        Err(e) => unmeasured(plan, config, command, e),
+        Ok(done) => ConfigRun {
+            config,
+            qemu_command: command,
+            client_qemu_commands: Vec::new(),
+            error: done.error,
+            guest_ports: Some(done.ports),
+            points: done.points,
+        },
+    }
+}
+
+/// The most one host-driven run takes.
+fn per_run(plan: &Plan) -> Duration {
+    PAUSE + Duration::from_secs(u64::from(plan.seconds + plan.omit)) + RUN_GRACE + SCRAPES
+}
+
+/// The host-side work of the host-driven boot.
 struct Work {
-    netns: String,
-    guest: String,
     plan: Plan,
-    points: Arc<Mutex<Vec<PointResult>>>,
-    found: Arc<Mutex<Found>>,
+    points: Vec<PointResult>,
     stop: Arc<AtomicBool>,
     progress: ProgressBar,
+}
+
+/// What the host-driven boot measured.
+struct WorkDone {
+    ports: Vec<u16>,
+    points: Vec<PointResult>,
+    /// Why it stopped before measuring everything.
+    error: Option<String>,
 }
 
 /// Why host-driven points are skipped when the guest serves no iperf3.
@@ -310,94 +347,212 @@ pub fn no_server(ports: &[u16]) -> String {
 }
 
 impl Work {
-    fn run(self, started: Started) -> Result<String, String> {
-        let texts: Vec<String> = started.console.lines().into_iter().map(|l| l.text).collect();
-        let ports = texts.iter().find_map(|t| measure::guest_ports(t)).unwrap_or_default();
-        let client = measure::guest_client(texts.iter().map(String::as_str));
+    fn run(mut self, tap: &TapNetwork, started: Started) -> WorkDone {
+        let ports = started.console.lines().iter().find_map(|l| measure::guest_ports(&l.text)).unwrap_or_default();
         let server = ports.contains(&IPERF3_PORT);
-        let keys: Vec<PointKey> = {
-            let mut points = self.points.lock().unwrap_or_else(|p| p.into_inner());
-            for p in points.iter_mut() {
-                if !p.key.direction.host_client() {
-                    // The guest-initiated direction: its own path, never
-                    // measured with the host as client.
-                    p.skipped = Some(measure::guest_initiated_skip(client.as_deref()));
-                } else if !server {
-                    p.skipped = Some(no_server(&ports));
-                }
-            }
-            let skipped = points.iter().filter(|p| p.skipped.is_some()).count() as u64;
-            self.progress.inc(skipped * u64::from(self.plan.repeat));
-            points.iter().filter(|p| p.skipped.is_none()).map(|p| p.key).collect()
-        };
-        *self.found.lock().unwrap_or_else(|p| p.into_inner()) = Found { ports: Some(ports.clone()), client };
         if !server {
             note(&self.progress, no_server(&ports));
         }
+        let mut keys = Vec::new();
+        for p in self.points.iter_mut().filter(|p| p.key.direction.host_client()) {
+            if server {
+                keys.push(p.key);
+            } else {
+                p.skipped = Some(no_server(&ports));
+                self.progress.inc(u64::from(self.plan.repeat));
+            }
+        }
+        let at = |points: &mut Vec<PointResult>, key: &PointKey| points.iter().position(|p| p.key == *key);
+        let guest = tap.guest_addr.to_string();
         let mut done = 0;
         for repetition in 1..=self.plan.repeat {
             for key in &keys {
                 if self.stop.load(Ordering::SeqCst) {
-                    return Err(format!("interrupted after {done} runs"));
+                    return WorkDone {
+                        ports,
+                        points: self.points,
+                        error: Some(format!("interrupted after {done} runs")),
+                    };
                 }
                 if !Path::new(&format!("/proc/{}", started.pid)).exists() {
-                    return Err(format!("QEMU ended after {done} runs"));
+                    return WorkDone {
+                        ports,
+                        points: self.points,
+                        error: Some(format!("QEMU ended after {done} runs")),
+                    };
                 }
                 std::thread::sleep(PAUSE);
                 self.progress.set_message(format!("{} #{repetition}", key.describe()));
-                let result = self.one_run(started.pid, key);
+                let mut cmd = traffic::in_netns(&tap.netns, "iperf3");
+                cmd.args(measure::iperf3_args(&guest, key, self.plan.seconds, self.plan.omit));
+                let limit = Duration::from_secs(u64::from(self.plan.seconds + self.plan.omit)) + RUN_GRACE;
+                let result = measured_run(tap, started.pid, cmd, limit, &self.plan, &self.stop);
                 note(&self.progress, format!("{} #{repetition}: {}", key.describe(), describe(&result)));
-                let mut points = self.points.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(p) = points.iter_mut().find(|p| p.key == *key) {
-                    p.runs.push(result);
+                if let Some(i) = at(&mut self.points, key) {
+                    self.points[i].runs.push(result);
                 }
                 done += 1;
                 self.progress.inc(1);
             }
         }
-        Ok(format!("{done} runs"))
-    }
-
-    /// One iperf3 run of `key`, with QEMU's threads sampled meanwhile and
-    /// the guest's counters scraped around it.
-    fn one_run(&self, pid: u32, key: &PointKey) -> Result<Sample, String> {
-        let scrape = || traffic::metrics_scrape(&self.netns, &self.guest).and_then(|s| traffic::parse_metrics(&s));
-        let before = scrape();
-        let args = measure::iperf3_args(&self.guest, key, self.plan.seconds, self.plan.omit);
-        let mut cmd = traffic::in_netns(&self.netns, "iperf3");
-        cmd.args(&args);
-        let limit = Duration::from_secs(u64::from(self.plan.seconds + self.plan.omit)) + RUN_GRACE;
-        let t0 = Instant::now();
-        let mut samples: Vec<ThreadSample> = Vec::new();
-        let mut sample = |done: bool| {
-            if done || samples.last().is_none_or(|s| t0.elapsed() >= s.at + SAMPLE_EVERY) {
-                samples.push(ThreadSample { at: t0.elapsed(), threads: procstat::threads(pid) });
-            }
-            !self.stop.load(Ordering::SeqCst)
-        };
-        let (status, stdout, stderr) = traffic::run_bounded_ticking(cmd, limit, &mut sample)?;
-        let after = scrape();
-        let result = measure::parse_iperf3(&stdout).map_err(|e| {
-            let stderr = stderr.trim();
-            if stderr.is_empty() {
-                format!("{e} ({status})")
-            } else {
-                format!("{e} ({status}; stderr: {stderr})")
-            }
-        })?;
-        let guest = match (&before, &after) {
-            (Ok(b), Ok(a)) => measure::guest_counters(b, a),
-            _ => None,
-        };
-        Ok(Sample {
-            mbit_s: result.mbit_s,
-            retransmits: result.retransmits,
-            host: measure::measured_cpu(&samples, Duration::from_secs(u64::from(self.plan.seconds))),
-            guest,
-        })
+        WorkDone { ports, points: self.points, error: None }
     }
 }
 
+/// Runs one iperf3 process (`cmd`: the host's client, or the host's server
+/// for the guest's client) bounded by `limit`, with QEMU's threads sampled
+/// meanwhile and the guest's counters scraped around it.
+fn measured_run(
+    tap: &TapNetwork,
+    pid: u32,
+    cmd: std::process::Command,
+    limit: Duration,
+    plan: &Plan,
+    stop: &AtomicBool,
+) -> Result<Sample, String> {
+    let guest = tap.guest_addr.to_string();
+    let scrape = || traffic::metrics_scrape(&tap.netns, &guest).and_then(|s| traffic::parse_metrics(&s));
+    let before = scrape();
+    let t0 = Instant::now();
+    let mut samples: Vec<ThreadSample> = Vec::new();
+    let mut sample = |done: bool| {
+        if done || samples.last().is_none_or(|s| t0.elapsed() >= s.at + SAMPLE_EVERY) {
+            samples.push(ThreadSample { at: t0.elapsed(), threads: procstat::threads(pid) });
+        }
+        !stop.load(Ordering::SeqCst)
+    };
+    let (status, stdout, stderr) = traffic::run_bounded_ticking(cmd, limit, &mut sample)?;
+    let after = scrape();
+    let result = measure::parse_iperf3(&stdout).map_err(|e| {
+        let stderr = stderr.trim();
+        if stderr.is_empty() {
+            format!("{e} ({status})")
+        } else {
+            format!("{e} ({status}; stderr: {stderr})")
+        }
+    })?;
+    let guest = match (&before, &after) {
+        (Ok(b), Ok(a)) => measure::guest_counters(b, a),
+        _ => None,
+    };
+    Ok(Sample {
+        mbit_s: result.mbit_s,
+        retransmits: result.retransmits,
+        host: measure::measured_cpu(&samples, Duration::from_secs(u64::from(plan.seconds))),
+        guest,
+    })
+}
+
+/// The guest-initiated points of `config`: one boot per run, each with the
+/// guest's client told by boot options to run that point's test against
+/// `iperf3 -s -1 --json` on the host, whose JSON gives the rate. A guest
+/// that does not know the option skips them all, saying so.
+fn guest_initiated(
+    setup: &Setup,
+    plan: &Plan,
+    built: &kbuild::Built,
+    stop: &Arc<AtomicBool>,
+    progress: &ProgressBar,
+    run: &mut ConfigRun,
+) {
+    let keys: Vec<PointKey> = run.points.iter().filter(|p| !p.key.direction.host_client()).map(|p| p.key).collect();
+    // Every boot's tap has the default host end (see `with_guest`).
+    let host = TapNetwork::default().host_addr.to_string();
+    let mut left = keys.len() as u64 * u64::from(plan.repeat);
+    for repetition in 1..=plan.repeat {
+        for key in &keys {
+            if stop.load(Ordering::SeqCst) {
+                run.error.get_or_insert_with(|| "interrupted".into());
+                return;
+            }
+            let extra = measure::client_cmdline(&host, key, plan.seconds, plan.omit);
+            let limit = measure::CLIENT_ATTEMPTS + Duration::from_secs(u64::from(plan.seconds + plan.omit)) + RUN_GRACE;
+            let (for_boot, stop_boot) = (plan.clone(), stop.clone());
+            progress.set_message(format!("{} #{repetition}", key.describe()));
+            let (command, result) =
+                with_guest(setup, built, key.config, &extra, limit + SCRAPES, stop, progress, move |tap, started| {
+                    client_run(tap, &started, limit, &for_boot, &stop_boot)
+                });
+            run.client_qemu_commands.push(command);
+            match result.map_err(ClientError::Failed).and_then(|r| r) {
+                Err(ClientError::Unsupported) => {
+                    note(progress, format!("{}: {}", key.config, measure::NO_CLIENT_MODE));
+                    for p in run.points.iter_mut().filter(|p| !p.key.direction.host_client()) {
+                        p.runs.clear();
+                        p.skipped = Some(measure::NO_CLIENT_MODE.into());
+                    }
+                    progress.inc(left);
+                    return;
+                }
+                other => {
+                    let r = other.map_err(|e| e.to_string());
+                    note(progress, format!("{} #{repetition}: {}", key.describe(), describe(&r)));
+                    if let Some(p) = run.points.iter_mut().find(|p| p.key == *key) {
+                        p.runs.push(r);
+                    }
+                }
+            }
+            left -= 1;
+            progress.inc(1);
+        }
+    }
+}
+
+/// Why a guest-initiated run gave no sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ClientError {
+    /// The guest does not know `iperf-client=`.
+    Unsupported,
+    Failed(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Unsupported => f.write_str(measure::NO_CLIENT_MODE),
+            ClientError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// How long the guest has to report on its client test once the host's
+/// server has ended.
+const CLIENT_REPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// One guest-initiated run, in a boot whose options started the guest's
+/// client: the host's `iperf3 -s -1 --json` (bounded by `limit`) measured
+/// like a host-driven run; its receiver's rate is the result. The guest's
+/// own report explains a failure.
+fn client_run(
+    tap: &TapNetwork,
+    started: &Started,
+    limit: Duration,
+    plan: &Plan,
+    stop: &AtomicBool,
+) -> Result<Sample, ClientError> {
+    let report = || {
+        let lines = started.console.lines();
+        measure::client_report(lines.iter().map(|l| l.text.as_str()))
+    };
+    if report() == Some(ClientReport::Unsupported) {
+        return Err(ClientError::Unsupported);
+    }
+    let mut cmd = traffic::in_netns(&tap.netns, "iperf3");
+    cmd.args(["-s", "-1", "--json", "-p", &IPERF3_PORT.to_string()]);
+    let result = measured_run(tap, started.pid, cmd, limit, plan, stop);
+    let until = Instant::now() + CLIENT_REPORT_WAIT;
+    let mut said = report();
+    while said.is_none() && Instant::now() < until && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        said = report();
+    }
+    match (result, said) {
+        (_, Some(ClientReport::Unsupported)) => Err(ClientError::Unsupported),
+        (Ok(s), _) => Ok(s),
+        (Err(e), Some(ClientReport::Failed(why))) => Err(ClientError::Failed(format!("{e}; the guest: {why}"))),
+        (Err(e), _) => Err(ClientError::Failed(e)),
+    }
+}
 /// One run's line in the log.
 fn describe(r: &Result<Sample, String>) -> String {
     match r {
@@ -442,9 +597,10 @@ pub enum Smoke {
 }
 
 /// The checks of the smoke run (no timing): it completed, wrote its three
-/// files (JSON and CSV with every point, an SVG), every host-driven point
-/// was measured with non-zero throughput, and every other point says why
-/// it was skipped. A guest without an iperf3 server is a skip, not a pass.
+/// files (JSON and CSV with every point, an SVG), and every point was
+/// measured with non-zero throughput, except the guest-initiated ones of a
+/// guest without a client mode, which must say so. A guest without an
+/// iperf3 server is a skip, not a pass.
 pub fn judge_smoke(run: &MatrixRun, files: &[PathBuf]) -> Result<Smoke, String> {
     let booted: Vec<&ConfigRun> = run.configs.iter().filter(|c| c.guest_ports.is_some()).collect();
     if booted.is_empty() {
@@ -482,17 +638,10 @@ pub fn judge_smoke(run: &MatrixRun, files: &[PathBuf]) -> Result<Smoke, String> 
     }
     let mut rates = Vec::new();
     for p in &points {
-        match (p.key.direction.host_client(), Status::of(p), p.summary()) {
-            (false, Status::Skipped, _) => {}
-            (false, status, _) => {
-                return Err(format!(
-                    "{}: {} although the guest has no way to start a client",
-                    p.key.describe(),
-                    status.id()
-                ))
-            }
-            (true, Status::Ok, Some(s)) if s.mbit_s > 0.0 => rates.push(s.mbit_s),
-            (true, status, s) => {
+        match (Status::of(p), p.summary()) {
+            (Status::Skipped, _) if p.skipped.as_deref() == Some(measure::NO_CLIENT_MODE) => {}
+            (Status::Ok, Some(s)) if s.mbit_s > 0.0 => rates.push(s.mbit_s),
+            (status, s) => {
                 let why = p
                     .errors()
                     .next()
@@ -546,7 +695,8 @@ mod tests {
     #[ignore = "needs root: creates a network namespace"]
     fn one_run_against_a_real_iperf3_server() {
         let netns = format!("mqbench-u{}", std::process::id() % 10_000);
-        let _guard = NetnsGuard::create(&TapNetwork::new(&netns, 1).unwrap()).unwrap();
+        let tap = TapNetwork::new(&netns, 1).unwrap();
+        let _guard = NetnsGuard::create(&tap).unwrap();
         let mut server = traffic::in_netns(&netns, "iperf3")
             .args(["-s", "-1", "-p", &IPERF3_PORT.to_string()])
             .stdout(std::process::Stdio::null())
@@ -556,16 +706,15 @@ mod tests {
         let plan = Plan { seconds: 2, omit: 1, ..report::tests::fake_run().plan };
         let key = plan.points(plan.configs[0])[1];
         assert_eq!((key.direction, key.sessions), (crate::cli::DirectionArg::HostToGuest, 2));
-        let work = Work {
-            netns: netns.clone(),
-            guest: "127.0.0.1".into(),
-            plan,
-            points: Arc::default(),
-            found: Arc::default(),
-            stop: Arc::default(),
-            progress: ProgressBar::hidden(),
+        // The "guest" is the namespace's loopback.
+        let local = TapNetwork { guest_addr: std::net::Ipv4Addr::LOCALHOST, ..tap };
+        let client = || {
+            let mut cmd = traffic::in_netns(&netns, "iperf3");
+            cmd.args(measure::iperf3_args("127.0.0.1", &key, plan.seconds, plan.omit));
+            cmd
         };
-        let result = work.one_run(server.id(), &key);
+        let stop = AtomicBool::new(false);
+        let result = measured_run(&local, server.id(), client(), Duration::from_secs(30), &plan, &stop);
         // Ours, by its pid: it exits by itself after one test (-1).
         let _ = server.kill();
         let _ = server.wait();
@@ -576,7 +725,7 @@ mod tests {
         assert!(host.device_pct > 0.0 && host.vcpu_pct == 0.0, "no vCPU threads in iperf3: {host:?}");
         assert_eq!(s.guest, None, "nothing serves metrics there");
         // No server any more: an error, in iperf3's own words.
-        let e = work.one_run(std::process::id(), &key).unwrap_err();
+        let e = measured_run(&local, std::process::id(), client(), Duration::from_secs(30), &plan, &stop).unwrap_err();
         assert!(e.starts_with("iperf3: unable to connect"), "{e}");
     }
 
@@ -652,14 +801,22 @@ mod tests {
         }
         let e = judge_smoke(&run, &[]).unwrap_err();
         assert!(e.starts_with("no configuration booted to its services: 2/1: the guest never listed"), "{e}");
-        // A guest-initiated point that claims a measurement is a failure:
-        // the harness has no way to start the guest's client.
+        // Guest-initiated points: measured ones count like the others, a
+        // failed one fails the step, and only the lack of a client mode may
+        // skip them.
         let mut run = good_run();
-        let p = run.configs[0].points.iter_mut().find(|p| !p.key.direction.host_client()).unwrap();
-        p.skipped = None;
-        p.runs = vec![Ok(Sample { mbit_s: 1.0, ..Sample::default() })];
+        for p in run.configs.iter_mut().flat_map(|c| &mut c.points).filter(|p| !p.key.direction.host_client()) {
+            p.skipped = None;
+            p.runs = vec![Ok(Sample { mbit_s: 1.0, ..Sample::default() })];
+        }
         let (dir, files) = written(&run, "client");
-        assert!(judge_smoke(&run, &files).unwrap_err().contains("guest-initiated"));
+        assert_eq!(judge_smoke(&run, &files), Ok(Smoke::Passed("8 points measured, 1.0–500.0 Mbit/s".into())));
+        run.configs[1].points[3].runs = vec![Err("iperf3 printed no JSON; the guest: refused 10 times".into())];
+        let e = judge_smoke(&run, &files).unwrap_err();
+        assert!(e.starts_with("2/2 guest-initiated 512 B ×2: failed: iperf3 printed no JSON; the guest"), "{e}");
+        run.configs[1].points[3].runs.clear();
+        run.configs[1].points[3].skipped = Some("something else".into());
+        assert!(judge_smoke(&run, &files).unwrap_err().ends_with("skipped: something else"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,9 +20,17 @@ pub const IPERF3_PORT: u16 = 5201;
 /// (`net: TCP services on ports 7 9 9100 on every vCPU; ...`), printed once
 /// every stack is up: the matrix starts then.
 pub const SERVICES_LINE: &str = "net: TCP services on ports";
-/// The start of the console line by which a guest would announce an
-/// iperf3 client mode (connecting out to a host's `iperf3 -s`).
-pub const GUEST_CLIENT_LINE: &str = "iperf3-client:";
+/// The guest's console lines about its own iperf3 client test
+/// (`iperf-client=`): `iperf3-client: done: ...` or `iperf3-client: failed:
+/// REASON`.
+pub const CLIENT_DONE: &str = "iperf3-client: done:";
+pub const CLIENT_FAILED: &str = "iperf3-client: failed:";
+/// What a guest without a client mode says about `iperf-client=`.
+pub const CLIENT_UNKNOWN: &str = "unknown boot option `iperf-client`";
+/// How long a guest's client keeps trying to reach the host's server: it
+/// starts a second after its stacks are up and makes up to 10 attempts a
+/// second apart.
+pub const CLIENT_ATTEMPTS: Duration = Duration::from_secs(12);
 /// How long the host's iperf3 waits for its control connection.
 pub const CONNECT_TIMEOUT_MS: u32 = 5000;
 
@@ -76,19 +84,44 @@ pub fn guest_ports(line: &str) -> Option<Vec<u16>> {
     Some(rest.split_whitespace().map_while(|w| w.parse().ok()).collect())
 }
 
-/// The guest's announcement of an iperf3 client mode, if it made one.
-pub fn guest_client<'a>(lines: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    lines.into_iter().find_map(|l| Some(l[l.find(GUEST_CLIENT_LINE)?..].trim().to_string()))
+/// The boot options that make the guest run one iperf3 client test of
+/// `key` against `iperf3 -s` at `host` (the guest sends, as iperf3's client
+/// does by default).
+pub fn client_cmdline(host: &str, key: &PointKey, seconds: u32, omit: u32) -> String {
+    let mut s = format!(
+        "iperf-client={host}:{IPERF3_PORT} iperf-parallel={} iperf-time={seconds} iperf-omit={omit} iperf-mode=send",
+        key.sessions
+    );
+    if let Some(len) = key.length.0 {
+        s.push_str(&format!(" iperf-len={len}"));
+    }
+    s
 }
 
-/// Why the guest-initiated direction is not measured. The guest's client
-/// mode is started by nothing the host can do yet, so even an announced
-/// one is reported, not driven.
-pub fn guest_initiated_skip(announced: Option<&str>) -> String {
-    match announced {
-        None => "guest has no iperf3 client mode".into(),
-        Some(line) => format!("guest announced `{line}`, but the bench has no way to start its client"),
-    }
+/// Why the guest-initiated direction is skipped on a guest that ignored
+/// `iperf-client=`.
+pub const NO_CLIENT_MODE: &str = "guest has no iperf3 client mode (it ignored iperf-client=)";
+
+/// What the guest's console says about its client test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientReport {
+    /// The option was not understood: a guest without a client mode.
+    Unsupported,
+    Done(String),
+    Failed(String),
+}
+
+/// The guest's report on its client test, once it has made one.
+pub fn client_report<'a>(lines: impl IntoIterator<Item = &'a str>) -> Option<ClientReport> {
+    lines.into_iter().find_map(|l| {
+        if l.contains(CLIENT_UNKNOWN) {
+            Some(ClientReport::Unsupported)
+        } else if let Some((_, r)) = l.split_once(CLIENT_DONE) {
+            Some(ClientReport::Done(r.trim().to_string()))
+        } else {
+            l.split_once(CLIENT_FAILED).map(|(_, r)| ClientReport::Failed(r.trim().to_string()))
+        }
+    })
 }
 
 /// QEMU's threads at one moment, `at` since the run started.
@@ -206,17 +239,40 @@ mod tests {
     }
 
     #[test]
-    fn the_guests_services_and_client_mode() {
+    fn the_guests_services() {
         let line =
             "[    1.234567] cpu0 INFO  net: TCP services on ports 7 9 9100 5201 on every vCPU; buffers 256 KiB in";
         assert_eq!(guest_ports(line), Some(vec![7, 9, 9100, 5201]));
         assert_eq!(guest_ports("net: TCP services on ports (none) on every vCPU"), Some(vec![]));
         assert_eq!(guest_ports("net: 2 stacks up"), None);
-        let console = ["[ 1.0] cpu0 INFO  banner", "[ 1.1] cpu1 INFO  iperf3-client: ready, port 5201 "];
-        assert_eq!(guest_client(console), Some("iperf3-client: ready, port 5201".into()));
-        assert_eq!(guest_client(["net: TCP services on ports 7"]), None);
-        assert_eq!(guest_initiated_skip(None), "guest has no iperf3 client mode");
-        assert!(guest_initiated_skip(Some("iperf3-client: x")).contains("`iperf3-client: x`"));
+    }
+
+    #[test]
+    fn the_guests_client_test() {
+        let k = key(DirectionArg::GuestInitiated, Some(512), 4);
+        assert_eq!(
+            client_cmdline("10.99.0.1", &k, 5, 1),
+            "iperf-client=10.99.0.1:5201 iperf-parallel=4 iperf-time=5 iperf-omit=1 iperf-mode=send iperf-len=512"
+        );
+        let k = key(DirectionArg::GuestInitiated, None, 1);
+        assert_eq!(
+            client_cmdline("10.99.0.1", &k, 2, 0),
+            "iperf-client=10.99.0.1:5201 iperf-parallel=1 iperf-time=2 iperf-omit=0 iperf-mode=send"
+        );
+        let done =
+            "[    4.1] cpu0 INFO  iperf3-client: done: send to 10.99.0.1:5201, 4 streams on vCPUs [1, 0], 2.00 s";
+        assert_eq!(
+            client_report(["[ 1.0] cpu0 INFO  net: 2 stacks up,", done]),
+            Some(ClientReport::Done("send to 10.99.0.1:5201, 4 streams on vCPUs [1, 0], 2.00 s".into()))
+        );
+        let failed = "[ 9.0] cpu0 WARN  iperf3-client: failed: send to 10.99.0.1:5201: refused 10 times";
+        assert_eq!(
+            client_report([failed]),
+            Some(ClientReport::Failed("send to 10.99.0.1:5201: refused 10 times".into()))
+        );
+        let old = "[ 0.2] cpu0 WARN  cmdline: unknown boot option `iperf-client` ignored";
+        assert_eq!(client_report([old, done]), Some(ClientReport::Unsupported));
+        assert_eq!(client_report(["iperf3-client-json: {}"]), None);
     }
 
     fn t(tid: u32, name: &str, ms: u64) -> ThreadTime {

@@ -15,14 +15,15 @@ use super::matrix::Plan;
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConfigRun {
     pub config: VmConfig,
-    /// QEMU's full command line, as started.
+    /// QEMU's full command line, as started (the boot of the host-driven points).
     pub qemu_command: String,
+    /// Those of the guest-initiated runs' boots, in order (their boot
+    /// options start the guest's client).
+    pub client_qemu_commands: Vec<String>,
     /// Why the boot gave no (or not every) result, if it did not.
     pub error: Option<String>,
     /// The ports of the guest's TCP services, from its console.
     pub guest_ports: Option<Vec<u16>>,
-    /// The guest's announcement of an iperf3 client mode, if any.
-    pub guest_client: Option<String>,
     pub points: Vec<PointResult>,
 }
 
@@ -459,7 +460,7 @@ pub fn json(run: &MatrixRun) -> Value {
             "qemu_command": c.qemu_command,
             "error": c.error,
             "guest_ports": c.guest_ports,
-            "guest_client": c.guest_client,
+            "client_qemu_commands": c.client_qemu_commands,
         })).collect::<Vec<_>>(),
         "points": points,
         "ratios": ratios,
@@ -522,7 +523,7 @@ pub mod tests {
                         let mut p = PointResult::new(key);
                         let base = 100.0 * f64::from(key.sessions) * f64::from(key.config.queues);
                         if !key.direction.host_client() {
-                            p.skipped = Some("guest has no iperf3 client mode".into());
+                            p.skipped = Some(crate::bench::measure::NO_CLIENT_MODE.into());
                         } else if key.config.queues == 1 && key.sessions == 2 {
                             p.runs = vec![Err("iperf3: unable to connect, \"refused\"".into()); 2];
                         } else {
@@ -536,7 +537,7 @@ pub mod tests {
                     qemu_command: format!("ip netns exec mqbench qemu-system-x86_64 -smp {}", config.vcpus),
                     error: None,
                     guest_ports: Some(vec![7, 9, 9100, 5201]),
-                    guest_client: None,
+                    client_qemu_commands: vec![],
                     points,
                 }
             })
@@ -649,7 +650,7 @@ pub mod tests {
             "  2/1 host-to-guest 512 B ×2: 2 of 2 runs failed, first: iperf3: unable to connect, \"refused\""
         );
         let skip = lines.iter().position(|l| l.starts_with("guest-initiated")).unwrap();
-        assert_eq!(lines[skip + 1], "  skipped: guest has no iperf3 client mode");
+        assert_eq!(lines[skip + 1], "  skipped: guest has no iperf3 client mode (it ignored iperf-client=)");
         let g = lines.iter().position(|l| l.starts_with("guest's own figures")).unwrap();
         assert_eq!(
             lines[g + 1].split_whitespace().collect::<Vec<_>>(),
@@ -680,7 +681,7 @@ pub mod tests {
             "2/1,2,1,false,false,host-to-guest,512,2,failed,0,2,,,,,,,,,,,,,\"iperf3: unable to connect, \"\"refused\"\"\""
         );
         assert!(rows[3].starts_with("2/1,2,1,false,false,guest-initiated,512,1,skipped,0,0,"));
-        assert!(rows[3].ends_with(",guest has no iperf3 client mode"));
+        assert!(rows[3].ends_with(",guest has no iperf3 client mode (it ignored iperf-client=)"));
         assert_eq!(csv_field("a\nb"), "\"a\nb\"");
     }
 
@@ -702,7 +703,7 @@ pub mod tests {
         assert_eq!(points[1]["status"], "failed");
         assert!(points[1]["median"].is_null());
         assert_eq!(points[1]["runs"][0]["error"], "iperf3: unable to connect, \"refused\"");
-        assert_eq!(points[2]["skipped"], "guest has no iperf3 client mode");
+        assert_eq!(points[2]["skipped"], "guest has no iperf3 client mode (it ignored iperf-client=)");
         let ratios = j["ratios"].as_array().unwrap();
         assert_eq!(ratios.len(), 1, "only where both sides were measured");
         assert_eq!((ratios[0]["config"].as_str(), ratios[0]["single_queue"].as_str()), (Some("2/2"), Some("2/1")));

@@ -240,7 +240,7 @@ mod tests {
         let skipped = panels.iter().find(|p| p.attribute("data-direction") == Some("guest-initiated")).unwrap();
         assert_eq!(skipped.descendants().filter(|n| class(n, "series")).count(), 0);
         let texts: Vec<&str> = skipped.descendants().filter_map(|n| n.text()).collect();
-        assert!(texts.contains(&"skipped: guest has no iperf3 client mode"), "{texts:?}");
+        assert!(texts.contains(&"skipped: guest has no iperf3 client mode (it ignored iperf-client=)"), "{texts:?}");
         // The legend names every configuration.
         let legend = doc.descendants().find(|n| class(n, "legend")).unwrap();
         let names: Vec<&str> = legend.descendants().filter(|n| class(n, "config")).filter_map(|n| n.text()).collect();
