@@ -1,13 +1,13 @@
 //! `cargo xtask bench` (or `bench iperf`): the netperf-style multiqueue
 //! matrix, driven by the host's real iperf3.
 //!
-//! The release kernel boots once per configuration (vCPUs/queue pairs)
-//! inside a network namespace this run creates and deletes (the network
+//! Every boot of the release kernel (vCPUs/queue pairs of a configuration)
+//! is inside a network namespace this run creates and deletes (the network
 //! rule: QEMU, the tap and every host-side client live in there, started
-//! with `ip netns exec`). Once the guest lists its TCP services, each
-//! point (direction × message size × sessions) is run `--repeat` times,
-//! the repetitions interleaved over the matrix so that drift spreads over
-//! every point. One run is:
+//! with `ip netns exec`). The host-driven points (direction × message size
+//! × sessions) of a configuration share one boot: once the guest lists its
+//! TCP services, each is run `--repeat` times, the repetitions interleaved
+//! over the matrix so that drift spreads over every point. One run is:
 //!
 //! 1. a scrape of the guest's `GET /metrics` (python3 inside the namespace);
 //! 2. `iperf3 -c GUEST -P N [-R] [-l LEN] -t T -O O --json`, while QEMU's
@@ -17,10 +17,12 @@
 //! Throughput is iperf3's receiver; the host CPU is QEMU's threads over the
 //! last T seconds before iperf3 exited (the measured interval, without the
 //! set-up and the omitted seconds); the guest's figures are the differences
-//! of the two scrapes. The guest-initiated direction (the guest as iperf3
-//! client, the host's `iperf3 -s` as server) is its own path: it is
-//! reported as skipped, with the reason, unless the guest both announces
-//! such a mode and can be told to start it, which no guest can yet.
+//! of the two scrapes. The guest-initiated direction (the guest's own
+//! iperf3 client, the host's `iperf3 -s -1 --json` as server) is its own
+//! path: the guest's client runs one test per boot, started by boot options
+//! (`iperf-client=` and friends), so each of its runs is a boot of its own,
+//! measured the same way around the host's server. A guest that does not
+//! know those options has these points skipped, with the reason.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,12 +150,11 @@ pub fn run_matrix(setup: &Setup, plan: &Plan, built: &kbuild::Built, stop: &Arc<
     let per_config = plan.total_runs() / plan.configs.len().max(1) as u64;
     let mut configs = Vec::new();
     for (i, &config) in plan.configs.iter().enumerate() {
-        let c = if stop.load(Ordering::SeqCst) {
+        let mut c = if stop.load(Ordering::SeqCst) {
             unmeasured(plan, config, String::new(), "interrupted before it booted".into())
         } else {
             boot_config(setup, plan, built, config, stop, &progress)
         };
-        let mut c = c;
         if plan.directions.contains(&DirectionArg::GuestInitiated) && !stop.load(Ordering::SeqCst) {
             guest_initiated(setup, plan, built, stop, &progress, &mut c);
         }
