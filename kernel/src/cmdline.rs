@@ -90,6 +90,10 @@ pub struct BootOptions {
     /// Keep polling this many µs after the last busy round before halting
     /// (`haltpoll=`, 0–10000; 0, the default, halts at once).
     pub halt_poll_us: u32,
+    /// Receive interrupt moderation (`rx-coalesce=N/US`): a vCPU going idle
+    /// asks for an interrupt after N more frames, and looks again after US
+    /// µs in any case. `None` (the default): an interrupt per wake-up.
+    pub rx_coalesce: Option<(u16, u32)>,
     /// One MSI-X vector per queue pair instead of per queue (`msix=per-pair`).
     pub msix_per_pair: bool,
     /// The guest's IPv4 address and prefix length (`ip=10.99.0.2/24`).
@@ -334,6 +338,7 @@ impl Default for BootOptions {
             max_queue_pairs: None,
             net_stats_ms: None,
             halt_poll_us: 0,
+            rx_coalesce: None,
             msix_per_pair: false,
             ip: None,
             net_fault: None,
@@ -421,6 +426,11 @@ impl BootOptions {
                 "services" => Services::parse(value).map(|v| opts.services = v),
                 "steer-key" => parse_key(value).map(|k| opts.steer_key = Some(k)),
                 "haltpoll" => value.parse::<u32>().ok().filter(|n| *n <= 10_000).map(|n| opts.halt_poll_us = n),
+                "rx-coalesce" => value
+                    .split_once('/')
+                    .and_then(|(n, us)| Some((n.parse::<u16>().ok()?, us.parse::<u32>().ok()?)))
+                    .filter(|&(n, us)| (1..=128).contains(&n) && (1..=10_000).contains(&us))
+                    .map(|c| opts.rx_coalesce = Some(c)),
                 "gw" => parse_ipv4(value).map(|a| opts.gateway = Some(a)),
                 "iperf-client" => parse_ipv4_port(value, 5201).map(|(server, port)| {
                     let c = opts.iperf_client.get_or_insert_with(IperfClient::default);
@@ -509,6 +519,16 @@ mod tests {
             let (o, p) = parse(bad);
             assert_eq!(p.len(), 1, "{bad}: {p:?}");
             assert!(o.gateway.is_none() && o.iperf_client.is_none_or(|c| c == IperfClient::default()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn receive_coalescing_is_off_unless_asked() {
+        assert_eq!(BootOptions::default().rx_coalesce, None);
+        assert_eq!(parse("rx-coalesce=8/200").0.rx_coalesce, Some((8, 200)));
+        for bad in ["rx-coalesce=8", "rx-coalesce=0/100", "rx-coalesce=129/100", "rx-coalesce=8/0", "rx-coalesce=a/b"] {
+            let (o, p) = parse(bad);
+            assert_eq!((o.rx_coalesce, p.len()), (None, 1), "{bad}");
         }
     }
 

@@ -46,6 +46,10 @@ pub struct Local<S> {
     /// Keep polling instead of halting for this many TSC ticks after the
     /// last busy round (0: halt at once). See [`Local::set_halt_poll`].
     halt_poll: u64,
+    /// Set by the loop before each round: whether an idle round is followed
+    /// by a halt (false while the halt-poll window is open). Work that
+    /// re-arms interrupts before a halt does so only when this is true.
+    pub halts_when_idle: bool,
     pub state: S,
 }
 
@@ -59,6 +63,7 @@ impl<S> Local<S> {
             timer_fns: [None; MAX_TIMERS],
             work: [None; MAX_WORK],
             halt_poll: 0,
+            halts_when_idle: true,
             state,
         }
     }
@@ -95,6 +100,7 @@ pub fn run<S>(mut local: Local<S>) -> ! {
     let mut last_busy = 0u64;
     loop {
         let start = rdtsc();
+        local.halts_when_idle = local.halt_poll == 0 || start.wrapping_sub(last_busy) >= local.halt_poll;
         CpuStats::add(&stats.loop_iterations, 1);
         local.cpu.wake_pending.store(false, Ordering::Release);
         let mut busy = false;
@@ -121,7 +127,10 @@ pub fn run<S>(mut local: Local<S>) -> ! {
             last_busy = end;
             continue;
         }
-        if local.halt_poll > 0 && end.wrapping_sub(last_busy) < local.halt_poll {
+        if !local.halts_when_idle {
+            // Inside the halt-poll window: look again (the queues' interrupts
+            // stay off meanwhile); the round after the window closes
+            // prepares the halt.
             core::hint::spin_loop();
             continue;
         }

@@ -459,6 +459,21 @@ impl<T> SplitQueue<T> {
         self.has_used()
     }
 
+    /// Asks for an interrupt only once `n` more chains have completed
+    /// (interrupt moderation; `n` ≤ 1 is [`Self::enable_interrupts`]). With
+    /// EVENT_IDX only: without it the device interrupts on every chain.
+    /// The caller must look again by other means (a timer) for fewer than
+    /// `n`. Returns whether a completion is already waiting.
+    pub fn enable_interrupts_after(&mut self, n: u16) -> bool {
+        if n <= 1 || !self.event_idx {
+            return self.enable_interrupts();
+        }
+        self.interrupts = Interrupts::On;
+        self.write_used_event(self.last_used.wrapping_add(n - 1));
+        device_barrier();
+        self.has_used()
+    }
+
     /// Asks for one interrupt once about three quarters of the chains in
     /// flight have completed (all of them without EVENT_IDX), like Linux's
     /// `virtqueue_enable_cb_delayed`: a full transmit ring wants to hear
@@ -938,6 +953,34 @@ mod tests {
         }
         assert_eq!(fired, [false, false, false, false, false, false, true, false]);
         assert!(q.enable_interrupts_delayed(), "already past: poll now");
+    }
+
+    #[test]
+    fn moderated_interrupt_waits_for_n_chains() {
+        let dma = TestDma::default();
+        let buf = dma.alloc(4096, 16).unwrap();
+        let mut q = SplitQueue::new(&dma, 8, true).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, &q);
+        q.disable_interrupts();
+        for t in 0..8u32 {
+            q.add(&[seg(buf.phys(), 60, false)], t).unwrap();
+        }
+        q.publish();
+        assert!(!q.enable_interrupts_after(3), "nothing completed yet");
+        assert_eq!(dev.used_event(), 2, "an interrupt with the third completion");
+        let mut fired = Vec::new();
+        for _ in 0..4 {
+            let (h, _) = dev.pop_avail().unwrap();
+            let old = dev.used_idx;
+            dev.push_used(h as u32, 0);
+            fired.push(dev.interrupt_due(old));
+        }
+        assert_eq!(fired, [false, false, true, false]);
+        assert!(q.enable_interrupts_after(3), "completions waiting: poll now");
+        // 1 (or 0) is an interrupt per completion, as enable_interrupts.
+        while q.pop_used().is_some() {}
+        assert!(!q.enable_interrupts_after(1));
+        assert_eq!(dev.used_event(), 4);
     }
 
     /// A tiny deterministic generator for the property test below.

@@ -43,6 +43,8 @@ const POLL_TIMER: u32 = 5;
 const WATCHDOG_TIMER: u32 = 6;
 /// When smoltcp wants to be polled again (delayed ACKs, retransmits).
 const POLL_AT_TIMER: u32 = 7;
+/// Receive interrupt moderation's look-again timer (`rx-coalesce=`).
+const COALESCE_TIMER: u32 = 9;
 /// A stack that wants to be polled now but could not make progress (its
 /// transmit queue is full) is looked at again after this long at the
 /// latest; the queue's interrupt usually comes first.
@@ -452,12 +454,21 @@ fn poll<S: HasNic>(local: &mut Local<S>) -> Poll {
         }
         None => local.cancel_timer(POLL_AT_TIMER),
     }
+    let halts = local.halts_when_idle;
     let Some(mine) = local.state.as_mut().as_mut() else { return Poll::Done };
     if round.busy {
         if arm {
             arm_watchdog(local);
         }
         return Poll::Busy;
+    }
+    if !halts {
+        // Polling on (`haltpoll=`): interrupts stay off until the loop is
+        // about to halt, when this runs once more and takes the path below.
+        if arm {
+            arm_watchdog(local);
+        }
+        return Poll::Idle;
     }
     // Going idle: the device must have heard of every buffer and frame it
     // was given (a lost notification would leave both ends waiting).
@@ -466,9 +477,19 @@ fn poll<S: HasNic>(local: &mut Local<S>) -> Poll {
         rx.flush(&nic.doorbells);
     }
     mine.with_tx(|t| t.flush(&nic.doorbells));
+    let coalesce = crate::boot_options().rx_coalesce;
     if let Some(rx) = mine.rx.as_mut() {
-        // Interrupts back on; completions that raced in mean another round.
-        again = rx.queue_mut().enable_interrupts();
+        // Interrupts back on (after `n` frames when moderated); completions
+        // that raced in mean another round.
+        again = match coalesce {
+            Some((n, _)) => rx.queue_mut().enable_interrupts_after(n),
+            None => rx.queue_mut().enable_interrupts(),
+        };
+    }
+    if let (Some((_, us)), false) = (coalesce, again) {
+        // Fewer than `n` frames raise no interrupt: look again by then.
+        let ticks = crate::arch::time::clock().nanos_to_ticks(u64::from(us) * 1000);
+        local.add_timer(COALESCE_TIMER, time::rdtsc() + ticks, 0, |_, _| {});
     }
     if arm {
         arm_watchdog(local);
