@@ -12,6 +12,7 @@ mod qmp;
 mod rawload;
 mod rr;
 mod run;
+mod selfexe;
 mod tcpload;
 mod test;
 mod traffic;
@@ -24,6 +25,12 @@ use crate::run::say;
 fn main() {
     // Usage errors (unknown option, bad value) exit with status 2 here.
     let cli = Cli::parse();
+    // Commands that run this executable again (host-side loads inside a
+    // namespace) keep a link to it first: `cargo test` in the same run may
+    // rebuild target/debug/xtask under them.
+    if matches!(cli.command, Cmd::Test(_) | Cmd::Bench(_)) {
+        selfexe::pin();
+    }
     let result = match cli.command {
         Cmd::Build(args) => kbuild::build(args.release, &[boot::image::Firmware::Bios, boot::image::Firmware::Uefi])
             .map(|b| {
@@ -42,6 +49,7 @@ fn main() {
         Cmd::RawLoad(args) => rawload::main(args),
         Cmd::Rr(args) => rr::main(args),
     };
+    selfexe::unpin();
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -645,7 +645,7 @@ pub const GRACE: Duration = Duration::from_secs(10);
 /// Runs this executable's `raw-load ARGS` inside `netns`, bounded by
 /// `limit` plus [`GRACE`], and returns its summary.
 pub fn run_in(netns: &str, args: &[String], limit: Duration) -> Result<Value, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the xtask executable: {e}"))?;
+    let exe = crate::selfexe::path()?;
     let mut cmd = crate::traffic::in_netns(netns, &exe);
     cmd.arg("raw-load").args(args);
     let (status, out, err) = crate::traffic::run_bounded(cmd, limit + GRACE)?;

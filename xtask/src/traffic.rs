@@ -214,7 +214,7 @@ fn run_self(
     limit: Duration,
     has_summary: impl Fn(&str) -> bool,
 ) -> Result<(String, String), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the xtask executable: {e}"))?;
+    let exe = crate::selfexe::path()?;
     let mut cmd = in_netns(netns, &exe);
     cmd.args(args);
     let (status, stdout, stderr) = run_bounded(cmd, limit)?;
