@@ -160,12 +160,12 @@ pub enum BenchCmd {
     /// Raw driver mode (no TCP/IP stack): one boot per mode (txonly: per
     /// frame size), host-side AF_PACKET loads; frames/s per mode and size;
     /// writes target/bench/raw.json.
-    Raw(crate::bench_raw::BenchRawArgs),
+    Raw(crate::bench::raw::BenchRawArgs),
     /// TCP request/response latency (netperf TCP_RR style): boots the
     /// release kernel once per queue count (in a namespace it creates;
     /// root), runs `xtask rr` with each connection count; prints
     /// transactions/s and latency percentiles, writes target/bench/rr.json.
-    Rr(crate::bench_rr::BenchRrArgs),
+    Rr(crate::bench::rr::BenchRrArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,8 +1,6 @@
 //! `cargo xtask`: build, run and test the mqnet kernel. See README.md.
 
 mod bench;
-mod bench_raw;
-mod bench_rr;
 mod boot_raw;
 mod boot_tests;
 mod cli;

@@ -325,24 +325,12 @@ pub fn run(a: BenchEchoArgs) -> Result<i32, String> {
         size(a.bytes),
         if a.rss { ", RSS offered" } else { "" }
     );
-    let mut rows = Vec::new();
-    let mut boots = Vec::new();
-    for &q in &a.queues {
-        if stop.load(Ordering::SeqCst) {
-            boots.push(json!({"queues": q, "error": "interrupted"}));
-            continue;
-        }
-        match boot_once(&a, choice.accel, &built, q, &stop) {
-            Ok(r) => {
-                boots.push(json!({"queues": q, "error": null}));
-                rows.extend(r);
-            }
-            Err(e) => {
-                say!("queues {q}: {e}");
-                boots.push(json!({"queues": q, "error": e}));
-            }
-        }
-    }
+    let (rows, boots) = super::each_boot(
+        a.queues.iter().copied(),
+        &stop,
+        |q| json!({"queues": q}),
+        |q| boot_once(&a, choice.accel, &built, q, &stop),
+    );
     println!();
     println!(
         "echo: {} vCPUs, {} per load, accelerator {}{}, release kernel (MB/s = 10^6 bytes echoed and verified per \

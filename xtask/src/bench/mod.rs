@@ -5,28 +5,34 @@
 //! - `bench` (or `bench iperf`): the netperf-style multiqueue matrix, the
 //!   host's iperf3 against the guest's iperf3 server ([`iperf`]).
 //! - `bench echo`: TCP echo loads of this executable's `tcp-load` ([`echo`]).
-//! - `bench raw`: the raw driver mode ([`crate::bench_raw`]).
+//! - `bench raw`: the raw driver mode ([`raw`]).
+//! - `bench rr`: request/response latency against the RR service ([`rr`]).
 
 mod echo;
 pub mod iperf;
 mod matrix;
 mod measure;
+pub mod raw;
 mod report;
+pub mod rr;
 mod svg;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use boot::prereq;
 use boot::qemu;
 
 use crate::cli::{BenchArgs, BenchCmd};
 use crate::kbuild;
+use crate::run::say;
+use serde_json::{json, Value};
 
 pub fn bench(args: BenchArgs) -> Result<i32, String> {
     match args.bench {
         Some(BenchCmd::Echo(a)) => echo::run(a),
-        Some(BenchCmd::Raw(a)) => crate::bench_raw::raw(a),
-        Some(BenchCmd::Rr(a)) => crate::bench_rr::rr(a),
+        Some(BenchCmd::Raw(a)) => raw::raw(a),
+        Some(BenchCmd::Rr(a)) => rr::rr(a),
         Some(BenchCmd::Iperf(a)) => iperf::main(a),
         None => iperf::main(args.iperf),
     }
@@ -49,6 +55,41 @@ fn require_root(what: &str) -> Result<(), String> {
          sudo -E env \"PATH=$PATH\" cargo xtask {}",
         again.join(" ")
     ))
+}
+
+/// Boots once per item of `plan` (none once a stop was asked for), gathering
+/// every boot's rows and, per boot, `{what…, "error": null | why}` as JSON.
+/// `label` says what the item is (for JSON and the console).
+fn each_boot<P, R>(
+    plan: impl IntoIterator<Item = P>,
+    stop: &AtomicBool,
+    label: impl Fn(&P) -> Value,
+    mut boot: impl FnMut(P) -> Result<Vec<R>, String>,
+) -> (Vec<R>, Vec<Value>) {
+    let (mut rows, mut boots) = (Vec::new(), Vec::new());
+    for item in plan {
+        let what = label(&item);
+        let outcome = if stop.load(Ordering::SeqCst) { Err("interrupted".to_string()) } else { boot(item) };
+        let error = match outcome {
+            Ok(r) => {
+                rows.extend(r);
+                Value::Null
+            }
+            Err(e) => {
+                say!("{what}: {e}");
+                Value::String(e)
+            }
+        };
+        let mut b = what;
+        match &mut b {
+            Value::Object(m) => {
+                m.insert("error".into(), error);
+            }
+            other => *other = json!({"boot": other.clone(), "error": error}),
+        }
+        boots.push(b);
+    }
+    (rows, boots)
 }
 
 /// Writes `contents` to `path`, creating its directory.

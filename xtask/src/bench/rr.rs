@@ -10,7 +10,6 @@
 //! benchmark it never passes or fails on speed: the status only says
 //! whether every load ran without an error.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,11 +18,12 @@ use boot::accel::Accel;
 use boot::image::Firmware;
 use boot::netns::{NetnsGuard, TapNetwork, MAX_QUEUES};
 use boot::prereq::{self, Tool};
-use boot::qemu::{self, QemuConfig};
+use boot::qemu::QemuConfig;
 use boot::runner::{self, During, RunOptions};
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::{each_boot, require_root, write_out};
 use crate::cli::{parse_netns, AccelArg, MAX_CONNECTIONS};
 use crate::kbuild;
 use crate::rr::{RrShape, RrSummary, RR_PORT};
@@ -205,25 +205,12 @@ pub fn rr(a: BenchRrArgs) -> Result<i32, String> {
         if a.rss { ", RSS offered" } else { "" }
     );
     say!("rr benchmark: {what}, queues {:?}, connections {:?}", a.queues, a.connections);
-    let mut rows = Vec::new();
-    let mut boots = Vec::new();
-    for &q in &a.queues {
-        let outcome = if stop.load(Ordering::SeqCst) {
-            Err("interrupted".to_string())
-        } else {
-            rr_boot(&a, choice.accel, &built, q, &stop)
-        };
-        match outcome {
-            Ok(r) => {
-                rows.extend(r);
-                boots.push(json!({"queues": q, "error": null}));
-            }
-            Err(e) => {
-                say!("queues {q}: {e}");
-                boots.push(json!({"queues": q, "error": e}));
-            }
-        }
-    }
+    let (rows, boots) = each_boot(
+        a.queues.iter().copied(),
+        &stop,
+        |q| json!({"queues": q}),
+        |q| rr_boot(&a, choice.accel, &built, q, &stop),
+    );
     println!();
     println!(
         "rr: {what}, accelerator {}, release kernel (transactions/s over all connections, each one transaction at a \
@@ -244,9 +231,7 @@ pub fn rr(a: BenchRrArgs) -> Result<i32, String> {
         "boots": boots,
         "runs": rows.iter().map(rr_row_json).collect::<Vec<_>>(),
     });
-    // `<target>/bench`: the kernel is `<target>/x86_64-unknown-none/release/kernel`.
-    let target = built.kernel.ancestors().nth(3).map_or_else(|| kbuild::workspace_root().join("target"), PathBuf::from);
-    let path = target.join("bench").join("rr.json");
+    let path = super::bench_dir(&built).join("rr.json");
     write_out(&path, &(serde_json::to_string_pretty(&out).expect("serialisable") + "\n"))?;
     say!("wrote {}", path.display());
     let complete = boots.iter().all(|b| b["error"].is_null())
@@ -256,31 +241,6 @@ pub fn rr(a: BenchRrArgs) -> Result<i32, String> {
         say!("some loads are missing or had errors (see above)");
     }
     Ok(if complete { 0 } else { 1 })
-}
-
-// The next two are what the bench/ module (in the making) shares between
-// its benchmarks; once it is in, this file joins it and uses those.
-
-/// A benchmark creates a network namespace and a tap: without root it
-/// stops before the (slow) kernel build, saying how to run it.
-fn require_root(what: &str) -> Result<(), String> {
-    if prereq::is_root() {
-        return Ok(());
-    }
-    let again: Vec<String> = std::env::args().skip(1).map(|x| qemu::shell_quote(&x)).collect();
-    Err(format!(
-        "{what} needs root: it creates a network namespace and a tap device. Run it as root, e.g.\n    \
-         sudo -E env \"PATH=$PATH\" cargo xtask {}",
-        again.join(" ")
-    ))
-}
-
-/// Writes `contents` to `path`, making its directory first.
-fn write_out(path: &Path, contents: &str) -> Result<(), String> {
-    path.parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(path, contents))
-        .map_err(|e| format!("could not write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@
 //! gap. Never a pass or fail on speed.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +26,7 @@ use boot::accel::Accel;
 use boot::image::Firmware;
 use boot::netns::{NetnsGuard, TapNetwork, MAX_QUEUES};
 use boot::prereq::{self, Tool};
-use boot::qemu::{self, QemuConfig};
+use boot::qemu::QemuConfig;
 use boot::runner::{self, During, Line, RunOptions};
 use clap::Args;
 use kernel::raw::{RawMode, MAX_LEN, MIN_LEN};
@@ -370,38 +369,19 @@ fn plan(a: &BenchRawArgs) -> Vec<(RawMode, u16, Vec<u16>)> {
 
 pub fn raw(a: BenchRawArgs) -> Result<i32, String> {
     TapNetwork::new(&a.netns, 1)?;
-    if !prereq::is_root() {
-        let again: Vec<String> = std::env::args().skip(1).map(|x| qemu::shell_quote(&x)).collect();
-        return Err(format!(
-            "bench raw needs root: it creates a network namespace and a tap device. Run it as root, e.g.\n    \
-             sudo -E env \"PATH=$PATH\" cargo xtask {}",
-            again.join(" ")
-        ));
-    }
+    super::require_root("bench raw")?;
     prereq::ensure(&[Tool::Iproute2], &mut |m| say!("{m}"))?;
     boot::netns::check_absent(&a.netns)?;
     let choice = crate::run::prepare(Firmware::Bios, a.accel.into())?;
     say!("accelerator: {} ({})", choice.accel, choice.reason);
     let built = kbuild::build(true, &[Firmware::Bios])?;
     let stop = stop_flag();
-    let (mut rows, mut boots) = (Vec::new(), Vec::new());
-    for b in plan(&a) {
-        let what = json!({"mode": b.0.name(), "queues": b.1, "lens": b.2});
-        if stop.load(Ordering::SeqCst) {
-            boots.push(json!({"boot": what, "error": "interrupted"}));
-            continue;
-        }
-        match boot_once(&a, choice.accel, &built, b, &stop) {
-            Ok(r) => {
-                boots.push(json!({"boot": what, "error": null}));
-                rows.extend(r);
-            }
-            Err(e) => {
-                say!("{what}: {e}");
-                boots.push(json!({"boot": what, "error": e}));
-            }
-        }
-    }
+    let (rows, boots) = super::each_boot(
+        plan(&a),
+        &stop,
+        |b| json!({"boot": {"mode": b.0.name(), "queues": b.1, "lens": b.2}}),
+        |b| boot_once(&a, choice.accel, &built, b, &stop),
+    );
     println!();
     println!(
         "raw mode: {} vCPUs, {:.1} s per load, {} flows{}, accelerator {}{}, release kernel (frames/s: rxonly = \
@@ -427,11 +407,8 @@ pub fn raw(a: BenchRawArgs) -> Result<i32, String> {
         "boots": boots,
         "runs": rows.iter().map(Row::json).collect::<Vec<_>>(),
     });
-    let dir = built.kernel.ancestors().nth(3).map_or_else(|| kbuild::workspace_root().join("target"), PathBuf::from);
-    let path = dir.join("bench").join("raw.json");
-    std::fs::create_dir_all(path.parent().expect("has a parent"))
-        .and_then(|()| std::fs::write(&path, serde_json::to_string_pretty(&out).expect("serialisable") + "\n"))
-        .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+    let path = super::bench_dir(&built).join("raw.json");
+    super::write_out(&path, &(serde_json::to_string_pretty(&out).expect("serialisable") + "\n"))?;
     say!("wrote {}", path.display());
     let complete = boots.iter().all(|b| b["error"].is_null()) && rows.iter().all(|r| r.host.is_ok());
     if !complete {
