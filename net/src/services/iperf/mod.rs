@@ -609,18 +609,19 @@ impl TcpService for Iperf {
             progress = true;
         }
         // The guest's client: (another) attempt at its control connection.
-        if let (Some((at, left)), Some(cfg)) = (local.client_attempt, local.client_config.clone()) {
-            if now >= at && local.client.is_none() {
-                local.client_attempt = (left > 1).then(|| (now + Duration::from_secs(1), left - 1));
-                let serial = hub.serial();
-                local.client = Some(Hosted::new(serial, cfg.params.clone()));
-                local.conns += 1;
-                let cookie = make_cookie(now.total_micros() as u64 ^ u64::from(serial) << 32 ^ u64::from(cpu));
-                let role = Role::Client(Box::new(ClientControl::new(serial, cookie, now)));
-                let conn = Conn { local: Rc::clone(&self.local), since: now, cookie, have: 0, role };
-                connect.push(Connect { remote: cfg.server, port: cfg.port, conn: Box::new(conn) });
-                progress = true;
-            }
+        // (The configuration is only cloned for an attempt: this runs every
+        // round.)
+        let due = local.client_attempt.filter(|&(at, _)| now >= at && local.client.is_none());
+        if let (Some((_, left)), Some(cfg)) = (due, due.and_then(|_| local.client_config.clone())) {
+            local.client_attempt = (left > 1).then(|| (now + Duration::from_secs(1), left - 1));
+            let serial = hub.serial();
+            local.client = Some(Hosted::new(serial, cfg.params.clone()));
+            local.conns += 1;
+            let cookie = make_cookie(now.total_micros() as u64 ^ u64::from(serial) << 32 ^ u64::from(cpu));
+            let role = Role::Client(Box::new(ClientControl::new(serial, cookie, now)));
+            let conn = Conn { local: Rc::clone(&self.local), since: now, cookie, have: 0, role };
+            connect.push(Connect { remote: cfg.server, port: cfg.port, conn: Box::new(conn) });
+            progress = true;
         }
         progress
     }
