@@ -90,10 +90,8 @@ pub struct BootOptions {
     /// Keep polling this many µs after the last busy round before halting
     /// (`haltpoll=`, 0–10000; 0, the default, halts at once).
     pub halt_poll_us: u32,
-    /// Receive interrupt moderation (`rx-coalesce=N/US`): a vCPU going idle
-    /// asks for an interrupt after N more frames, and looks again after US
-    /// µs in any case. `None` (the default): an interrupt per wake-up.
-    pub rx_coalesce: Option<(u16, u32)>,
+    /// Receive interrupt moderation (`rx-coalesce=auto|off|N/US`).
+    pub rx_coalesce: RxCoalesce,
     /// One MSI-X vector per queue pair instead of per queue (`msix=per-pair`).
     pub msix_per_pair: bool,
     /// The guest's IPv4 address and prefix length (`ip=10.99.0.2/24`).
@@ -123,6 +121,34 @@ pub struct BootOptions {
     /// Raw driver mode and its options (`raw=`, `raw-len=`, `raw-count=`,
     /// `raw-dst=`; see [`crate::raw`]): no stacks, no services.
     pub raw: RawOptions,
+}
+
+/// Receive interrupt moderation (`rx-coalesce=`; the driver's
+/// `virtio::moderation` explains the policies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RxCoalesce {
+    /// An interrupt for the first frame after a vCPU goes idle.
+    Off,
+    /// Wait for as many frames as the last busy period received.
+    #[default]
+    Auto,
+    /// Wait for N frames, or US µs at the latest.
+    Fixed(u16, u32),
+}
+
+impl RxCoalesce {
+    /// `auto`, `off`, or `N/US` with N 1–128 and US 1–10000.
+    fn parse(value: &str) -> Option<RxCoalesce> {
+        match value {
+            "auto" => Some(RxCoalesce::Auto),
+            "off" => Some(RxCoalesce::Off),
+            _ => value
+                .split_once('/')
+                .and_then(|(n, us)| Some((n.parse::<u16>().ok()?, us.parse::<u32>().ok()?)))
+                .filter(|&(n, us)| (1..=128).contains(&n) && (1..=10_000).contains(&us))
+                .map(|(n, us)| RxCoalesce::Fixed(n, us)),
+        }
+    }
 }
 
 /// How vCPUs without a queue pair of their own transmit.
@@ -338,7 +364,7 @@ impl Default for BootOptions {
             max_queue_pairs: None,
             net_stats_ms: None,
             halt_poll_us: 0,
-            rx_coalesce: None,
+            rx_coalesce: RxCoalesce::Auto,
             msix_per_pair: false,
             ip: None,
             net_fault: None,
@@ -426,11 +452,7 @@ impl BootOptions {
                 "services" => Services::parse(value).map(|v| opts.services = v),
                 "steer-key" => parse_key(value).map(|k| opts.steer_key = Some(k)),
                 "haltpoll" => value.parse::<u32>().ok().filter(|n| *n <= 10_000).map(|n| opts.halt_poll_us = n),
-                "rx-coalesce" => value
-                    .split_once('/')
-                    .and_then(|(n, us)| Some((n.parse::<u16>().ok()?, us.parse::<u32>().ok()?)))
-                    .filter(|&(n, us)| (1..=128).contains(&n) && (1..=10_000).contains(&us))
-                    .map(|c| opts.rx_coalesce = Some(c)),
+                "rx-coalesce" => RxCoalesce::parse(value).map(|c| opts.rx_coalesce = c),
                 "gw" => parse_ipv4(value).map(|a| opts.gateway = Some(a)),
                 "iperf-client" => parse_ipv4_port(value, 5201).map(|(server, port)| {
                     let c = opts.iperf_client.get_or_insert_with(IperfClient::default);
@@ -523,12 +545,14 @@ mod tests {
     }
 
     #[test]
-    fn receive_coalescing_is_off_unless_asked() {
-        assert_eq!(BootOptions::default().rx_coalesce, None);
-        assert_eq!(parse("rx-coalesce=8/200").0.rx_coalesce, Some((8, 200)));
+    fn receive_coalescing_is_adaptive_unless_asked() {
+        assert_eq!(BootOptions::default().rx_coalesce, RxCoalesce::Auto);
+        assert_eq!(parse("rx-coalesce=8/200").0.rx_coalesce, RxCoalesce::Fixed(8, 200));
+        assert_eq!(parse("rx-coalesce=off").0.rx_coalesce, RxCoalesce::Off);
+        assert_eq!(parse("rx-coalesce=off rx-coalesce=auto").0.rx_coalesce, RxCoalesce::Auto);
         for bad in ["rx-coalesce=8", "rx-coalesce=0/100", "rx-coalesce=129/100", "rx-coalesce=8/0", "rx-coalesce=a/b"] {
             let (o, p) = parse(bad);
-            assert_eq!((o.rx_coalesce, p.len()), (None, 1), "{bad}");
+            assert_eq!((o.rx_coalesce, p.len()), (RxCoalesce::Auto, 1), "{bad}");
         }
     }
 

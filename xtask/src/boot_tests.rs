@@ -2246,25 +2246,9 @@ mod tests {
         assert!(c.cmdline.contains(&format!("steer-key={TEST_STEER_KEY}")));
         assert!(c.net.unwrap().iperf && c.net.unwrap().queues == c.cpus);
         // The key picks client ports that spread 4 streams over 4 vCPUs.
-        let key: Vec<u8> =
-            (0..40).map(|i| u8::from_str_radix(&TEST_STEER_KEY[2 * i..2 * i + 2], 16).unwrap()).collect();
-        let key: [u8; 40] = key.try_into().unwrap();
+        let key = crate::traffic::kernel_key(TEST_STEER_KEY).unwrap();
         let port = crate::traffic::spread_ports(key, 4, [10, 99, 0, 1], [10, 99, 0, 2], 5201, 4, 20000);
-        let s = net::steer::Steering::new(key, 4);
-        let mut owners: Vec<u16> = (0..4)
-            .map(|i| {
-                let flow = net::steer::Flow {
-                    src: [10, 99, 0, 1],
-                    dst: [10, 99, 0, 2],
-                    src_port: port + i,
-                    dst_port: 5201,
-                    proto: net::steer::Proto::Tcp,
-                };
-                s.owner_of_hash(s.hash(&flow))
-            })
-            .collect();
-        owners.sort_unstable();
-        assert_eq!(owners, [0, 1, 2, 3]);
+        assert_eq!(crate::traffic::tests::owners(4, port, 4), [1, 1, 1, 1]);
     }
 
     #[test]

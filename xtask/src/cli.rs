@@ -240,6 +240,13 @@ pub struct BenchIperfArgs {
     /// Offer virtio-net RSS (rss=on,hash=on) in every boot (needs vhost off).
     #[arg(long)]
     pub rss: bool,
+    /// Let iperf3 pick its client ports (random), instead of the default:
+    /// every boot gets the same steering key and each run's client ports are
+    /// chosen so that its sessions are spread evenly over the vCPUs. Random
+    /// ports put 2 sessions on one vCPU half the time, which moves a
+    /// multiqueue point by ±40 % from run to run.
+    #[arg(long)]
+    pub random_ports: bool,
     /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     pub accel: AccelArg,

@@ -466,7 +466,7 @@ fn case_traffic(
 fn iperf_traffic(ns: &str, tap: &TapNetwork) -> Result<String, String> {
     use boot_tests::*;
     let guest = tap.guest_addr.to_string();
-    let key = kernel_key(TEST_STEER_KEY).ok_or("TEST_STEER_KEY is not 80 hex digits")?;
+    let key = traffic::kernel_key(TEST_STEER_KEY).ok_or("TEST_STEER_KEY is not 80 hex digits")?;
     // Each -P 4 run from ports of its own: the last run's may still be in
     // TIME-WAIT on the host, where iperf3 could not bind them again.
     let mut from = 20000;
@@ -495,15 +495,6 @@ fn iperf_traffic(ns: &str, tap: &TapNetwork) -> Result<String, String> {
     let args = ["-t".to_string(), "1".to_string()];
     out += &traffic::section(STEP_IPERF_AFTER, &traffic::iperf3(ns, &guest, &args, IPERF_DEADLINE)?);
     Ok(out)
-}
-
-/// 80 hex digits as 40 bytes.
-fn kernel_key(hex: &str) -> Option<[u8; 40]> {
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect::<Option<_>>()?;
-    bytes.try_into().ok()
 }
 
 #[cfg(test)]

@@ -379,9 +379,11 @@ pub fn curl_metrics(netns: &str, addr: &str) -> Result<String, String> {
 }
 
 /// The first client port `p` from `from` on such that the flows from
-/// `host`:`p + i` to `guest`:`port`, i < `streams`, all belong to different
-/// vCPUs under the guest's steering (`key`, `cpus`), or to as many as
-/// there are. `iperf3 --cport p` binds its i-th stream to `p + i`.
+/// `host`:`p + i` to `guest`:`port`, i < `streams`, are spread as evenly as
+/// the guest's steering (`key`, `cpus`) allows: every vCPU owns
+/// ⌊streams/cpus⌋ or ⌈streams/cpus⌉ of them (so with no more streams than
+/// vCPUs, each has its own). `iperf3 --cport p` binds its i-th stream to
+/// `p + i`. `from` itself when no port up to 60000 does it.
 pub fn spread_ports(
     key: [u8; 40],
     cpus: u16,
@@ -397,15 +399,25 @@ pub fn spread_ports(
         let flow = Flow { src: host, dst: guest, src_port: p, dst_port: port, proto: Proto::Tcp };
         steering.owner_of_hash(steering.hash(&flow))
     };
-    let want = streams.min(cpus) as usize;
-    (from..60000u16)
+    let cpus = usize::from(cpus.max(1));
+    let (least, most) = (usize::from(streams) / cpus, usize::from(streams).div_ceil(cpus));
+    let mut per_cpu = vec![0usize; cpus];
+    (from..60000u16.saturating_sub(streams))
         .find(|&p| {
-            let mut owners: Vec<u16> = (0..streams).map(|i| owner(p + i)).collect();
-            owners.sort_unstable();
-            owners.dedup();
-            owners.len() == want
+            per_cpu.iter_mut().for_each(|n| *n = 0);
+            (0..streams).for_each(|i| per_cpu[usize::from(owner(p + i)) % cpus] += 1);
+            per_cpu.iter().all(|&n| (least..=most).contains(&n))
         })
         .unwrap_or(from)
+}
+
+/// 80 hex digits (a `steer-key=` boot option's value) as 40 bytes.
+pub fn kernel_key(hex: &str) -> Option<[u8; 40]> {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
 }
 
 /// `flows` UDP flows (distinct source and destination ports), `per_flow`
@@ -528,8 +540,44 @@ pub fn parse_arp_replies(out: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// How many of the streams from 10.99.0.1:`port` on (`streams` of
+    /// them, to 10.99.0.2:5201) each of `cpus` vCPUs owns, under the boot
+    /// tests' key.
+    pub(crate) fn owners(cpus: u16, port: u16, streams: u16) -> Vec<usize> {
+        let key = kernel_key(crate::boot_tests::TEST_STEER_KEY).unwrap();
+        let s = net::steer::Steering::new(key, cpus);
+        let mut per = vec![0; cpus as usize];
+        for i in 0..streams {
+            let flow = net::steer::Flow {
+                src: [10, 99, 0, 1],
+                dst: [10, 99, 0, 2],
+                src_port: port + i,
+                dst_port: 5201,
+                proto: net::steer::Proto::Tcp,
+            };
+            per[s.owner_of_hash(s.hash(&flow)) as usize] += 1;
+        }
+        per
+    }
+
+    #[test]
+    fn spread_ports_share_streams_out_evenly() {
+        let key = kernel_key(crate::boot_tests::TEST_STEER_KEY).unwrap();
+        for (cpus, streams, want) in
+            [(2, 2, vec![1, 1]), (2, 8, vec![4, 4]), (2, 3, vec![1, 2]), (4, 8, vec![2, 2, 2, 2]), (1, 4, vec![4])]
+        {
+            let port = spread_ports(key, cpus, [10, 99, 0, 1], [10, 99, 0, 2], 5201, streams, 20000);
+            assert!(port >= 20000);
+            let mut got = owners(cpus, port, streams);
+            got.sort_unstable();
+            assert_eq!(got, want, "{streams} streams on {cpus} vCPUs from port {port}");
+        }
+        assert_eq!(kernel_key("6d5a"), None);
+        assert_eq!(kernel_key(&"zz".repeat(40)), None);
+    }
 
     const OUT: &str = "PING 10.99.0.2 (10.99.0.2) 56(84) bytes of data.
 64 bytes from 10.99.0.2: icmp_seq=1 ttl=64 time=3.26 ms

@@ -15,8 +15,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use drivers::virtio::moderation::{Moderator, RxModeration};
 use drivers::virtio::netdev::{QueueStats, RxQueue, TxQueue, Watchdog, STALL_TICKS};
-use kernel::cmdline::{IperfMode, NetFault, TxShare};
+use kernel::cmdline::{IperfMode, NetFault, RxCoalesce, TxShare};
 use kernel::timers::Expired;
 use log::{info, warn};
 use net::cpu::{plan_shares, CpuNet, Fabric, Queues, Share, Wake};
@@ -76,6 +77,8 @@ pub struct CpuNic {
     outbox: Option<&'static Inbox>,
     net: CpuNet,
     watchdog_armed: bool,
+    /// When its receive queue interrupts once it goes idle.
+    moderator: Moderator,
 }
 
 impl CpuNic {
@@ -357,7 +360,12 @@ pub fn claim<S: HasNic>(local: &mut Local<S>) -> Poll {
         let period = crate::arch::time::clock().nanos_to_ticks(ms as u64 * 1_000_000);
         local.add_timer(NET_STATS_TIMER, time::rdtsc() + period, period, |l, _| report(l));
     }
-    *local.state.as_mut() = Some(CpuNic { id, rx, tx, outbox, net, watchdog_armed: false });
+    let moderator = Moderator::new(match crate::boot_options().rx_coalesce {
+        RxCoalesce::Off => RxModeration::Off,
+        RxCoalesce::Auto => RxModeration::DEFAULT,
+        RxCoalesce::Fixed(frames, us) => RxModeration::Fixed { frames, us },
+    });
+    *local.state.as_mut() = Some(CpuNic { id, rx, tx, outbox, net, watchdog_armed: false, moderator });
     local.add_work(poll);
     if local.cpu.index == nic.cpus[0] {
         local.add_work(watch_link);
@@ -477,19 +485,24 @@ fn poll<S: HasNic>(local: &mut Local<S>) -> Poll {
         rx.flush(&nic.doorbells);
     }
     mine.with_tx(|t| t.flush(&nic.doorbells));
-    let coalesce = crate::boot_options().rx_coalesce;
+    let mut wait = None;
     if let Some(rx) = mine.rx.as_mut() {
         // Interrupts back on (after `n` frames when moderated); completions
         // that raced in mean another round.
-        again = match coalesce {
+        wait = mine.moderator.on_idle(rx.stats().packets, now.total_micros() as u64);
+        again = match wait {
             Some((n, _)) => rx.queue_mut().enable_interrupts_after(n),
             None => rx.queue_mut().enable_interrupts(),
         };
     }
-    if let (Some((_, us)), false) = (coalesce, again) {
+    match (wait, again) {
         // Fewer than `n` frames raise no interrupt: look again by then.
-        let ticks = crate::arch::time::clock().nanos_to_ticks(u64::from(us) * 1000);
-        local.add_timer(COALESCE_TIMER, time::rdtsc() + ticks, 0, |_, _| {});
+        (Some((_, us)), false) => {
+            let ticks = crate::arch::time::clock().nanos_to_ticks(u64::from(us) * 1000);
+            local.add_timer(COALESCE_TIMER, time::rdtsc() + ticks, 0, |_, _| {});
+        }
+        (None, _) => local.cancel_timer(COALESCE_TIMER),
+        _ => {}
     }
     if arm {
         arm_watchdog(local);

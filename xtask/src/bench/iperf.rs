@@ -70,7 +70,18 @@ pub struct Setup {
     pub rss: bool,
     pub memory_mib: u32,
     pub cmdline: String,
+    /// Whether each boot gets [`STEER_KEY`] and each run's client ports are
+    /// chosen to spread its sessions evenly over the vCPUs (`--random-ports`
+    /// turns it off).
+    pub spread: bool,
 }
+
+/// The steering key of every bench boot (unless `--random-ports`): the
+/// well-known RSS sample key, as the boot tests use.
+pub const STEER_KEY: &str = crate::boot_tests::TEST_STEER_KEY;
+/// The first client port a boot's runs bind (each run takes the next free
+/// ones, so none waits for the last run's TIME-WAIT).
+const FIRST_CLIENT_PORT: u16 = 20000;
 
 pub fn main(a: BenchIperfArgs) -> Result<i32, String> {
     let plan = Plan::from_args(&a);
@@ -92,6 +103,7 @@ pub fn main(a: BenchIperfArgs) -> Result<i32, String> {
         rss: a.rss,
         memory_mib: a.memory,
         cmdline: a.cmdline.clone(),
+        spread: !a.random_ports,
     };
     let run = run_matrix(&setup, &plan, &built, &stop_flag());
     println!();
@@ -176,6 +188,7 @@ pub fn run_matrix(setup: &Setup, plan: &Plan, built: &kbuild::Built, stop: &Arc<
         rss: setup.rss,
         memory_mib: setup.memory_mib,
         cmdline: setup.cmdline.clone(),
+        spread: setup.spread,
         plan: plan.clone(),
         configs,
     }
@@ -227,7 +240,8 @@ fn with_guest<T: Send + 'static>(
 ) -> (String, Result<T, String>) {
     let prepared = (|| {
         let tap = TapNetwork::new(&setup.netns, config.queues)?;
-        let cmdline = format!("ip={}/{} {} {extra}", tap.guest_addr, tap.prefix_len, setup.cmdline);
+        let key = if setup.spread { format!("steer-key={STEER_KEY}") } else { String::new() };
+        let cmdline = format!("ip={}/{} {key} {} {extra}", tap.guest_addr, tap.prefix_len, setup.cmdline);
         let mut qemu = QemuConfig::new(setup.accel, crate::run::boot_for(Firmware::Bios, built)?)
             .with_kernel_cmdline(&cmdline.split_whitespace().collect::<Vec<_>>().join(" "));
         qemu.cpus = config.vcpus;
@@ -294,6 +308,7 @@ fn boot_config(
     progress: &ProgressBar,
 ) -> ConfigRun {
     let work = Work {
+        spread: setup.spread.then(|| (traffic::kernel_key(STEER_KEY).expect("80 hex digits"), config.vcpus)),
         plan: plan.clone(),
         points: plan.points(config).into_iter().map(PointResult::new).collect(),
         stop: stop.clone(),
@@ -324,6 +339,8 @@ fn per_run(plan: &Plan) -> Duration {
 
 /// The host-side work of the host-driven boot.
 struct Work {
+    /// The steering key and vCPU count the client ports are spread by.
+    spread: Option<([u8; 40], u16)>,
     plan: Plan,
     points: Vec<PointResult>,
     stop: Arc<AtomicBool>,
@@ -365,6 +382,7 @@ impl Work {
         }
         let at = |points: &mut Vec<PointResult>, key: &PointKey| points.iter().position(|p| p.key == *key);
         let guest = tap.guest_addr.to_string();
+        let mut next_port = FIRST_CLIENT_PORT;
         let mut done = 0;
         for repetition in 1..=self.plan.repeat {
             for key in &keys {
@@ -386,6 +404,16 @@ impl Work {
                 self.progress.set_message(format!("{} #{repetition}", key.describe()));
                 let mut cmd = traffic::in_netns(&tap.netns, "iperf3");
                 cmd.args(measure::iperf3_args(&guest, key, self.plan.seconds, self.plan.omit));
+                if let Some((steer, vcpus)) = self.spread {
+                    let streams = key.sessions as u16;
+                    if u32::from(next_port) + u32::from(streams) * 64 > 60000 {
+                        next_port = FIRST_CLIENT_PORT;
+                    }
+                    let (host, ip) = (tap.host_addr.octets(), tap.guest_addr.octets());
+                    let cport = traffic::spread_ports(steer, vcpus, host, ip, IPERF3_PORT, streams, next_port);
+                    next_port = cport + streams;
+                    cmd.args(["--cport".to_string(), cport.to_string()]);
+                }
                 let limit = Duration::from_secs(u64::from(self.plan.seconds + self.plan.omit)) + RUN_GRACE;
                 let result = measured_run(tap, started.pid, cmd, limit, &self.plan, &self.stop);
                 note(&self.progress, format!("{} #{repetition}: {}", key.describe(), describe(&result)));
@@ -675,6 +703,7 @@ pub fn smoke(netns: &str, accel: boot::accel::AccelRequest, stop: &Arc<AtomicBoo
         rss: args.rss,
         memory_mib: args.memory,
         cmdline: args.cmdline.clone(),
+        spread: !args.random_ports,
     };
     let run = run_matrix(&setup, &plan, &built, stop);
     print!("{}", report::tables(&run));

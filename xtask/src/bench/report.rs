@@ -43,6 +43,9 @@ pub struct MatrixRun {
     pub memory_mib: u32,
     /// Extra kernel boot options (besides the guest's address).
     pub cmdline: String,
+    /// Client ports spread evenly over the vCPUs by a fixed steering key
+    /// (else iperf3's own, random).
+    pub spread: bool,
     pub plan: Plan,
     pub configs: Vec<ConfigRun>,
 }
@@ -170,7 +173,7 @@ pub fn tables(run: &MatrixRun) -> String {
     let plan = &run.plan;
     let mut out = String::new();
     out.push_str(&format!(
-        "iperf3 matrix, {}: accelerator {}, vhost {}, {}median of {} run(s) × {} s (first {} s omitted); {}\n\
+        "iperf3 matrix, {}: accelerator {}, vhost {}, {}{}median of {} run(s) × {} s (first {} s omitted); {}\n\
          Mbit/s = iperf3's receiver; vCPU% and DM% = host CPU of QEMU's vCPU threads and of its other threads \
          (main loop, device model, vhost), % of one host CPU, over the measured interval; norm = Mbit/s per host \
          CPU (Mbit/s ÷ ((vCPU% + DM%) / 100))\n",
@@ -178,6 +181,7 @@ pub fn tables(run: &MatrixRun) -> String {
         run.accel,
         if run.vhost { "on" } else { "off" },
         if run.rss { "RSS offered, " } else { "" },
+        if run.spread { "sessions spread evenly over the vCPUs, " } else { "random client ports, " },
         plan.repeat,
         plan.seconds,
         plan.omit,
@@ -441,6 +445,8 @@ pub fn json(run: &MatrixRun) -> Value {
         "vhost": run.vhost,
         "vhost_reason": run.vhost_reason,
         "rss": run.rss,
+        "client_ports": if run.spread { "spread" } else { "random" },
+        "steer_key": if run.spread { Some(super::iperf::STEER_KEY) } else { None },
         "memory_mib": run.memory_mib,
         "cmdline": run.cmdline,
         "iperf3_port": IPERF3_PORT,
@@ -552,6 +558,7 @@ pub mod tests {
             rss: false,
             memory_mib: 512,
             cmdline: String::new(),
+            spread: true,
             plan,
             configs,
         }
