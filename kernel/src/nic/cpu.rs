@@ -624,7 +624,7 @@ fn report<S: HasNic>(local: &mut Local<S>) {
     let (c, k, inbox) = (mine.net.connections(), mine.net.counters(), mine.net.inbox_stats(nic.fabric));
     let outbox = mine.outbox.map(|o| o.stats()).unwrap_or_default();
     info!(
-        "net-cpu: cpu{} accepted {} active {} closed {} reset {} misses {} inbox_in {} inbox_drops {} handoff_out {} handoff_drops {} resets_sent {} resets_unowned {} zero_window_acks {}",
+        "net-cpu: cpu{} accepted {} active {} closed {} reset {} misses {} inbox_in {} inbox_drops {} handoff_out {} handoff_drops {} resets_sent {} resets_unowned {} zero_window_acks {} duplicate_syns {}",
         cpu.index,
         c.accepted,
         c.active,
@@ -638,6 +638,7 @@ fn report<S: HasNic>(local: &mut Local<S>) {
         k.resets,
         k.resets_unowned,
         k.zero_window_acks,
+        c.duplicate_syns,
     );
     let foreign: u64 = cpu
         .stats

@@ -255,6 +255,10 @@ pub struct ConnCounters {
     pub reset: u64,
     /// Handshakes that never completed.
     pub failed: u64,
+    /// SYNs a listener took for a 4-tuple that already has a connection
+    /// here (a late duplicate of its SYN): dropped unanswered, see
+    /// [`Services::listen`].
+    pub duplicate_syns: u64,
 }
 
 /// One service and its listening sockets.
@@ -498,19 +502,49 @@ impl Services {
         socket
     }
 
-    /// Listeners taken by a SYN become handshakes in progress.
-    fn collect_handshakes(&mut self, sockets: &SocketSet<'static>) -> bool {
+    /// Listeners taken by a SYN become handshakes in progress, unless the
+    /// SYN belongs to a connection we already have.
+    ///
+    /// smoltcp hands a segment to the first socket in the set that accepts
+    /// it, and a listener accepts any SYN to its port, whether or not another
+    /// socket already has that 4-tuple. The set reuses freed slots, so a
+    /// listener often sits before an open connection's socket: a late
+    /// duplicate of that connection's SYN (a retransmission the network or
+    /// the device held back; QEMU's software RSS can hold a redirected frame
+    /// behind another queue for a long time) then makes a second socket for
+    /// the same 4-tuple, which from then on is first to get every segment of
+    /// the flow and answers each with an RST (the ACKs are not for its
+    /// SYN-ACK): the peer's connection is reset in mid-stream. Such a
+    /// duplicate is removed here, before its SYN-ACK goes out (this runs
+    /// after every received packet and before the stack transmits), so the
+    /// SYN is dropped unanswered, as the open connection would have
+    /// ignored it too, and the connection goes on untouched.
+    fn collect_handshakes(&mut self, sockets: &mut SocketSet<'static>) -> bool {
         let mut progress = false;
-        for (index, port) in self.ports.iter_mut().enumerate() {
+        let Services { ports, pending, open, counters, .. } = self;
+        for (index, port) in ports.iter_mut().enumerate() {
             let mut i = 0;
             while i < port.listeners.len() {
                 let handle = port.listeners[i];
-                if sockets.get::<tcp::Socket>(handle).is_listening() {
+                let socket = sockets.get::<tcp::Socket>(handle);
+                if socket.is_listening() {
                     i += 1;
+                    continue;
+                }
+                port.listeners.swap_remove(i);
+                progress = true;
+                let tuple = (socket.local_endpoint(), socket.remote_endpoint());
+                let duplicate = socket.state() == State::SynReceived
+                    && pending.iter().map(|p| p.handle).chain(open.iter().map(|o| o.handle)).any(|h| {
+                        let other = sockets.get::<tcp::Socket>(h);
+                        (other.local_endpoint(), other.remote_endpoint()) == tuple
+                    });
+                if duplicate {
+                    // Removed, not aborted: an abort would send an RST.
+                    sockets.remove(handle);
+                    counters.duplicate_syns += 1;
                 } else {
-                    port.listeners.swap_remove(i);
-                    self.pending.push(Pending { handle, origin: Origin::Service(index) });
-                    progress = true;
+                    pending.push(Pending { handle, origin: Origin::Service(index) });
                 }
             }
         }

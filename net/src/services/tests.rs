@@ -700,3 +700,83 @@ fn two_services_cannot_share_a_port() {
     services.add(Box::new(Echo));
     services.add(Box::new(Echo));
 }
+
+/// A duplicate of a connection's SYN that arrives late (a retransmitted SYN
+/// that the device or the host held back while the first one was answered:
+/// QEMU's software RSS can queue a redirected frame behind another queue for
+/// a long time) must not start a second connection with the same 4-tuple.
+/// smoltcp hands a SYN to the first socket in its set that accepts it, and a
+/// listener accepts any SYN to its port: a listener in a lower slot than the
+/// connection's socket (a freed slot, refilled) takes it, and from then on
+/// gets every segment of the flow and answers each with an RST (their ACKs
+/// are not for its SYN-ACK): the peer's connection is reset in mid-stream.
+#[test]
+fn a_late_duplicate_syn_does_not_hijack_an_open_connection() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut world = World::standard();
+    // Every frame on the link, either way: the victim's SYN, and any RST.
+    let seen: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+    let record = seen.clone();
+    world.link.fate.loss = Some(Box::new(move |frame| {
+        record.borrow_mut().push(frame.to_vec());
+        false
+    }));
+    // B takes the first echo listener's slot, the victim A a later one.
+    let mut b = EchoClient::new(&mut world, Echo::PORT, 50_300, 1000, 7, usize::MAX);
+    world.drive(Duration::from_secs(5), |w| w.services.counters().accepted == 1);
+    let mut a = EchoClient::new(&mut world, Echo::PORT, 50_301, 4 * MIB, 8, usize::MAX);
+    world.drive(Duration::from_secs(5), |w| w.services.counters().accepted == 2);
+    // B ends, freeing its slot, below A's.
+    world.drive(Duration::from_secs(10), |w| {
+        b.pump(&mut w.host.sockets);
+        a.pump(&mut w.host.sockets);
+        b.finished(&w.host.sockets) && w.services.counters().closed == 1
+    });
+    // C takes an echo listener: its replacement goes into B's old slot.
+    let mut c = EchoClient::new(&mut world, Echo::PORT, 50_302, 1000, 9, usize::MAX);
+    world.drive(Duration::from_secs(10), |w| {
+        a.pump(&mut w.host.sockets);
+        c.pump(&mut w.host.sockets);
+        a.stream.received >= MIB && c.finished(&w.host.sockets)
+    });
+    let a_slot = world
+        .guest
+        .sockets
+        .iter()
+        .find_map(|(h, s)| match s {
+            smoltcp::socket::Socket::Tcp(t) if t.remote_endpoint().is_some_and(|e| e.port == 50_301) => Some(h),
+            _ => None,
+        })
+        .expect("A's socket");
+    let listener_below = world.guest.sockets.iter().any(|(h, s)| {
+        matches!(s, smoltcp::socket::Socket::Tcp(t) if t.is_listening() && t.listen_endpoint().port == Echo::PORT)
+            && h < a_slot
+    });
+    assert!(listener_below, "the set-up puts an echo listener before A's socket");
+    // A's SYN once more, as if it had been held back all this time.
+    let syn = seen
+        .borrow()
+        .iter()
+        .find(|f| {
+            tcp_of(f).is_some_and(|(src, dst, t)| src == 50_301 && dst == Echo::PORT && t.control == TcpControl::Syn)
+        })
+        .cloned()
+        .expect("A's SYN was seen");
+    world.link.to_guest.push_back(syn);
+    world.drive(Duration::from_secs(30), |w| {
+        a.pump(&mut w.host.sockets);
+        a.finished(&w.host.sockets) || !w.host_socket(a.handle).is_open()
+    });
+    let rsts = seen
+        .borrow()
+        .iter()
+        .filter(|f| tcp_of(f).is_some_and(|(src, _, t)| src == Echo::PORT && t.control == TcpControl::Rst))
+        .count();
+    assert_eq!(rsts, 0, "the guest sent no RST");
+    assert_eq!(a.stream.received, 4 * MIB, "A got all its bytes back");
+    assert_eq!(a.stream.first_wrong_byte, None);
+    world.drive(Duration::from_secs(5), |w| w.guest_sockets() == w.idle_guest_sockets());
+    let expected = ConnCounters { accepted: 3, active: 0, closed: 3, duplicate_syns: 1, ..ConnCounters::default() };
+    assert_eq!(world.services.counters(), expected);
+}
