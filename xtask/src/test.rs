@@ -366,6 +366,18 @@ fn run_case(
             Ok(note)
         }
         Err(why) => {
+            // Diagnostics: the whole serial log and host transcript of a failure.
+            let path = std::env::temp_dir().join(format!(
+                "mqnet-fail-{}-{}.log",
+                std::process::id(),
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+            ));
+            let mut all: String = report.lines.iter().map(|l| format!("{:.3} {}\n", l.at.as_secs_f64(), l.text)).collect();
+            if let Some(Ok(out)) = &report.action {
+                all.push_str(out);
+            }
+            let _ = std::fs::write(&path, all);
+            say!("full log of the failure: {}", path.display());
             let mut tail: Vec<String> = report.lines.iter().rev().take(15).map(|l| l.text.clone()).collect();
             tail.reverse();
             tail.extend(report.stderr.lines().map(|l| format!("qemu: {l}")));
