@@ -372,7 +372,8 @@ fn run_case(
                 std::process::id(),
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
             ));
-            let mut all: String = report.lines.iter().map(|l| format!("{:.3} {}\n", l.at.as_secs_f64(), l.text)).collect();
+            let mut all: String =
+                report.lines.iter().map(|l| format!("{:.3} {}\n", l.at.as_secs_f64(), l.text)).collect();
             if let Some(Ok(out)) = &report.action {
                 all.push_str(out);
             }

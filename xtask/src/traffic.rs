@@ -547,15 +547,22 @@ pub(crate) mod tests {
     /// them, to 10.99.0.2:5201) each of `cpus` vCPUs owns, under the boot
     /// tests' key.
     pub(crate) fn owners(cpus: u16, port: u16, streams: u16) -> Vec<usize> {
+        owners_of(cpus, (0..streams).map(|i| port + i), 5201)
+    }
+
+    /// How many of the TCP flows from 10.99.0.1:`ports` to
+    /// 10.99.0.2:`dst_port` each of `cpus` vCPUs owns, under the boot
+    /// tests' key.
+    pub(crate) fn owners_of(cpus: u16, ports: impl Iterator<Item = u16>, dst_port: u16) -> Vec<usize> {
         let key = kernel_key(crate::boot_tests::TEST_STEER_KEY).unwrap();
         let s = net::steer::Steering::new(key, cpus);
         let mut per = vec![0; cpus as usize];
-        for i in 0..streams {
+        for src_port in ports {
             let flow = net::steer::Flow {
                 src: [10, 99, 0, 1],
                 dst: [10, 99, 0, 2],
-                src_port: port + i,
-                dst_port: 5201,
+                src_port,
+                dst_port,
                 proto: net::steer::Proto::Tcp,
             };
             per[s.owner_of_hash(s.hash(&flow)) as usize] += 1;

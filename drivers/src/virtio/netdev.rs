@@ -177,6 +177,9 @@ pub struct RxQueue {
     /// [`HDR_LEN`], or [`HASH_HDR_LEN`] with HASH_REPORT.
     hdr_len: usize,
     stats: QueueStats,
+    /// Refills that found the device out of buffers (see
+    /// [`RxQueue::starved_refills`]).
+    starved: u64,
 }
 
 /// What the header of a received buffer says, once checked.
@@ -212,7 +215,7 @@ impl RxQueue {
         let (pool, free) = BufferPool::new(dma, BUF_SIZE, size as u32)?;
         let join = if mergeable { alloc::vec![0u8; MAX_RX_FRAME].into_boxed_slice() } else { Box::default() };
         let stats = QueueStats::default();
-        Some(RxQueue { index, queue, pool, free, mergeable, join, held: None, hash: None, hdr_len, stats })
+        Some(RxQueue { index, queue, pool, free, mergeable, join, held: None, hash: None, hdr_len, stats, starved: 0 })
     }
 
     /// The `virtio_net_hdr` length this queue was built with.
@@ -244,10 +247,21 @@ impl RxQueue {
         }
         if self.queue.publish() {
             self.stats.ring(bell, self.index, Ring::Asked);
+            self.starved += 1;
         } else if ran_dry && self.queue.in_flight() > 0 {
             self.queue.mark_notified();
             self.stats.ring(bell, self.index, Ring::Rescue);
+            self.starved += 1;
         }
+    }
+
+    /// How many refills found the device out of buffers: it asked to be
+    /// notified (with EVENT_IDX a receive queue's device asks only once it
+    /// has taken every posted buffer) or the ring was dry. With QEMU's
+    /// software RSS such a moment can leave frames for this queue parked on
+    /// *another* queue, which the owner should then notify as well.
+    pub fn starved_refills(&self) -> u64 {
+        self.starved
     }
 
     /// Before the owner goes idle: notifies the device if it may not have
@@ -1148,6 +1162,41 @@ mod tests {
         assert_eq!(rx.queue().num_free(), 0);
     }
 
+    /// QEMU (like any EVENT_IDX device) sets avail_event to the next entry
+    /// it will take: a refill notifies, and counts as starved, only once
+    /// the device has taken every posted buffer.
+    #[test]
+    fn a_refill_counts_as_starved_only_when_the_device_took_every_buffer() {
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut rx = RxQueue::new(&dma, 0, 4, true, true).unwrap();
+        let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
+        rx.refill(&bell);
+        assert_eq!(rx.starved_refills(), 1, "the device had nothing before the first posting");
+        let mut taken = 0u16;
+        let mut take = |dev: &mut FakeDeviceQueue, rx: &mut RxQueue, n: usize| {
+            for _ in 0..n {
+                let (head, segs) = dev.pop_avail().expect("a posted buffer");
+                taken = taken.wrapping_add(1);
+                dev.set_avail_event(taken);
+                let len = dev.fill(&segs, &with_header(&ethernet(60, 1), 1));
+                dev.push_used(head as u32, len);
+            }
+            while rx.next_frame().is_some() {
+                rx.release();
+            }
+        };
+        // Three of four taken: the device still holds one buffer.
+        take(&mut dev, &mut rx, 3);
+        let rings = bell.rings();
+        rx.refill(&bell);
+        assert_eq!((rx.starved_refills(), bell.rings()), (1, rings));
+        // All taken (four posted since): the device asked, the refill rings.
+        take(&mut dev, &mut rx, 4);
+        rx.refill(&bell);
+        assert_eq!((rx.starved_refills(), bell.rings()), (2, rings + 1));
+    }
+
     #[test]
     fn a_receive_ring_that_ran_dry_is_renotified_at_refill() {
         let dma = TestDma::default();
@@ -1169,6 +1218,7 @@ mod tests {
         rx.refill(&bell);
         assert_eq!(bell.rings(), before + 1, "dry ring: notified without waiting for a packet");
         assert_eq!(rx.stats().rescues, 1);
+        assert_eq!(rx.starved_refills(), 2, "the first posting, then the dry ring");
     }
 
     #[test]

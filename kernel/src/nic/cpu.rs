@@ -79,6 +79,10 @@ pub struct CpuNic {
     watchdog_armed: bool,
     /// When its receive queue interrupts once it goes idle.
     moderator: Moderator,
+    /// `RxQueue::starved_refills` as last seen (see `nudge_parked`).
+    starved_seen: u64,
+    /// Other receive queues notified by `nudge_parked`.
+    nudges: u64,
 }
 
 impl CpuNic {
@@ -365,7 +369,8 @@ pub fn claim<S: HasNic>(local: &mut Local<S>) -> Poll {
         RxCoalesce::Auto => RxModeration::DEFAULT,
         RxCoalesce::Fixed(frames, us) => RxModeration::Fixed { frames, us },
     });
-    *local.state.as_mut() = Some(CpuNic { id, rx, tx, outbox, net, watchdog_armed: false, moderator });
+    *local.state.as_mut() =
+        Some(CpuNic { id, rx, tx, outbox, net, watchdog_armed: false, moderator, starved_seen: 0, nudges: 0 });
     local.add_work(poll);
     if local.cpu.index == nic.cpus[0] {
         local.add_work(watch_link);
@@ -401,6 +406,39 @@ pub fn claim<S: HasNic>(local: &mut Local<S>) -> Poll {
     Poll::Done
 }
 
+/// A workaround for QEMU's software RSS (`rss=on` without vhost; read in
+/// QEMU 7.2's `virtio_net_receive_rcu`): a frame read from tap queue X that
+/// RSS sends to receive queue Y is delivered through Y, and when Y has no
+/// buffer the "cannot take it" answer goes back to X: the frame is parked on
+/// X and X's tap is not read again until the guest notifies X's receive
+/// queue (only `virtio_net_handle_rx` of X flushes it). Y's owner notifies
+/// only Y; X's owner has no reason to notify X, its ring is full. So every
+/// flow on X stalls until something rings X (seen: a minute, until the
+/// peer timeout reset the connections).
+///
+/// The moment Y ran out is known exactly: with EVENT_IDX the device asks
+/// for a receive notification only once it has taken every posted buffer,
+/// and a dry ring is rescued at refill (`RxQueue::starved_refills` counts
+/// both). After such a refill the owner notifies every other receive queue
+/// once, which makes QEMU retry what it parked there, now that Y has
+/// buffers. It costs nothing while rings keep up, and `pairs - 1`
+/// doorbells per starved refill when they do not.
+fn nudge_parked(mine: &mut CpuNic, nic: &super::Nic) {
+    let Some(rx) = mine.rx.as_ref() else { return };
+    let starved = rx.starved_refills();
+    if starved == mine.starved_seen {
+        return;
+    }
+    mine.starved_seen = starved;
+    for pair in 0..nic.pairs {
+        let q = drivers::virtio::net::rx_queue(pair);
+        if q != rx.index {
+            nic.doorbells.ring(q);
+            mine.nudges += 1;
+        }
+    }
+}
+
 /// One poll round of this vCPU's network (see `net::cpu`), NAPI style: the
 /// queue's interrupt stays off while there is work, and goes back on
 /// (re-checking for a race) before the CPU halts.
@@ -422,6 +460,9 @@ fn poll<S: HasNic>(local: &mut Local<S>) -> Poll {
         let (mut queues, net) = mine.queues();
         net.poll(nic.fabric, &mut queues, &nic.doorbells, now, &Waker(&nic.cpus))
     };
+    if nic.fabric.hash_reported {
+        nudge_parked(mine, nic);
+    }
     // Frames handed to the pair's owner: it drains them in its round.
     if let CpuTx::Handoff { outbox, owner } = &mine.tx {
         if !outbox.is_empty() {
@@ -598,9 +639,9 @@ fn report<S: HasNic>(local: &mut Local<S>) {
         let r = rx.stats();
         own = [rx.index, txq];
         let mut line = alloc::format!(
-            "net-stats: cpu{} rxq {} packets {} bytes {} irqs {} polls {} kicks {} no_buffers {} merged {} rescues {} watchdog {} drops",
+            "net-stats: cpu{} rxq {} packets {} bytes {} irqs {} polls {} kicks {} no_buffers {} merged {} rescues {} watchdog {} starved {} nudges {} drops",
             cpu.index, rx.index, r.packets, r.bytes, irqs(rx.index), r.polls, r.kicks, r.no_buffers, r.merged,
-            r.rescues, r.watchdog,
+            r.rescues, r.watchdog, rx.starved_refills(), mine.nudges,
         );
         for (name, n) in drops(&r) {
             line.push_str(&alloc::format!(" {name} {n}"));
