@@ -204,21 +204,7 @@ mod tests {
         fin: bool,
     ) -> Vec<u8> {
         // The host's bytes start at 1000, the guest's at 5000.
-        let seq = if src == GUEST { 5000 } else { 1000 };
-        tcp_frame_at(src, dst, ports, window, data, fin, seq)
-    }
-
-    /// A frame with sequence number `seq` (and ack 5000 or 1000, see above).
-    fn tcp_frame_at(
-        src: Ipv4Address,
-        dst: Ipv4Address,
-        ports: (u16, u16),
-        window: u16,
-        data: &[u8],
-        fin: bool,
-        seq: i32,
-    ) -> Vec<u8> {
-        let ack = if src == GUEST { 1000 } else { 5000 };
+        let (seq, ack) = if src == GUEST { (5000, 1000) } else { (1000, 5000) };
         frames::tcp_frame(
             End { mac: [2, 0, 0, 0, 0, 1], ip: src, port: ports.0 },
             End { mac: [2, 0, 0, 0, 0, 2], ip: dst, port: ports.1 },
@@ -228,6 +214,17 @@ mod tests {
             window,
             data,
         )
+    }
+
+    /// `frame` (from [`tcp_frame`]) with sequence number `seq` instead,
+    /// its checksum made good again.
+    fn at_seq(mut frame: Vec<u8>, seq: i32) -> Vec<u8> {
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..]);
+        let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+        let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+        tcp.set_seq_number(TcpSeqNumber(seq));
+        tcp.fill_checksum(&src, &dst);
+        frame
     }
 
     #[test]
@@ -273,7 +270,7 @@ mod tests {
         z.on_transmit(&tcp_frame(GUEST, HOST, (7, 40000), 0, b"", false));
         // The host ran ahead (it sent bytes 1000..1004, which were lost):
         // its pure ACKs now start at 1004, outside the zero window.
-        let dup_ack = tcp_frame_at(HOST, GUEST, (40000, 7), 2000, b"", false, 1004);
+        let dup_ack = at_seq(tcp_frame(HOST, GUEST, (40000, 7), 2000, b"", false), 1004);
         let n = z.strip(&dup_ack, &mut out).expect("a copy at RCV.NXT");
         let ip = Ipv4Packet::new_checked(&out[14..n]).unwrap();
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
@@ -283,13 +280,13 @@ mod tests {
             (TcpSeqNumber(1000), TcpSeqNumber(5000), 2000)
         );
         // Data past RCV.NXT: the same.
-        let ahead = tcp_frame_at(HOST, GUEST, (40000, 7), 2000, b"later", false, 1010);
+        let ahead = at_seq(tcp_frame(HOST, GUEST, (40000, 7), 2000, b"later", false), 1010);
         let n = z.strip(&ahead, &mut out).unwrap();
         let ip = Ipv4Packet::new_checked(&out[14..n]).unwrap();
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
         assert_eq!((tcp.seq_number(), tcp.payload().len()), (TcpSeqNumber(1000), 0));
         // A pure ACK at RCV.NXT is smoltcp's own; SYNs and RSTs are left alone.
-        assert_eq!(z.strip(&tcp_frame_at(HOST, GUEST, (40000, 7), 9, b"", false, 1000), &mut out), None);
+        assert_eq!(z.strip(&tcp_frame(HOST, GUEST, (40000, 7), 9, b"", false), &mut out), None);
         let mut rst = dup_ack.clone();
         rst[14 + 20 + 13] |= RST;
         assert_eq!(z.strip(&rst, &mut out), None);

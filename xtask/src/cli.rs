@@ -168,6 +168,26 @@ pub enum BenchCmd {
     Rr(crate::bench::rr::BenchRrArgs),
 }
 
+/// How every boot of `bench echo` and `bench rr` is started: one
+/// definition, so that the two take the same options with the same
+/// defaults and help. (`bench raw` and the matrix word theirs for their
+/// own boots, and place them among their other options.)
+#[derive(Args, Debug, Clone)]
+pub struct BenchBootArgs {
+    /// vCPUs of every boot.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=255))]
+    pub smp: u16,
+    /// Offer virtio-net RSS (rss=on,hash=on) in every boot.
+    #[arg(long)]
+    pub rss: bool,
+    /// Extra kernel boot options for every boot, e.g. "tx-share=handoff".
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    pub accel: AccelArg,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchEchoArgs {
     /// Queue pairs to boot with, one boot each (comma-separated).
@@ -182,18 +202,8 @@ pub struct BenchEchoArgs {
     /// every load moves about the same volume): 16M, 64M, 1G, ...
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     pub bytes: u64,
-    /// vCPUs of every boot.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=255))]
-    pub smp: u16,
-    /// Offer virtio-net RSS (rss=on,hash=on) in every boot.
-    #[arg(long)]
-    pub rss: bool,
-    /// Extra kernel boot options for every boot, e.g. "tx-share=handoff".
-    #[arg(long, default_value = "")]
-    pub cmdline: String,
-    /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
-    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
-    pub accel: AccelArg,
+    #[command(flatten)]
+    pub boot: BenchBootArgs,
     /// Deadline of each load, in seconds.
     #[arg(long, default_value = "120", value_parser = parse_timeout)]
     pub timeout_secs: Duration,
@@ -681,8 +691,8 @@ mod tests {
     fn bench_echo_arguments() {
         let Cmd::Bench(b) = parse(&["bench", "echo"]).unwrap().command else { panic!() };
         let Some(BenchCmd::Echo(e)) = b.bench else { panic!() };
-        assert_eq!((e.queues, e.connections, e.bytes, e.smp), (vec![1, 2, 4], vec![1, 4, 16], 16 << 20, 4));
-        assert_eq!((e.accel, e.rss, e.netns.as_str()), (AccelArg::Auto, false, "mqnet-bench"));
+        assert_eq!((e.queues, e.connections, e.bytes, e.boot.smp), (vec![1, 2, 4], vec![1, 4, 16], 16 << 20, 4));
+        assert_eq!((e.boot.accel, e.boot.rss, e.netns.as_str()), (AccelArg::Auto, false, "mqnet-bench"));
         assert_eq!(e.timeout_secs, Duration::from_secs(120));
         let cli = parse(&[
             "bench",
@@ -701,7 +711,7 @@ mod tests {
         let Cmd::Bench(b) = cli.command else { panic!() };
         let Some(BenchCmd::Echo(e)) = b.bench else { panic!() };
         assert_eq!(
-            (e.queues, e.connections, e.bytes, e.accel, e.rss),
+            (e.queues, e.connections, e.bytes, e.boot.accel, e.boot.rss),
             (vec![4, 1], vec![2, 8, 32], 64 << 20, AccelArg::Tcg, true)
         );
         let kind = |args: &[&str]| parse(args).unwrap_err().kind();

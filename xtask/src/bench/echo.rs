@@ -14,19 +14,15 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use boot::accel::Accel;
-use boot::image::Firmware;
-use boot::netns::{NetnsGuard, TapNetwork};
-use boot::prereq::{self, Tool};
-use boot::qemu::QemuConfig;
-use boot::runner::{self, During, Line, RunOptions};
+use boot::runner::Line;
 use serde_json::{json, Value};
 
-use super::{bench_dir, require_root, write_out};
-use crate::boot_tests::{self, parse_net_cpu, parse_net_stats};
+use super::{bench_dir, prepare, with_guest, write_out, Up};
+use crate::boot_tests::{parse_net_cpu, parse_net_stats};
 use crate::cli::BenchEchoArgs;
 use crate::kbuild;
 use crate::run::{say, stop_flag};
@@ -38,8 +34,6 @@ pub const STATS_MS: u64 = 500;
 /// Quiet time before every load (and after the last): three counter
 /// periods, so that a report falls between two loads.
 pub const PAUSE: Duration = Duration::from_millis(3 * STATS_MS);
-/// Guest memory of the benchmark boots.
-const MEMORY_MIB: u32 = 512;
 
 /// One load of a benchmark boot, as the host side saw it.
 #[derive(Clone, Debug)]
@@ -227,74 +221,34 @@ fn boot_once(
     queues: u16,
     stop: &Arc<AtomicBool>,
 ) -> Result<Vec<Row>, String> {
-    let tap = TapNetwork::new(&a.netns, queues)?;
-    let mut config = QemuConfig::new(accel, crate::run::boot_for(Firmware::Bios, built)?).with_kernel_cmdline(
-        format!("ip={}/{} net-stats={STATS_MS} {}", tap.guest_addr, tap.prefix_len, a.cmdline).trim_end(),
-    );
-    config.cpus = a.smp;
-    config.memory_mib = MEMORY_MIB;
-    config.network = tap.network().with_rss(a.rss);
-    config.netns = Some(tap.netns.clone());
-    let loads = Arc::new(Mutex::new(Vec::<Load>::new()));
-    let per_load = a.timeout_secs + traffic::TCP_LOAD_GRACE + PAUSE;
-    let boot = match accel {
-        Accel::Tcg => Duration::from_secs(90),
-        Accel::Kvm { .. } => Duration::from_secs(240),
-    };
-    // Deleted when `guard` goes, after QEMU has ended, whatever happened.
-    let guard = NetnsGuard::create(&tap)?;
-    say!("queues {queues}: {}", config.command_line());
-    // The loads' windows count from here, just before QEMU starts (the
-    // serial lines count from its start: a few milliseconds apart).
-    let started = Instant::now();
-    let action = {
-        let (loads, stop) = (loads.clone(), stop.clone());
-        let (ns, guest) = (tap.netns.clone(), tap.guest_addr.to_string());
+    let budget = (a.timeout_secs + traffic::TCP_LOAD_GRACE + PAUSE) * a.connections.len() as u32;
+    let guest = a.boot.guest(&a.netns, accel, queues, &format!("net-stats={STATS_MS}"), budget, PAUSE);
+    let work = {
+        let stop = stop.clone();
         let (conns, total, timeout) = (a.connections.clone(), a.bytes, a.timeout_secs);
-        move |_| {
-            let mut done = Vec::new();
+        move |up: Up| {
+            let (ns, guest) = (&up.tap.netns, up.tap.guest_addr.to_string());
+            let mut loads = Vec::new();
             for n in conns {
                 std::thread::sleep(PAUSE);
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
                 let b = bytes_per_connection(total, n);
-                let from = started.elapsed();
-                let result = traffic::tcp_load(&ns, &guest, Mode::Echo, ECHO_PORT, n, b, timeout)
+                let from = up.since.elapsed();
+                let result = traffic::tcp_load(ns, &guest, Mode::Echo, ECHO_PORT, n, b, timeout)
                     .and_then(|out| LoadSummary::parse(&out).ok_or_else(|| format!("no summary in: {}", out.trim())));
-                let to = started.elapsed();
+                let to = up.since.elapsed();
                 match &result {
                     Ok(s) => say!("queues {queues}, {n} × {}: {}", size(b), s.describe()),
                     Err(e) => say!("queues {queues}, {n} × {}: {e}", size(b)),
                 }
-                done.push(format!("{n}: {}", result.as_ref().map_or_else(|e| e.clone(), |s| s.describe())));
-                loads.lock().expect("not poisoned").push(Load { connections: n, window: (from, to), result });
+                loads.push(Load { connections: n, window: (from, to), result });
             }
-            Ok(done.join("\n"))
+            loads
         }
     };
-    let mut opts = RunOptions {
-        timeout: Some(boot + per_load * a.connections.len() as u32),
-        echo: false,
-        stop: Some(stop.clone()),
-        sample_cpu_after: None,
-        during: Some(During { after: boot_tests::NET_READY.into(), action: Box::new(action), then_wait: PAUSE }),
-    };
-    let report = runner::run(&config, &mut opts);
-    let name = tap.netns.clone();
-    guard.delete().map_err(|e| format!("{e} (after the boot with {queues} queues)"))?;
-    say!("network namespace {name} deleted");
-    let report = report?;
-    let loads = loads.lock().expect("not poisoned").clone();
-    if report.action.is_none() {
-        let tail: Vec<&str> = report.lines.iter().rev().take(5).map(|l| l.text.as_str()).collect();
-        return Err(format!(
-            "the guest never reported its stacks up ({} after {:.1} s); last lines: {}",
-            report.outcome,
-            report.elapsed.as_secs_f64(),
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ));
-    }
+    let (loads, report) = with_guest(&guest, built, stop, &|m| say!("{m}"), work).1?;
     Ok(loads
         .into_iter()
         .map(|l| Row {
@@ -308,22 +262,15 @@ fn boot_once(
 }
 
 pub fn run(a: BenchEchoArgs) -> Result<i32, String> {
-    // Everything that can be checked before the (slow) kernel build.
-    TapNetwork::new(&a.netns, 1)?;
-    require_root("bench echo")?;
-    prereq::ensure(&[Tool::Iproute2], &mut |m| say!("{m}"))?;
-    boot::netns::check_absent(&a.netns)?;
-    let choice = crate::run::prepare(Firmware::Bios, a.accel.into())?;
-    say!("accelerator: {} ({})", choice.accel, choice.reason);
-    let built = kbuild::build(true, &[Firmware::Bios])?;
+    let (choice, built) = prepare("bench echo", &a.netns, a.boot.accel)?;
     let stop = stop_flag();
     say!(
         "echo benchmark: {} vCPUs, queues {:?}, connections {:?}, {} per load{}",
-        a.smp,
+        a.boot.smp,
         a.queues,
         a.connections,
         size(a.bytes),
-        if a.rss { ", RSS offered" } else { "" }
+        if a.boot.rss { ", RSS offered" } else { "" }
     );
     let (rows, boots) = super::each_boot(
         a.queues.iter().copied(),
@@ -335,17 +282,17 @@ pub fn run(a: BenchEchoArgs) -> Result<i32, String> {
     println!(
         "echo: {} vCPUs, {} per load, accelerator {}{}, release kernel (MB/s = 10^6 bytes echoed and verified per \
          second; counters per 1000 packets from the guest's reports around each load)",
-        a.smp,
+        a.boot.smp,
         size(a.bytes),
         choice.accel,
-        if a.rss { ", RSS" } else { "" }
+        if a.boot.rss { ", RSS" } else { "" }
     );
     print!("{}", table(&rows));
     let out = json!({
         "benchmark": "echo",
         "kernel": "release",
-        "smp": a.smp,
-        "rss": a.rss,
+        "smp": a.boot.smp,
+        "rss": a.boot.rss,
         "accel": choice.accel.to_string(),
         "bytes_per_load": a.bytes,
         "timeout_s": a.timeout_secs.as_secs_f64(),

@@ -26,23 +26,22 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use boot::accel::Accel;
 use boot::image::Firmware;
-use boot::netns::{self, NetnsGuard, TapNetwork};
+use boot::netns::{self, TapNetwork};
 use boot::prereq::{self, Tool};
 use boot::procstat;
-use boot::qemu::QemuConfig;
-use boot::runner::{self, During, RunOptions, Started};
+use boot::runner::Started;
 use boot::vhost::{self, VhostChoice};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::matrix::{Plan, PointKey, PointResult, Sample};
 use super::measure::{self, ClientReport, ThreadSample, IPERF3_PORT, SERVICES_LINE};
 use super::report::{self, ConfigRun, HostLoad, MatrixRun, Status};
-use super::{bench_dir, require_root, svg, write_out};
+use super::{bench_dir, require_root, svg, with_guest, write_out, Guest, Up};
 use crate::cli::{BenchIperfArgs, DirectionArg, VmConfig};
 use crate::kbuild;
 use crate::run::{say, stop_flag};
@@ -215,87 +214,26 @@ fn unmeasured(plan: &Plan, config: VmConfig, qemu_command: String, error: String
     }
 }
 
-/// How long a boot may take until the guest lists its services.
-fn boot_budget(accel: Accel) -> Duration {
-    match accel {
-        Accel::Tcg => Duration::from_secs(90),
-        Accel::Kvm { .. } => Duration::from_secs(240),
+/// The boot of `config` with `extra` boot options, its work bounded by
+/// `budget` and started once the guest lists its TCP services.
+fn guest<'a>(setup: &'a Setup, config: VmConfig, extra: &str, budget: Duration) -> Guest<'a> {
+    let key = if setup.spread { format!("steer-key={STEER_KEY}") } else { String::new() };
+    Guest {
+        netns: &setup.netns,
+        accel: setup.accel,
+        vcpus: config.vcpus,
+        queues: config.queues,
+        memory_mib: Some(setup.memory_mib),
+        rss: setup.rss,
+        vhost: setup.vhost.on,
+        cmdline: format!("{key} {} {extra}", setup.cmdline),
+        ready: SERVICES_LINE,
+        ready_means: "listed its TCP services",
+        budget,
+        then_wait: PAUSE,
+        label: config.to_string(),
+        say_deleted: false,
     }
-}
-
-/// Boots `config` in a namespace of its own with `extra` boot options, runs
-/// `work` (bounded by `budget`) once the guest lists its TCP services,
-/// stops QEMU and deletes the namespace. Returns QEMU's command line and
-/// what `work` returned, or why it never ran.
-#[allow(clippy::too_many_arguments)]
-fn with_guest<T: Send + 'static>(
-    setup: &Setup,
-    built: &kbuild::Built,
-    config: VmConfig,
-    extra: &str,
-    budget: Duration,
-    stop: &Arc<AtomicBool>,
-    progress: &ProgressBar,
-    work: impl FnOnce(&TapNetwork, Started) -> T + Send + 'static,
-) -> (String, Result<T, String>) {
-    let prepared = (|| {
-        let tap = TapNetwork::new(&setup.netns, config.queues)?;
-        let key = if setup.spread { format!("steer-key={STEER_KEY}") } else { String::new() };
-        let cmdline = format!("ip={}/{} {key} {} {extra}", tap.guest_addr, tap.prefix_len, setup.cmdline);
-        let mut qemu = QemuConfig::new(setup.accel, crate::run::boot_for(Firmware::Bios, built)?)
-            .with_kernel_cmdline(&cmdline.split_whitespace().collect::<Vec<_>>().join(" "));
-        qemu.cpus = config.vcpus;
-        qemu.memory_mib = setup.memory_mib;
-        qemu.network = tap.network().with_rss(setup.rss);
-        qemu.vhost = setup.vhost.on;
-        qemu.netns = Some(tap.netns.clone());
-        qemu.validate()?;
-        Ok::<_, String>((tap, qemu))
-    })();
-    let (tap, qemu) = match prepared {
-        Ok(x) => x,
-        Err(e) => return (String::new(), Err(e)),
-    };
-    let command = qemu.command_line();
-    // Deleted when `guard` goes, after QEMU has ended, whatever happened.
-    let guard = match NetnsGuard::create(&tap) {
-        Ok(g) => g,
-        Err(e) => return (command, Err(e)),
-    };
-    note(progress, format!("{config}: {command}"));
-    let slot: Arc<Mutex<Option<T>>> = Arc::default();
-    let action = {
-        let slot = slot.clone();
-        move |started: Started| {
-            let t = work(&tap, started);
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
-            Ok(String::new())
-        }
-    };
-    let mut opts = RunOptions {
-        timeout: Some(boot_budget(setup.accel) + budget),
-        echo: false,
-        stop: Some(stop.clone()),
-        sample_cpu_after: None,
-        during: Some(During { after: SERVICES_LINE.into(), action: Box::new(action), then_wait: PAUSE }),
-    };
-    let report = runner::run(&qemu, &mut opts);
-    let deleted = guard.delete();
-    let done = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let result = match (report, deleted, done) {
-        (_, Err(e), _) | (Err(e), _, _) => Err(e),
-        (Ok(_), Ok(()), Some(t)) => Ok(t),
-        (Ok(r), Ok(()), None) => {
-            let tail: Vec<&str> = r.lines.iter().rev().take(5).map(|l| l.text.as_str()).collect();
-            Err(format!(
-                "the guest never listed its TCP services ({} after {:.1} s); last lines: {}",
-                r.outcome,
-                r.elapsed.as_secs_f64(),
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ))
-        }
-    };
-    (command, result)
 }
 
 /// One boot for every host-driven point of `config`.
@@ -315,13 +253,11 @@ fn boot_config(
         progress: progress.clone(),
     };
     let runs = work.points.iter().filter(|p| p.key.direction.host_client()).count() as u32 * plan.repeat;
-    let (command, result) =
-        with_guest(setup, built, config, "", per_run(plan) * runs, stop, progress, move |tap, started| {
-            work.run(tap, started)
-        });
+    let guest = guest(setup, config, "", per_run(plan) * runs);
+    let (command, result) = with_guest(&guest, built, stop, &|m| note(progress, m), move |up| work.run(up));
     match result {
         Err(e) => unmeasured(plan, config, command, e),
-        Ok(done) => ConfigRun {
+        Ok((done, _)) => ConfigRun {
             config,
             qemu_command: command,
             client_qemu_commands: Vec::new(),
@@ -365,7 +301,8 @@ pub fn no_server(ports: &[u16]) -> String {
 }
 
 impl Work {
-    fn run(mut self, tap: &TapNetwork, started: Started) -> WorkDone {
+    fn run(mut self, up: Up) -> WorkDone {
+        let (tap, started) = (up.tap, up.started);
         let ports = started.console.lines().iter().find_map(|l| measure::guest_ports(&l.text)).unwrap_or_default();
         let server = ports.contains(&IPERF3_PORT);
         if !server {
@@ -485,7 +422,7 @@ fn guest_initiated(
     run: &mut ConfigRun,
 ) {
     let keys: Vec<PointKey> = run.points.iter().filter(|p| !p.key.direction.host_client()).map(|p| p.key).collect();
-    // Every boot's tap has the default host end (see `with_guest`).
+    // Every boot's tap has the default host end (see `super::with_guest`).
     let host = TapNetwork::default().host_addr.to_string();
     let mut left = keys.len() as u64 * u64::from(plan.repeat);
     for repetition in 1..=plan.repeat {
@@ -498,12 +435,12 @@ fn guest_initiated(
             let limit = measure::CLIENT_ATTEMPTS + Duration::from_secs(u64::from(plan.seconds + plan.omit)) + RUN_GRACE;
             let (for_boot, stop_boot) = (plan.clone(), stop.clone());
             progress.set_message(format!("{} #{repetition}", key.describe()));
-            let (command, result) =
-                with_guest(setup, built, key.config, &extra, limit + SCRAPES, stop, progress, move |tap, started| {
-                    client_run(tap, &started, limit, &for_boot, &stop_boot)
-                });
+            let guest = guest(setup, key.config, &extra, limit + SCRAPES);
+            let (command, result) = with_guest(&guest, built, stop, &|m| note(progress, m), move |up| {
+                client_run(up.tap, &up.started, limit, &for_boot, &stop_boot)
+            });
             run.client_qemu_commands.push(command);
-            match result.map_err(ClientError::Failed).and_then(|r| r) {
+            match result.map_err(ClientError::Failed).and_then(|(r, _)| r) {
                 Err(ClientError::Unsupported) => {
                     note(progress, format!("{}: {}", key.config, measure::NO_CLIENT_MODE));
                     for p in run.points.iter_mut().filter(|p| !p.key.direction.host_client()) {
@@ -715,6 +652,7 @@ pub fn smoke(netns: &str, accel: boot::accel::AccelRequest, stop: &Arc<AtomicBoo
 mod tests {
     use super::*;
     use crate::bench::report::tests::fake_run;
+    use boot::netns::NetnsGuard;
 
     /// The measuring path of one run with real processes: the host's
     /// iperf3 against `iperf3 -s -1` on the loopback of a namespace of the

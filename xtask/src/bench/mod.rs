@@ -19,11 +19,17 @@ mod svg;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use boot::prereq;
-use boot::qemu;
+use boot::accel::{Accel, AccelChoice};
+use boot::image::Firmware;
+use boot::netns::{NetnsGuard, TapNetwork};
+use boot::prereq::{self, Tool};
+use boot::qemu::{self, QemuConfig};
+use boot::runner::{self, During, RunOptions, RunReport, Started};
 
-use crate::cli::{BenchArgs, BenchCmd};
+use crate::cli::{AccelArg, BenchArgs, BenchBootArgs, BenchCmd};
 use crate::kbuild;
 use crate::run::say;
 use serde_json::{json, Value};
@@ -55,6 +61,192 @@ fn require_root(what: &str) -> Result<(), String> {
          sudo -E env \"PATH=$PATH\" cargo xtask {}",
         again.join(" ")
     ))
+}
+
+/// What `bench echo`, `bench raw` and `bench rr` check and build before
+/// their first boot, in this order so that a mistake shows before the
+/// (slow) kernel build: the namespace name, root, `ip`, that no namespace
+/// of that name is left over, QEMU and the accelerator. `what` names the
+/// command for the root hint.
+fn prepare(what: &str, netns: &str, accel: AccelArg) -> Result<(AccelChoice, kbuild::Built), String> {
+    TapNetwork::new(netns, 1)?;
+    require_root(what)?;
+    prereq::ensure(&[Tool::Iproute2], &mut |m| say!("{m}"))?;
+    boot::netns::check_absent(netns)?;
+    let choice = crate::run::prepare(Firmware::Bios, accel.into())?;
+    say!("accelerator: {} ({})", choice.accel, choice.reason);
+    let built = kbuild::build(true, &[Firmware::Bios])?;
+    Ok((choice, built))
+}
+
+/// One benchmark boot: the guest to start and when its host-side work
+/// begins. Every benchmark boots through [`with_guest`], so that all of
+/// them get the same namespace, tap, boot allowance and clean-up.
+pub struct Guest<'a> {
+    /// The namespace created for this boot alone (and deleted after it).
+    pub netns: &'a str,
+    pub accel: Accel,
+    pub vcpus: u16,
+    /// Queue pairs of the NIC and its tap.
+    pub queues: u16,
+    /// `None`: QEMU's configuration default.
+    pub memory_mib: Option<u32>,
+    /// Offer virtio-net RSS and hash reports.
+    pub rss: bool,
+    pub vhost: bool,
+    /// Kernel boot options after the guest's `ip=` (white space folded).
+    pub cmdline: String,
+    /// The serial line the work waits for.
+    pub ready: &'a str,
+    /// What that line says, for the error when it never comes: "the guest
+    /// never {ready_means}".
+    pub ready_means: &'a str,
+    /// How long the work may take, on top of [`boot_budget`].
+    pub budget: Duration,
+    /// How long the guest runs on after the work (for its last reports).
+    pub then_wait: Duration,
+    /// The boot in the log: `LABEL: QEMU command line`.
+    pub label: String,
+    /// Whether to say that the namespace is gone (the matrix keeps its log
+    /// short under its progress bar and does not).
+    pub say_deleted: bool,
+}
+
+/// Guest memory of the `bench echo` and `bench rr` boots.
+const MEMORY_MIB: u32 = 512;
+
+impl BenchBootArgs {
+    /// A boot of `bench echo` or `bench rr` with `queues` pairs whose work
+    /// starts once the guest's stacks are up: `options` go before the
+    /// user's `--cmdline`; `budget` and `then_wait` as in [`Guest`].
+    fn guest<'a>(
+        &self,
+        netns: &'a str,
+        accel: Accel,
+        queues: u16,
+        options: &str,
+        budget: Duration,
+        then_wait: Duration,
+    ) -> Guest<'a> {
+        Guest {
+            netns,
+            accel,
+            vcpus: self.smp,
+            queues,
+            memory_mib: Some(MEMORY_MIB),
+            rss: self.rss,
+            vhost: false,
+            cmdline: format!("{options} {}", self.cmdline),
+            ready: crate::boot_tests::NET_READY,
+            ready_means: "reported its stacks up",
+            budget,
+            then_wait,
+            label: format!("queues {queues}"),
+            say_deleted: true,
+        }
+    }
+}
+
+/// What the work of [`with_guest`] is handed once the guest is ready.
+pub struct Up<'a> {
+    pub tap: &'a TapNetwork,
+    pub started: Started,
+    /// Taken just before QEMU started; the serial lines' times count from
+    /// its start, a few milliseconds later, so windows timed from here
+    /// bracket the guest's reports of them.
+    pub since: Instant,
+}
+
+/// How long a boot may take until the guest is ready.
+fn boot_budget(accel: Accel) -> Duration {
+    match accel {
+        Accel::Tcg => Duration::from_secs(90),
+        Accel::Kvm { .. } => Duration::from_secs(240),
+    }
+}
+
+/// The tap and QEMU configuration of `guest`, checked before anything is
+/// created.
+fn configure(guest: &Guest, built: &kbuild::Built) -> Result<(TapNetwork, QemuConfig), String> {
+    let tap = TapNetwork::new(guest.netns, guest.queues)?;
+    let cmdline = format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, guest.cmdline);
+    let mut qemu = QemuConfig::new(guest.accel, crate::run::boot_for(Firmware::Bios, built)?)
+        .with_kernel_cmdline(&cmdline.split_whitespace().collect::<Vec<_>>().join(" "));
+    qemu.cpus = guest.vcpus;
+    if let Some(mib) = guest.memory_mib {
+        qemu.memory_mib = mib;
+    }
+    qemu.network = tap.network().with_rss(guest.rss);
+    qemu.vhost = guest.vhost;
+    qemu.netns = Some(tap.netns.clone());
+    qemu.validate()?;
+    Ok((tap, qemu))
+}
+
+/// Boots `guest` in its namespace (created here and deleted once QEMU has
+/// ended, whatever happened), runs `work` once the guest prints its ready
+/// line, then lets it run on for `then_wait` and stops it. `log` takes the
+/// progress lines. Returns QEMU's command line (empty when the boot could
+/// not be set up) and what `work` returned with the run's report, or why
+/// it never ran.
+pub fn with_guest<T: Send + 'static>(
+    guest: &Guest,
+    built: &kbuild::Built,
+    stop: &Arc<AtomicBool>,
+    log: &dyn Fn(String),
+    work: impl FnOnce(Up) -> T + Send + 'static,
+) -> (String, Result<(T, RunReport), String>) {
+    let (tap, qemu) = match configure(guest, built) {
+        Ok(x) => x,
+        Err(e) => return (String::new(), Err(e)),
+    };
+    let command = qemu.command_line();
+    // Deleted when `guard` goes, after QEMU has ended, whatever happened.
+    let guard = match NetnsGuard::create(&tap) {
+        Ok(g) => g,
+        Err(e) => return (command, Err(e)),
+    };
+    log(format!("{}: {command}", guest.label));
+    let slot: Arc<Mutex<Option<T>>> = Arc::default();
+    let since = Instant::now();
+    let action = {
+        let slot = slot.clone();
+        move |started: Started| {
+            let t = work(Up { tap: &tap, started, since });
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+            Ok(String::new())
+        }
+    };
+    let mut opts = RunOptions {
+        timeout: Some(boot_budget(guest.accel) + guest.budget),
+        echo: false,
+        stop: Some(stop.clone()),
+        sample_cpu_after: None,
+        during: Some(During { after: guest.ready.into(), action: Box::new(action), then_wait: guest.then_wait }),
+    };
+    let report = runner::run(&qemu, &mut opts);
+    let deleted = guard.delete();
+    if deleted.is_ok() && guest.say_deleted {
+        log(format!("network namespace {} deleted", guest.netns));
+    }
+    let done = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let result = match (report, deleted, done) {
+        (_, Err(e), _) | (Err(e), _, _) => Err(e),
+        (Ok(r), Ok(()), Some(t)) => Ok((t, r)),
+        // The work ran and panicked (its message is on stderr).
+        (Ok(RunReport { action: Some(Err(e)), .. }), Ok(()), None) => Err(e),
+        (Ok(r), Ok(()), None) => {
+            let tail: Vec<&str> = r.lines.iter().rev().take(5).map(|l| l.text.as_str()).collect();
+            Err(format!(
+                "the guest never {} ({} after {:.1} s); last lines: {}",
+                guest.ready_means,
+                r.outcome,
+                r.elapsed.as_secs_f64(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ))
+        }
+    };
+    (command, result)
 }
 
 /// Boots once per item of `plan` (none once a stop was asked for), gathering
@@ -111,6 +303,37 @@ mod tests {
             images_dir: "/w/target/x86_64-unknown-none/release/images".into(),
         };
         assert_eq!(bench_dir(&built), PathBuf::from("/w/target/bench"));
+    }
+
+    /// The QEMU configuration of a benchmark boot, as the benchmarks built
+    /// it each for itself before they shared [`with_guest`].
+    #[test]
+    fn guests_are_configured_as_each_benchmark_did() {
+        use crate::cli::{BenchCmd, Cli, Cmd};
+        use clap::Parser;
+        let built = kbuild::Built { kernel: "/w/k".into(), images_dir: "/w/images".into() };
+        let tap = TapNetwork::new("mqnet-bench", 2).unwrap();
+        let want = |cmdline: &str, cpus, memory_mib| {
+            let mut q = QemuConfig::new(Accel::Tcg, crate::run::boot_for(Firmware::Bios, &built).unwrap())
+                .with_kernel_cmdline(cmdline);
+            (q.cpus, q.memory_mib, q.network, q.netns) =
+                (cpus, memory_mib, tap.network().with_rss(true), Some(tap.netns.clone()));
+            q
+        };
+        let cli = Cli::try_parse_from(["xtask", "bench", "echo", "--rss", "--cmdline", "log=debug"]).unwrap();
+        let Cmd::Bench(b) = cli.command else { panic!() };
+        let Some(BenchCmd::Echo(e)) = b.bench else { panic!() };
+        let echo = e.boot.guest(&e.netns, Accel::Tcg, 2, "net-stats=500", Duration::ZERO, Duration::ZERO);
+        let (_, qemu) = configure(&echo, &built).unwrap();
+        assert_eq!(qemu, want("ip=10.99.0.2/24 net-stats=500 log=debug", 4, 512));
+        assert_eq!((echo.label.as_str(), echo.ready), ("queues 2", crate::boot_tests::NET_READY));
+        // Without options the boot options end at `ip=`; without a memory
+        // size the guest gets QEMU's configuration default (`bench raw`).
+        let bare = Guest { cmdline: " ".into(), memory_mib: None, ..echo };
+        assert_eq!(configure(&bare, &built).unwrap().1, want("ip=10.99.0.2/24", 4, 256));
+        // The matrix's vhost-net is refused with RSS before any namespace exists.
+        let vhost = Guest { vhost: true, ..bare };
+        assert!(configure(&vhost, &built).unwrap_err().contains("vhost-net cannot be used with RSS"));
     }
 
     #[test]

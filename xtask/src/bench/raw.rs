@@ -19,19 +19,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use boot::accel::Accel;
-use boot::image::Firmware;
-use boot::netns::{NetnsGuard, TapNetwork, MAX_QUEUES};
-use boot::prereq::{self, Tool};
-use boot::qemu::QemuConfig;
-use boot::runner::{self, During, Line, RunOptions};
+use boot::netns::{TapNetwork, MAX_QUEUES};
+use boot::runner::Line;
 use clap::Args;
 use kernel::raw::{RawMode, MAX_LEN, MIN_LEN};
 use serde_json::{json, Value};
 
+use super::{with_guest, Guest, Up};
 use crate::boot_raw::raw_reports;
 use crate::cli::{parse_netns, parse_timeout, AccelArg};
 use crate::kbuild;
@@ -269,67 +267,49 @@ fn boot_once(
     (mode, queues, lens): (RawMode, u16, Vec<u16>),
     stop: &Arc<AtomicBool>,
 ) -> Result<Vec<Row>, String> {
-    let tap = TapNetwork::new(&a.netns, queues)?;
-    let mut cmdline = format!("ip={}/{} net-stats={STATS_MS} raw={mode}", tap.guest_addr, tap.prefix_len);
+    let mut cmdline = format!("net-stats={STATS_MS} raw={mode}");
     if mode == RawMode::TxOnly {
         cmdline.push_str(&format!(" raw-len={}", lens[0]));
     }
-    let mut config = QemuConfig::new(accel, crate::run::boot_for(Firmware::Bios, built)?)
-        .with_kernel_cmdline(format!("{cmdline} {}", a.cmdline).trim_end());
-    config.cpus = a.smp;
-    config.network = tap.network().with_rss(a.rss);
-    config.netns = Some(tap.netns.clone());
-    let loads = Arc::new(Mutex::new(Vec::<Load>::new()));
-    let per_load = a.time + crate::rawload::GRACE + PAUSE + Duration::from_secs(1);
-    let boot = match accel {
-        Accel::Tcg => Duration::from_secs(90),
-        Accel::Kvm { .. } => Duration::from_secs(240),
+    let guest = Guest {
+        netns: &a.netns,
+        accel,
+        vcpus: a.smp,
+        queues,
+        memory_mib: None,
+        rss: a.rss,
+        vhost: false,
+        cmdline: format!("{cmdline} {}", a.cmdline),
+        ready: kernel::raw::READY,
+        ready_means: "reported raw mode up",
+        budget: (a.time + crate::rawload::GRACE + PAUSE + Duration::from_secs(1)) * lens.len() as u32,
+        then_wait: PAUSE,
+        label: format!("{mode}, queues {queues}"),
+        say_deleted: true,
     };
-    // Deleted when `guard` goes, after QEMU has ended, whatever happened.
-    let guard = NetnsGuard::create(&tap)?;
-    say!("{mode}, queues {queues}: {}", config.command_line());
-    let started = Instant::now();
-    let action = {
-        let (loads, stop, a, tap, lens) = (loads.clone(), stop.clone(), a.clone(), tap.clone(), lens.clone());
-        move |_| {
+    let work = {
+        let (stop, a) = (stop.clone(), a.clone());
+        move |up: Up| {
+            let mut loads = Vec::new();
             for len in lens {
                 std::thread::sleep(PAUSE);
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
-                let from = started.elapsed();
-                let args = load_args(&a, &tap, mode, len);
-                let result = run_in(&tap.netns, &args, a.time + Duration::from_secs(1));
-                let to = started.elapsed();
+                let from = up.since.elapsed();
+                let args = load_args(&a, up.tap, mode, len);
+                let result = run_in(&up.tap.netns, &args, a.time + Duration::from_secs(1));
+                let to = up.since.elapsed();
                 match &result {
                     Ok(v) => say!("{mode}, queues {queues}, {len} bytes: {v}"),
                     Err(e) => say!("{mode}, queues {queues}, {len} bytes: {e}"),
                 }
-                loads.lock().expect("not poisoned").push(Load { len, window: (from, to), result });
+                loads.push(Load { len, window: (from, to), result });
             }
-            Ok(String::new())
+            loads
         }
     };
-    let mut opts = RunOptions {
-        timeout: Some(boot + per_load * lens.len() as u32),
-        echo: false,
-        stop: Some(stop.clone()),
-        sample_cpu_after: None,
-        during: Some(During { after: kernel::raw::READY.into(), action: Box::new(action), then_wait: PAUSE }),
-    };
-    let report = runner::run(&config, &mut opts);
-    let name = tap.netns.clone();
-    guard.delete().map_err(|e| format!("{e} (after the {mode} boot with {queues} queues)"))?;
-    say!("network namespace {name} deleted");
-    let report = report?;
-    if report.action.is_none() {
-        let tail: Vec<&str> = report.lines.iter().rev().take(5).map(|l| l.text.as_str()).collect();
-        return Err(format!(
-            "the guest never reported raw mode up ({}); last lines: {}",
-            report.outcome,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ));
-    }
+    let (loads, report) = with_guest(&guest, built, stop, &|m| say!("{m}"), work).1?;
     // "raw mode up: MODE on N queue pairs": fewer than asked when the
     // device did not take VQ_PAIRS_SET (the kernel then warns why).
     let pairs = report.find(kernel::raw::READY).and_then(|l| {
@@ -339,7 +319,6 @@ fn boot_once(
     if pairs.is_some_and(|p| p < queues.min(a.smp)) {
         say!("{mode}, queues {queues}: the guest uses only {} queue pairs", pairs.unwrap_or(0));
     }
-    let loads = loads.lock().expect("not poisoned").clone();
     Ok(loads
         .into_iter()
         .map(|l| Row {
@@ -368,13 +347,7 @@ fn plan(a: &BenchRawArgs) -> Vec<(RawMode, u16, Vec<u16>)> {
 }
 
 pub fn raw(a: BenchRawArgs) -> Result<i32, String> {
-    TapNetwork::new(&a.netns, 1)?;
-    super::require_root("bench raw")?;
-    prereq::ensure(&[Tool::Iproute2], &mut |m| say!("{m}"))?;
-    boot::netns::check_absent(&a.netns)?;
-    let choice = crate::run::prepare(Firmware::Bios, a.accel.into())?;
-    say!("accelerator: {} ({})", choice.accel, choice.reason);
-    let built = kbuild::build(true, &[Firmware::Bios])?;
+    let (choice, built) = super::prepare("bench raw", &a.netns, a.accel)?;
     let stop = stop_flag();
     let (rows, boots) = super::each_boot(
         plan(&a),

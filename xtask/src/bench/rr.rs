@@ -11,20 +11,16 @@
 //! whether every load ran without an error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use boot::accel::Accel;
-use boot::image::Firmware;
-use boot::netns::{NetnsGuard, TapNetwork, MAX_QUEUES};
-use boot::prereq::{self, Tool};
-use boot::qemu::QemuConfig;
-use boot::runner::{self, During, RunOptions};
+use boot::netns::MAX_QUEUES;
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::{each_boot, require_root, write_out};
-use crate::cli::{parse_netns, AccelArg, MAX_CONNECTIONS};
+use super::{each_boot, prepare, with_guest, write_out, Up};
+use crate::cli::{parse_netns, BenchBootArgs, MAX_CONNECTIONS};
 use crate::kbuild;
 use crate::rr::{RrShape, RrSummary, RR_PORT};
 use crate::run::{say, stop_flag};
@@ -33,8 +29,6 @@ use crate::traffic;
 
 /// Quiet time before every load, and after the last.
 const PAUSE: Duration = Duration::from_secs(1);
-/// Guest memory of the benchmark boots.
-const MEMORY_MIB: u32 = 512;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchRrArgs {
@@ -48,18 +42,8 @@ pub struct BenchRrArgs {
     pub connections: Vec<u32>,
     #[command(flatten)]
     pub shape: RrShape,
-    /// vCPUs of every boot.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=255))]
-    pub smp: u16,
-    /// Offer virtio-net RSS (rss=on,hash=on) in every boot.
-    #[arg(long)]
-    pub rss: bool,
-    /// Extra kernel boot options for every boot, e.g. "tx-share=handoff".
-    #[arg(long, default_value = "")]
-    pub cmdline: String,
-    /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
-    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
-    pub accel: AccelArg,
+    #[command(flatten)]
+    pub boot: BenchBootArgs,
     /// Network namespace to create (and delete) for the boots.
     #[arg(long, default_value = "mqrr", value_parser = parse_netns)]
     pub netns: String,
@@ -128,81 +112,40 @@ fn rr_boot(
     queues: u16,
     stop: &Arc<AtomicBool>,
 ) -> Result<Vec<RrRow>, String> {
-    let tap = TapNetwork::new(&a.netns, queues)?;
-    let cmdline = format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, a.cmdline);
-    let mut config =
-        QemuConfig::new(accel, crate::run::boot_for(Firmware::Bios, built)?).with_kernel_cmdline(cmdline.trim_end());
-    config.cpus = a.smp;
-    config.memory_mib = MEMORY_MIB;
-    config.network = tap.network().with_rss(a.rss);
-    config.netns = Some(tap.netns.clone());
-    let rows = Arc::new(Mutex::new(Vec::new()));
+    let budget = (traffic::rr_limit(a.shape.time) + PAUSE) * a.connections.len() as u32;
+    let guest = a.boot.guest(&a.netns, accel, queues, "", budget, PAUSE);
     let work = {
-        let (rows, stop, a) = (rows.clone(), stop.clone(), a.clone());
-        let (ns, guest) = (tap.netns.clone(), tap.guest_addr.to_string());
-        move |_| {
+        let (stop, a) = (stop.clone(), a.clone());
+        move |up: Up| {
+            let (ns, guest) = (&up.tap.netns, up.tap.guest_addr.to_string());
+            let mut rows = Vec::new();
             for &n in &a.connections {
                 std::thread::sleep(PAUSE);
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
-                let result = traffic::tcp_rr(&ns, &guest, RR_PORT, n, a.shape)
+                let result = traffic::tcp_rr(ns, &guest, RR_PORT, n, a.shape)
                     .and_then(|out| RrSummary::parse(&out).ok_or_else(|| format!("no summary in: {}", out.trim())));
                 say!("queues {queues}, {n} conns: {}", result.as_ref().map_or_else(|e| e.clone(), RrSummary::describe));
-                rows.lock().expect("not poisoned").push(RrRow { queues, connections: n, result });
+                rows.push(RrRow { queues, connections: n, result });
             }
-            Ok(String::new())
+            rows
         }
     };
-    let boot = match accel {
-        Accel::Tcg => Duration::from_secs(90),
-        Accel::Kvm { .. } => Duration::from_secs(240),
-    };
-    let loads = (traffic::rr_limit(a.shape.time) + PAUSE) * a.connections.len() as u32;
-    let mut opts = RunOptions {
-        timeout: Some(boot + loads),
-        echo: false,
-        stop: Some(stop.clone()),
-        sample_cpu_after: None,
-        during: Some(During { after: crate::boot_tests::NET_READY.into(), action: Box::new(work), then_wait: PAUSE }),
-    };
-    // The namespace goes with `guard`, after QEMU has ended, whatever happened.
-    let guard = NetnsGuard::create(&tap)?;
-    say!("queues {queues}: {}", config.command_line());
-    let report = runner::run(&config, &mut opts);
-    let name = tap.netns.clone();
-    guard.delete().map_err(|e| format!("{e} (after the boot with {queues} queues)"))?;
-    say!("network namespace {name} deleted");
-    let report = report?;
-    if report.action.is_none() {
-        return Err(format!(
-            "the guest never reported its stacks up ({}, {:.1} s)",
-            report.outcome,
-            report.elapsed.as_secs_f64()
-        ));
-    }
-    let rows = rows.lock().expect("not poisoned").clone();
-    Ok(rows)
+    with_guest(&guest, built, stop, &|m| say!("{m}"), work).1.map(|(rows, _)| rows)
 }
 
 /// `cargo xtask bench rr`.
 pub fn rr(a: BenchRrArgs) -> Result<i32, String> {
-    // What can be checked before the (slow) kernel build.
-    TapNetwork::new(&a.netns, 1)?;
-    require_root("bench rr")?;
-    prereq::ensure(&[Tool::Iproute2], &mut |m| say!("{m}"))?;
-    boot::netns::check_absent(&a.netns)?;
-    let choice = crate::run::prepare(Firmware::Bios, a.accel.into())?;
-    say!("accelerator: {} ({})", choice.accel, choice.reason);
-    let built = kbuild::build(true, &[Firmware::Bios])?;
+    let (choice, built) = prepare("bench rr", &a.netns, a.boot.accel)?;
     let stop = stop_flag();
     let what = format!(
         "{} vCPUs, {} B requests, {} responses, {:.1} s per load{}",
-        a.smp,
+        a.boot.smp,
         a.shape.request,
         size(a.shape.response.into()),
         a.shape.time.as_secs_f64(),
-        if a.rss { ", RSS offered" } else { "" }
+        if a.boot.rss { ", RSS offered" } else { "" }
     );
     say!("rr benchmark: {what}, queues {:?}, connections {:?}", a.queues, a.connections);
     let (rows, boots) = each_boot(
@@ -221,10 +164,10 @@ pub fn rr(a: BenchRrArgs) -> Result<i32, String> {
     let out = json!({
         "benchmark": "rr",
         "kernel": "release",
-        "smp": a.smp,
-        "rss": a.rss,
+        "smp": a.boot.smp,
+        "rss": a.boot.rss,
         "accel": choice.accel.to_string(),
-        "cmdline": a.cmdline,
+        "cmdline": a.boot.cmdline,
         "request": a.shape.request,
         "response": a.shape.response,
         "time_s": a.shape.time.as_secs_f64(),
@@ -312,7 +255,7 @@ mod tests {
         let Some(BenchCmd::Rr(r)) = b.bench else { panic!() };
         assert_eq!((r.queues, r.connections), (vec![1, 4], vec![1, 4, 16]));
         assert_eq!(r.shape, RrShape { request: 1, response: 1, time: Duration::from_secs(5) });
-        assert_eq!((r.smp, r.rss, r.netns.as_str()), (4, false, "mqrr"));
+        assert_eq!((r.boot.smp, r.boot.rss, r.netns.as_str()), (4, false, "mqrr"));
         let args = [
             "--smp",
             "2",
@@ -329,7 +272,7 @@ mod tests {
         ];
         let Cmd::Bench(b) = parse(&args).unwrap().command else { panic!() };
         let Some(BenchCmd::Rr(r)) = b.bench else { panic!() };
-        assert_eq!((r.smp, r.queues, r.connections), (2, vec![2], vec![1, 8]));
+        assert_eq!((r.boot.smp, r.queues, r.connections), (2, vec![2], vec![1, 8]));
         assert_eq!(r.shape, RrShape { request: 100, response: 4096, time: Duration::from_secs(2) });
         for bad in [&["--queues", "0"][..], &["--connections", "0"], &["--response", "70000"], &["--time", "1000"]] {
             assert!(parse(bad).is_err(), "{bad:?}");
