@@ -257,6 +257,11 @@ pub struct BenchIperfArgs {
     /// multiqueue point by ±40 % from run to run.
     #[arg(long)]
     pub random_ports: bool,
+    /// TCP congestion control of the host's iperf3 client sockets (iperf3
+    /// -C), e.g. cubic; without it, the host's default
+    /// (net.ipv4.tcp_congestion_control, recorded with the results).
+    #[arg(long)]
+    pub congestion: Option<String>,
     /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     pub accel: AccelArg,

@@ -141,6 +141,10 @@ pub fn run_matrix(setup: &Setup, plan: &Plan, built: &kbuild::Built, stop: &Arc<
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_start: load(),
         load_end: None,
+        congestion: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()),
     };
     say!(
         "iperf3 matrix: configurations {}, sessions {:?}, lengths {}, {} run(s) of {} s (+{} s omitted) per point: \
@@ -341,6 +345,9 @@ impl Work {
                 self.progress.set_message(format!("{} #{repetition}", key.describe()));
                 let mut cmd = traffic::in_netns(&tap.netns, "iperf3");
                 cmd.args(measure::iperf3_args(&guest, key, self.plan.seconds, self.plan.omit));
+                if let Some(cc) = &self.plan.congestion {
+                    cmd.args(["-C", cc]);
+                }
                 if let Some((steer, vcpus)) = self.spread {
                     let streams = key.sessions as u16;
                     if u32::from(next_port) + u32::from(streams) * 64 > 60000 {

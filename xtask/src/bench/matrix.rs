@@ -24,6 +24,9 @@ pub struct Plan {
     pub seconds: u32,
     /// Seconds left out before (iperf3 -O).
     pub omit: u32,
+    /// The host client's congestion control (iperf3 -C); None: the host's
+    /// default.
+    pub congestion: Option<String>,
 }
 
 /// Drops repeated entries, keeping the first of each (the order is the user's).
@@ -54,6 +57,7 @@ impl Plan {
             repeat: if a.quick { 1 } else { a.repeat },
             seconds: if a.quick { QUICK_SECONDS } else { a.time },
             omit: if a.quick { 0 } else { a.omit },
+            congestion: a.congestion.clone(),
         }
     }
 

@@ -56,6 +56,10 @@ pub struct HostLoad {
     pub cpus: usize,
     pub load_start: Option<[f64; 3]>,
     pub load_end: Option<[f64; 3]>,
+    /// The host's default TCP congestion control
+    /// (net.ipv4.tcp_congestion_control), which the host's iperf3 uses
+    /// unless `--congestion` is given.
+    pub congestion: Option<String>,
 }
 
 impl HostLoad {
@@ -65,10 +69,17 @@ impl HostLoad {
         Some([f.next()??, f.next()??, f.next()??])
     }
 
-    /// `2 host CPUs, load 1.20 1.00 0.90 → 2.10 1.50 1.00`.
+    /// `2 host CPUs, load 1.20 1.00 0.90 → 2.10 1.50 1.00, host TCP
+    /// congestion control cubic`.
     pub fn describe(&self) -> String {
         let load = |l: Option<[f64; 3]>| l.map_or("?".into(), |l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]));
-        format!("{} host CPUs, load {} → {}", self.cpus, load(self.load_start), load(self.load_end))
+        format!(
+            "{} host CPUs, load {} → {}, host TCP congestion control {}",
+            self.cpus,
+            load(self.load_start),
+            load(self.load_end),
+            self.congestion.as_deref().unwrap_or("?")
+        )
     }
 }
 
@@ -185,7 +196,7 @@ pub fn tables(run: &MatrixRun) -> String {
         plan.repeat,
         plan.seconds,
         plan.omit,
-        run.host.describe()
+        run.host.describe() + &plan.congestion.as_ref().map_or(String::new(), |c| format!(", iperf3 -C {c}"))
     ));
     let pairs = run.ratio_pairs();
     for &direction in &plan.directions {
@@ -445,6 +456,8 @@ pub fn json(run: &MatrixRun) -> Value {
         "vhost": run.vhost,
         "vhost_reason": run.vhost_reason,
         "rss": run.rss,
+        "host_congestion": run.host.congestion,
+        "congestion": plan.congestion.as_ref().or(run.host.congestion.as_ref()),
         "client_ports": if run.spread { "spread" } else { "random" },
         "steer_key": if run.spread { Some(super::iperf::STEER_KEY) } else { None },
         "memory_mib": run.memory_mib,
@@ -517,6 +530,7 @@ pub mod tests {
             repeat: 2,
             seconds: 5,
             omit: 1,
+            congestion: None,
         };
         let configs = plan
             .configs
@@ -550,7 +564,12 @@ pub mod tests {
             .collect();
         MatrixRun {
             date: "2026-11-25T20:00:00Z".into(),
-            host: HostLoad { cpus: 2, load_start: Some([1.0, 0.5, 0.25]), load_end: None },
+            host: HostLoad {
+                cpus: 2,
+                load_start: Some([1.0, 0.5, 0.25]),
+                load_end: None,
+                congestion: Some("cubic".into()),
+            },
             accel: "tcg".into(),
             accel_reason: "test".into(),
             vhost: false,
@@ -609,10 +628,15 @@ pub mod tests {
         assert_eq!(HostLoad::parse_loadavg("1.20 x 0.85"), None);
         assert_eq!(HostLoad::parse_loadavg(""), None);
         let run = fake_run();
-        assert_eq!(run.host.describe(), "2 host CPUs, load 1.00 0.50 0.25 → ?");
-        assert!(tables(&run).lines().next().unwrap().ends_with("; 2 host CPUs, load 1.00 0.50 0.25 → ?"));
+        let host = "2 host CPUs, load 1.00 0.50 0.25 → ?, host TCP congestion control cubic";
+        assert_eq!(run.host.describe(), host);
+        assert!(tables(&run).lines().next().unwrap().ends_with(&format!("; {host}")));
+        let mut given = run.clone();
+        given.plan.congestion = Some("reno".into());
+        assert!(tables(&given).lines().next().unwrap().ends_with(&format!("; {host}, iperf3 -C reno")));
         let j = json(&run);
         assert_eq!((j["host_cpus"].as_u64(), j["host_load_start"][1].as_f64()), (Some(2), Some(0.5)));
+        assert_eq!((j["host_congestion"].as_str(), j["congestion"].as_str()), (Some("cubic"), Some("cubic")));
         assert!(j["host_load_end"].is_null());
     }
 
