@@ -78,9 +78,48 @@ pub fn one_shot_count(tsc_ticks: u64, tsc_hz: u64, timer_hz: u64) -> u32 {
     count.clamp(1, u32::MAX as u128) as u32
 }
 
+/// What a CPU's timer was last armed with. A halt whose deadline is the
+/// one already armed, and whose interrupt has not come yet, need not write
+/// it again: each write (the LVT and the deadline MSR, or the initial count)
+/// is a trapped access, an exit to the hypervisor, on every halt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArmedTimer {
+    /// The deadline (None: disarmed) and the CPU's count of timer
+    /// interrupts when it was written.
+    last: Option<(Option<u64>, u64)>,
+}
+
+impl ArmedTimer {
+    /// Whether the timer must be written to fire at `deadline` (None:
+    /// disarmed), `fired` being how many timer interrupts the CPU has taken
+    /// so far; if so, records it as armed. Once the armed deadline's
+    /// interrupt has come, the count differs and the timer is written again.
+    pub fn needs_write(&mut self, deadline: Option<u64>, fired: u64) -> bool {
+        let now = Some((deadline, fired));
+        if self.last == now {
+            return false;
+        }
+        self.last = now;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unchanged_deadline_that_has_not_fired_is_not_written_again() {
+        let mut t = ArmedTimer::default();
+        assert!(t.needs_write(Some(1_000), 0), "first arming");
+        assert!(!t.needs_write(Some(1_000), 0), "same deadline, no interrupt since");
+        assert!(t.needs_write(Some(2_000), 0), "a new deadline");
+        assert!(t.needs_write(Some(2_000), 1), "it fired: the timer is spent");
+        assert!(!t.needs_write(Some(2_000), 1));
+        assert!(t.needs_write(None, 1), "disarm");
+        assert!(!t.needs_write(None, 1));
+        assert!(t.needs_write(Some(2_000), 1), "armed again after a disarm");
+    }
 
     #[test]
     fn icr_encoding_xapic_puts_the_id_in_the_top_byte() {

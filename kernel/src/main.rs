@@ -379,7 +379,8 @@ mod boot {
             let halted = s.halted_tsc.load(Ordering::Relaxed);
             let permille = (busy * 1000).checked_div(busy + halted).unwrap_or(0);
             info!(
-                "cpu{}: busy {}.{}% ({} busy, {} halted), {} loop iterations, {} interrupts ({} timer, {} wake)",
+                "cpu{}: busy {}.{}% ({} busy, {} halted), {} loop iterations, {} interrupts ({} timer, {} wake), \
+                 timer written at {} halts (already armed at {})",
                 c.index,
                 permille / 10,
                 permille % 10,
@@ -389,6 +390,8 @@ mod boot {
                 s.interrupts.load(Ordering::Relaxed),
                 s.timer_interrupts.load(Ordering::Relaxed),
                 s.wake_ipis.load(Ordering::Relaxed),
+                s.timer_writes.load(Ordering::Relaxed),
+                s.timer_unchanged.load(Ordering::Relaxed),
             );
             if s.apic_errors.load(Ordering::Relaxed) > 0 {
                 warn!(

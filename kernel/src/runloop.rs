@@ -9,6 +9,7 @@
 
 use core::sync::atomic::Ordering;
 
+use kernel::apic::ArmedTimer;
 use kernel::timers::{Expired, TimerId, TimerQueue};
 use x86_64::instructions::interrupts;
 
@@ -50,6 +51,8 @@ pub struct Local<S> {
     /// by a halt (false while the halt-poll window is open). Work that
     /// re-arms interrupts before a halt does so only when this is true.
     pub halts_when_idle: bool,
+    /// What the APIC timer was last armed with.
+    armed: ArmedTimer,
     pub state: S,
 }
 
@@ -64,6 +67,7 @@ impl<S> Local<S> {
             work: [None; MAX_WORK],
             halt_poll: 0,
             halts_when_idle: true,
+            armed: ArmedTimer::default(),
             state,
         }
     }
@@ -134,16 +138,24 @@ pub fn run<S>(mut local: Local<S>) -> ! {
             core::hint::spin_loop();
             continue;
         }
-        halt_until_interrupt(&local);
+        halt_until_interrupt(&mut local);
     }
 }
 
-/// Arms the timer for the next deadline and halts. Interrupts are disabled
-/// across the last check so a wake-up that arrives after it is not lost: the
-/// pending interrupt ends the `hlt` that `sti` enables.
-fn halt_until_interrupt<S>(local: &Local<S>) {
+/// Arms the timer for the next deadline (unless it is armed for it already)
+/// and halts. Interrupts are disabled across the last check so a wake-up
+/// that arrives after it is not lost: the pending interrupt ends the `hlt`
+/// that `sti` enables.
+fn halt_until_interrupt<S>(local: &mut Local<S>) {
     interrupts::disable();
-    apic::arm_timer(local.timer_kind, local.timers.next_deadline(), local.tsc_hz);
+    let stats = &local.cpu.stats;
+    let deadline = local.timers.next_deadline();
+    if local.armed.needs_write(deadline, stats.timer_interrupts.load(Ordering::Relaxed)) {
+        apic::arm_timer(local.timer_kind, deadline, local.tsc_hz);
+        CpuStats::add(&stats.timer_writes, 1);
+    } else {
+        CpuStats::add(&stats.timer_unchanged, 1);
+    }
     if local.cpu.wake_pending.load(Ordering::Acquire) {
         interrupts::enable();
         return;

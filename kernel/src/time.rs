@@ -23,40 +23,67 @@ pub fn median(samples: &mut [u64]) -> Option<u64> {
     Some(samples[samples.len() / 2])
 }
 
+/// `x · a / b` for one fixed ratio, with no division per use: the ratio is
+/// kept as its integer part and a 64-bit binary fraction, so a conversion
+/// is two 64×64→128-bit multiplications. (A `u128` division is a library
+/// call of a few dozen instructions, on the path of every `now()`.) The
+/// fraction is rounded up, so an exact result (whole seconds) stays exact;
+/// any other result is the exact floor or, within 1 of the next integer,
+/// one more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ratio {
+    int: u64,
+    /// The fractional part · 2^64, rounded up.
+    frac: u64,
+}
+
+impl Ratio {
+    /// `b` must be non-zero.
+    const fn new(a: u64, b: u64) -> Ratio {
+        let rem = a % b;
+        // rem < b, so the quotient is at most 2^64 - 1 (rounded up too).
+        Ratio { int: a / b, frac: ((rem as u128) << 64).div_ceil(b as u128) as u64 }
+    }
+
+    /// `x · a / b`, saturating at `u64::MAX`.
+    const fn apply(self, x: u64) -> u64 {
+        let v = x as u128 * self.int as u128 + ((x as u128 * self.frac as u128) >> 64);
+        if v > u64::MAX as u128 {
+            u64::MAX
+        } else {
+            v as u64
+        }
+    }
+}
+
 /// A calibrated TSC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TscClock {
     hz: u64,
+    to_nanos: Ratio,
+    to_ticks: Ratio,
 }
 
 impl TscClock {
     /// `hz` must be non-zero; zero is replaced by 1 GHz so the clock still
     /// runs (the kernel logs a warning when calibration failed).
     pub const fn new(hz: u64) -> Self {
-        TscClock { hz: if hz == 0 { 1_000_000_000 } else { hz } }
+        let hz = if hz == 0 { 1_000_000_000 } else { hz };
+        TscClock { hz, to_nanos: Ratio::new(1_000_000_000, hz), to_ticks: Ratio::new(hz, 1_000_000_000) }
     }
 
     pub const fn hz(&self) -> u64 {
         self.hz
     }
 
-    /// Ticks to nanoseconds without overflow for any `u64` tick count.
+    /// Ticks to nanoseconds (saturating), within 1 ns of the exact floor.
     pub const fn ticks_to_nanos(&self, ticks: u64) -> u64 {
-        let ns = ticks as u128 * 1_000_000_000 / self.hz as u128;
-        if ns > u64::MAX as u128 {
-            u64::MAX
-        } else {
-            ns as u64
-        }
+        self.to_nanos.apply(ticks)
     }
 
+    /// Nanoseconds to ticks (saturating), within 1 tick of the exact floor.
     pub const fn nanos_to_ticks(&self, nanos: u64) -> u64 {
-        let t = nanos as u128 * self.hz as u128 / 1_000_000_000;
-        if t > u64::MAX as u128 {
-            u64::MAX
-        } else {
-            t as u64
-        }
+        self.to_ticks.apply(nanos)
     }
 }
 
@@ -129,6 +156,56 @@ impl core::fmt::Display for BootTimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exact floor, for comparison.
+    fn exact(x: u64, a: u64, b: u64) -> u64 {
+        u64::try_from(x as u128 * a as u128 / b as u128).unwrap_or(u64::MAX)
+    }
+
+    #[test]
+    fn conversions_match_the_exact_division_within_one() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for hz in
+            [1, 7, 999_999_999, 1_000_000_000, 1_000_000_001, 2_603_000_017, 3_000_000_000, 5_999_999_999, u64::MAX]
+        {
+            let c = TscClock::new(hz);
+            let mut values =
+                vec![0, 1, 2, hz - 1, hz, hz.saturating_add(1), 1 << 32, u64::MAX / hz, u64::MAX / 2, u64::MAX];
+            for _ in 0..2000 {
+                // xorshift: values of every magnitude.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                values.push(x >> (x % 64));
+            }
+            for v in values {
+                let (ns, want) = (c.ticks_to_nanos(v), exact(v, 1_000_000_000, hz));
+                assert!(ns.abs_diff(want) <= 1, "{v} ticks at {hz} Hz: {ns} ns, exactly {want}");
+                // Exact results stay exact.
+                if (v as u128 * 1_000_000_000).is_multiple_of(hz as u128) {
+                    assert_eq!(ns, want, "{v} ticks at {hz} Hz");
+                }
+                let (t, want) = (c.nanos_to_ticks(v), exact(v, hz, 1_000_000_000));
+                assert!(t.abs_diff(want) <= 1, "{v} ns at {hz} Hz: {t} ticks, exactly {want}");
+            }
+        }
+        // Whole seconds stay whole; a zero frequency falls back to 1 GHz.
+        let c = TscClock::new(2_603_000_000);
+        assert_eq!(c.ticks_to_nanos(2_603_000_000 * 3600), 3600 * 1_000_000_000);
+        assert_eq!(c.nanos_to_ticks(1_000_000_000), 2_603_000_000);
+        assert_eq!(TscClock::new(0).ticks_to_nanos(5), 5);
+    }
+
+    #[test]
+    fn conversions_never_go_backwards() {
+        let c = TscClock::new(2_603_123_457);
+        let mut last = (0, 0);
+        for t in (0..50_000_000u64).step_by(997) {
+            let now = (c.ticks_to_nanos(t), c.nanos_to_ticks(t));
+            assert!(now.0 >= last.0 && now.1 >= last.1, "at {t}");
+            last = now;
+        }
+    }
 
     #[test]
     fn pit_calibration_arithmetic() {

@@ -25,6 +25,10 @@ pub struct CpuStats {
     /// TSC ticks spent halted vs running.
     pub halted_tsc: AtomicU64,
     pub busy_tsc: AtomicU64,
+    /// Halts that wrote the timer, and halts that found it already armed
+    /// for their deadline (see `kernel::apic::ArmedTimer`).
+    pub timer_writes: AtomicU64,
+    pub timer_unchanged: AtomicU64,
 }
 
 impl Default for CpuStats {
@@ -40,6 +44,8 @@ impl Default for CpuStats {
             spurious: AtomicU64::new(0),
             halted_tsc: AtomicU64::new(0),
             busy_tsc: AtomicU64::new(0),
+            timer_writes: AtomicU64::new(0),
+            timer_unchanged: AtomicU64::new(0),
         }
     }
 }

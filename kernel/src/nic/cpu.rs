@@ -706,7 +706,7 @@ pub fn count_queue_irq(q: usize) {
 
 /// What `GET /metrics` (port 9100) shows, one row per network vCPU; the
 /// values are published in this order by [`publish`].
-static SERIES: [Series; 23] = [
+static SERIES: [Series; 25] = [
     Series::counter("rx_packets", "Frames received on the vCPU's own receive queue."),
     Series::counter("rx_bytes", "Bytes received on the vCPU's own receive queue."),
     Series::counter("rx_kicks", "Receive queue notifications to the device."),
@@ -730,6 +730,8 @@ static SERIES: [Series; 23] = [
     Series::counter("cpu_busy_ns", "Time the vCPU spent working."),
     Series::counter("cpu_halted_ns", "Time the vCPU spent halted."),
     Series::counter("interrupts", "Interrupts the vCPU took."),
+    Series::counter("timer_writes", "Halts that wrote the APIC timer (deadline changed or spent)."),
+    Series::counter("timer_unchanged", "Halts that found the APIC timer armed for their deadline."),
 ];
 
 /// The metrics board, one row per network vCPU (set once at bring-up).
@@ -794,6 +796,8 @@ fn publish<S: HasNic>(local: &mut Local<S>) {
         clock.ticks_to_nanos(cpu.stats.busy_tsc.load(Ordering::Relaxed)),
         clock.ticks_to_nanos(cpu.stats.halted_tsc.load(Ordering::Relaxed)),
         cpu.stats.interrupts.load(Ordering::Relaxed),
+        cpu.stats.timer_writes.load(Ordering::Relaxed),
+        cpu.stats.timer_unchanged.load(Ordering::Relaxed),
     ];
     board.publish(mine.id as usize, &values);
 }
