@@ -167,6 +167,12 @@ pub struct Round {
     /// When smoltcp next wants to be polled (a delayed ACK, a retransmit,
     /// a keep-alive), if ever.
     pub poll_at: Option<Instant>,
+    /// Cycles (of the `cycles` clock given to [`CpuNet::poll`]) the round
+    /// spent on its receive side: neighbour and outbox upkeep, then taking
+    /// frames from the queue and the inbox through the stack's ingress. The
+    /// rest of the round (services, egress, transmit) is the caller's total
+    /// minus this.
+    pub ingress_cycles: u64,
 }
 
 /// Why an outgoing connection could not be opened.
@@ -251,7 +257,9 @@ impl CpuNet {
         bell: &B,
         now: Instant,
         waker: &dyn Wake,
+        cycles: fn() -> u64,
     ) -> Round {
+        let start = cycles();
         let mut busy = self.catch_up_neighbours(fabric, queues, bell, now);
         busy |= self.drain_outbox(queues, bell);
 
@@ -289,7 +297,7 @@ impl CpuNet {
                 _ => true,
             }
         };
-        let (from_inbox, resets) = {
+        let (from_inbox, resets, ingress_cycles) = {
             let (rx, tx) = queues.parts();
             let mut dev = NetDevice::new(rx, tx, bell, scratch);
             dev.inbox = Some((&fabric.inboxes[me as usize], inbox_buf));
@@ -315,9 +323,10 @@ impl CpuNet {
             if dev.has_pending() {
                 stack.iface.poll_ingress_single(now, &mut dev, &mut stack.sockets);
             }
+            let ingress = cycles().wrapping_sub(start);
             busy |= services.run(&mut stack.sockets, now);
             busy |= stack.iface.poll_egress(now, &mut dev, &mut stack.sockets) != PollResult::None;
-            (dev.from_inbox, (dev.resets.count, dev.resets.unowned))
+            (dev.from_inbox, (dev.resets.count, dev.resets.unowned), ingress)
         };
 
         counters.misses += misses;
@@ -359,7 +368,7 @@ impl CpuNet {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        Round { busy, poll_at }
+        Round { busy, poll_at, ingress_cycles }
     }
 
     /// Bindings other vCPUs learned, fed to this stack as ARP replies

@@ -595,12 +595,13 @@ impl Sim {
         }
     }
 
-    /// One poll round of vCPU `n` at the current time.
+    /// One poll round of vCPU `n` at the current time (its cycle counts
+    /// come from [`ticks`], a counter: the simulation has no clock).
     fn poll_cpu(&mut self, n: usize) -> Round {
         let Sim { fabric, pairs, cpus, bell, woken, now, spec, .. } = self;
         let v = &mut cpus[n];
         let mut queues = queues_of(fabric, &mut pairs[v.pair], v.owns_pair, v.pair);
-        let round = v.net.poll(fabric, &mut queues, bell, *now, woken);
+        let round = v.net.poll(fabric, &mut queues, bell, *now, woken, ticks);
         // As the kernel does after a round: a vCPU that handed frames over
         // wakes the pair's owner.
         if !v.owns_pair && spec.share == Share::Handoff && !fabric.outboxes[v.pair].is_empty() {
@@ -1705,4 +1706,10 @@ fn a_probes_ack_into_a_zero_window_is_lost_without_the_guard() {
 
     assert_eq!(with.queued, (BARE_BUFFER, 0), "with the guard the ACK frees the send queue");
     assert_eq!(with.copies, Some(1));
+}
+
+/// The simulated rounds' cycle counter: one tick per reading.
+fn ticks() -> u64 {
+    static TICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    TICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

@@ -83,6 +83,10 @@ pub struct CpuNic {
     starved_seen: u64,
     /// Other receive queues notified by `nudge_parked`.
     nudges: u64,
+    /// TSC ticks of its network rounds: the receive side (`Round::
+    /// ingress_cycles`) and the rest (services, egress, transmit).
+    ingress_cycles: u64,
+    egress_cycles: u64,
 }
 
 impl CpuNic {
@@ -369,8 +373,19 @@ pub fn claim<S: HasNic>(local: &mut Local<S>) -> Poll {
         RxCoalesce::Auto => RxModeration::DEFAULT,
         RxCoalesce::Fixed(frames, us) => RxModeration::Fixed { frames, us },
     });
-    *local.state.as_mut() =
-        Some(CpuNic { id, rx, tx, outbox, net, watchdog_armed: false, moderator, starved_seen: 0, nudges: 0 });
+    *local.state.as_mut() = Some(CpuNic {
+        id,
+        rx,
+        tx,
+        outbox,
+        net,
+        watchdog_armed: false,
+        moderator,
+        starved_seen: 0,
+        nudges: 0,
+        ingress_cycles: 0,
+        egress_cycles: 0,
+    });
     local.add_work(poll);
     if local.cpu.index == nic.cpus[0] {
         local.add_work(watch_link);
@@ -456,10 +471,14 @@ fn poll<S: HasNic>(local: &mut Local<S>) -> Poll {
         rx.queue_mut().disable_interrupts();
     }
     let now = now();
+    let start = time::rdtsc();
     let round = {
         let (mut queues, net) = mine.queues();
-        net.poll(nic.fabric, &mut queues, &nic.doorbells, now, &Waker(&nic.cpus))
+        net.poll(nic.fabric, &mut queues, &nic.doorbells, now, &Waker(&nic.cpus), time::rdtsc)
     };
+    let spent = time::rdtsc().wrapping_sub(start);
+    mine.ingress_cycles += round.ingress_cycles.min(spent);
+    mine.egress_cycles += spent.saturating_sub(round.ingress_cycles);
     if nic.fabric.hash_reported {
         nudge_parked(mine, nic);
     }
@@ -706,7 +725,7 @@ pub fn count_queue_irq(q: usize) {
 
 /// What `GET /metrics` (port 9100) shows, one row per network vCPU; the
 /// values are published in this order by [`publish`].
-static SERIES: [Series; 25] = [
+static SERIES: [Series; 27] = [
     Series::counter("rx_packets", "Frames received on the vCPU's own receive queue."),
     Series::counter("rx_bytes", "Bytes received on the vCPU's own receive queue."),
     Series::counter("rx_kicks", "Receive queue notifications to the device."),
@@ -732,6 +751,14 @@ static SERIES: [Series; 25] = [
     Series::counter("interrupts", "Interrupts the vCPU took."),
     Series::counter("timer_writes", "Halts that wrote the APIC timer (deadline changed or spent)."),
     Series::counter("timer_unchanged", "Halts that found the APIC timer armed for their deadline."),
+    Series::counter(
+        "ingress_cycles",
+        "TSC ticks of network rounds spent receiving: taking frames from the queue and inbox through the stack.",
+    ),
+    Series::counter(
+        "egress_cycles",
+        "TSC ticks of network rounds spent on the rest: services, the stack's egress, transmitting.",
+    ),
 ];
 
 /// The metrics board, one row per network vCPU (set once at bring-up).
@@ -798,6 +825,8 @@ fn publish<S: HasNic>(local: &mut Local<S>) {
         cpu.stats.interrupts.load(Ordering::Relaxed),
         cpu.stats.timer_writes.load(Ordering::Relaxed),
         cpu.stats.timer_unchanged.load(Ordering::Relaxed),
+        mine.ingress_cycles,
+        mine.egress_cycles,
     ];
     board.publish(mine.id as usize, &values);
 }

@@ -177,6 +177,10 @@ pub struct GuestCounters {
     /// Queue interrupts (receive and transmit).
     pub queue_irqs: u64,
     pub steer_misses: u64,
+    /// TSC ticks of the vCPUs' network rounds: the receive side, and the
+    /// rest (services, the stack's egress, transmitting).
+    pub ingress_cycles: u64,
+    pub egress_cycles: u64,
 }
 
 impl GuestCounters {
@@ -188,6 +192,25 @@ impl GuestCounters {
     /// `n` per 10^6 bytes of frames.
     pub fn per_mb(&self, n: u64) -> Option<f64> {
         (self.bytes > 0).then(|| n as f64 * 1e6 / self.bytes as f64)
+    }
+
+    /// Receive-side ticks per received frame; `None` without frames or
+    /// without the counter (a guest that does not export it).
+    pub fn rx_cycles_per_packet(&self) -> Option<f64> {
+        (self.rx_packets > 0 && self.ingress_cycles > 0).then(|| self.ingress_cycles as f64 / self.rx_packets as f64)
+    }
+
+    /// The other ticks of the rounds per sent frame. They include the
+    /// services' work (an iperf3 server reading what it receives), so with
+    /// few frames sent (pure ACKs) this is large.
+    pub fn tx_cycles_per_packet(&self) -> Option<f64> {
+        (self.tx_packets > 0 && self.egress_cycles > 0).then(|| self.egress_cycles as f64 / self.tx_packets as f64)
+    }
+
+    /// All the rounds' ticks per 1000 bytes of frames both ways.
+    pub fn cycles_per_kb(&self) -> Option<f64> {
+        let all = self.ingress_cycles + self.egress_cycles;
+        (self.bytes > 0 && all > 0).then(|| all as f64 * 1000.0 / self.bytes as f64)
     }
 }
 
@@ -244,6 +267,9 @@ impl PointResult {
             packets_per_mb: guest(&|g| g.per_mb(g.rx_packets + g.tx_packets)),
             kicks_per_mb: guest(&|g| g.per_mb(g.kicks)),
             irqs_per_mb: guest(&|g| g.per_mb(g.queue_irqs)),
+            rx_cycles_per_packet: guest(&|g| g.rx_cycles_per_packet()),
+            tx_cycles_per_packet: guest(&|g| g.tx_cycles_per_packet()),
+            cycles_per_kb: guest(&|g| g.cycles_per_kb()),
             retransmits: of(&|s| s.retransmits.map(|r| r as f64)),
         })
     }
@@ -271,6 +297,12 @@ pub struct Summary {
     pub packets_per_mb: Option<f64>,
     pub kicks_per_mb: Option<f64>,
     pub irqs_per_mb: Option<f64>,
+    /// Receive-side TSC ticks per received frame, and the rest of the
+    /// network rounds' ticks per sent frame (see [`GuestCounters`]).
+    pub rx_cycles_per_packet: Option<f64>,
+    pub tx_cycles_per_packet: Option<f64>,
+    /// All the network rounds' ticks per 1000 bytes of frames.
+    pub cycles_per_kb: Option<f64>,
     pub retransmits: Option<f64>,
 }
 
@@ -377,6 +409,8 @@ mod tests {
                 kicks: 50,
                 queue_irqs: 20,
                 steer_misses: 0,
+                ingress_cycles: 600 * u64::from(vcpu as u32 * 10),
+                egress_cycles: 400 * 3_000,
             }),
         }
     }
@@ -400,6 +434,14 @@ mod tests {
         assert_eq!(s.normalized, Some(100.0));
         assert_eq!(s.guest_busy_pct, Some(60.0));
         assert_eq!((s.packets_per_mb, s.kicks_per_mb, s.irqs_per_mb), (Some(500.0), Some(25.0), Some(10.0)));
+        // Receive ticks per received frame: 500, 1000, 1500 → the median.
+        assert_eq!((s.rx_cycles_per_packet, s.tx_cycles_per_packet), (Some(1000.0), Some(3000.0)));
+        // (600 000 + 1 200 000) ticks per 2 000 000 bytes.
+        assert_eq!(s.cycles_per_kb, Some(900.0));
+        let none = GuestCounters { rx_packets: 0, ..sample(1.0, 1.0, 1.0).guest.unwrap() };
+        assert_eq!(none.rx_cycles_per_packet(), None, "no frames, no figure");
+        let old = GuestCounters { ingress_cycles: 0, egress_cycles: 0, ..sample(1.0, 1.0, 1.0).guest.unwrap() };
+        assert_eq!((old.rx_cycles_per_packet(), old.tx_cycles_per_packet()), (None, None), "not exported");
         assert_eq!(s.retransmits, Some(2.0));
         assert_eq!(p.errors().collect::<Vec<_>>(), ["iperf3: unable to connect"]);
 

@@ -189,6 +189,8 @@ pub fn guest_counters(before: &[MetricSample], after: &[MetricSample]) -> Option
         kicks: sum(&["rx_kicks", "tx_kicks"]),
         queue_irqs: sum(&["rx_irqs", "tx_irqs"]),
         steer_misses: sum(&["steer_misses"]),
+        ingress_cycles: sum(&["ingress_cycles"]),
+        egress_cycles: sum(&["egress_cycles"]),
     })
 }
 
@@ -338,6 +340,9 @@ mod tests {
             m("rx_irqs", 0, 105),
             m("tx_irqs", 1, 100),
             m("steer_misses", 1, 3),
+            m("ingress_cycles", 0, 1_500_000),
+            m("ingress_cycles", 1, 1_500_000),
+            m("egress_cycles", 1, 250_000),
             m("cpu_busy_ns", 0, 4_000),
             m("cpu_halted_ns", 0, 10_000),
             m("cpu_busy_ns", 1, 0),
@@ -349,6 +354,7 @@ mod tests {
         assert_eq!((g.bytes, g.kicks, g.queue_irqs, g.steer_misses), (2_000_000, 50, 200, 3));
         assert_eq!(g.busy_total_pct(), 75.0);
         assert_eq!(g.per_mb(g.rx_packets + g.tx_packets), Some(1000.0));
+        assert_eq!((g.rx_cycles_per_packet(), g.tx_cycles_per_packet()), (Some(2000.0), Some(500.0)));
         assert_eq!(guest_counters(&after, &[]), None);
         // A counter that went backwards (a restarted guest) counts 0, not a wrap.
         let g = guest_counters(&after, &before).unwrap();

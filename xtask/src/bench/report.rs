@@ -271,22 +271,41 @@ pub fn tables(run: &MatrixRun) -> String {
     out
 }
 
+/// The columns of the guest's table.
+const GUEST_COLUMNS: [&str; 13] = [
+    "config",
+    "direction",
+    "length",
+    "sessions",
+    "busy%",
+    "pkts/MB",
+    "kicks/MB",
+    "irqs/MB",
+    "cyc/rx",
+    "cyc/tx",
+    "cyc/KB",
+    "retrans",
+    "runs",
+];
+
 /// The guest's side of every measured point.
 fn guest_table(run: &MatrixRun) -> String {
     let mut out = String::from(
         "\nguest's own figures (medians; from GET /metrics before and after each run): busy = busy time of all its \
-         vCPUs, % of one CPU; per MB = per 10^6 bytes of frames both ways; retrans = TCP retransmits of the sender\n",
+         vCPUs, % of one CPU; per MB = per 10^6 bytes of frames both ways; cyc/rx = TSC ticks of the receive side of \
+         its network rounds per received frame, cyc/tx = the rest of the rounds (services, egress, transmit) per sent \
+         frame, cyc/KB = all of the rounds per 1000 bytes of frames; retrans = TCP retransmits of the sender\n",
     );
+    let [a, b, c, d, e, f, g, h, i, j, k, l, m] = GUEST_COLUMNS;
     out.push_str(&format!(
-        "{:>6} {:<16} {:>8} {:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>5}\n",
-        "config", "direction", "length", "sessions", "busy%", "pkts/MB", "kicks/MB", "irqs/MB", "retrans", "runs"
+        "{a:>6} {b:<16} {c:>8} {d:>8} {e:>7} {f:>8} {g:>9} {h:>8} {i:>8} {j:>8} {k:>8} {l:>8} {m:>5}\n"
     ));
     let mut rows = 0;
     for p in run.points() {
         let Some(s) = p.summary() else { continue };
         rows += 1;
         out.push_str(&format!(
-            "{:>6} {:<16} {:>8} {:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>5}\n",
+            "{:>6} {:<16} {:>8} {:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5}\n",
             p.key.config.to_string(),
             p.key.direction.id(),
             p.key.length.label(),
@@ -295,6 +314,9 @@ fn guest_table(run: &MatrixRun) -> String {
             opt(s.packets_per_mb, 1),
             opt(s.kicks_per_mb, 2),
             opt(s.irqs_per_mb, 2),
+            opt(s.rx_cycles_per_packet, 0),
+            opt(s.tx_cycles_per_packet, 0),
+            opt(s.cycles_per_kb, 0),
             opt(s.retransmits, 0),
             format!("{}/{}", s.runs, p.runs.len())
         ));
@@ -308,7 +330,7 @@ fn guest_table(run: &MatrixRun) -> String {
 /// The CSV header: one row per point.
 pub const CSV_HEADER: &str = "config,vcpus,queues,vhost,rss,direction,length,sessions,status,runs_ok,runs,mbit_s,\
 mbit_s_min,mbit_s_max,vcpu_pct,device_pct,cpu_pct,normalized,guest_busy_pct,packets_per_mb,kicks_per_mb,irqs_per_mb,\
-retransmits,note";
+rx_cycles_per_packet,tx_cycles_per_packet,cycles_per_kb,retransmits,note";
 
 /// A CSV field, quoted when it must be (RFC 4180).
 fn csv_field(s: &str) -> String {
@@ -350,6 +372,9 @@ pub fn csv(run: &MatrixRun) -> String {
             f(|s| s.packets_per_mb),
             f(|s| s.kicks_per_mb),
             f(|s| s.irqs_per_mb),
+            f(|s| s.rx_cycles_per_packet),
+            f(|s| s.tx_cycles_per_packet),
+            f(|s| s.cycles_per_kb),
             f(|s| s.retransmits),
             note,
         ];
@@ -381,6 +406,8 @@ fn sample_json(r: &Result<Sample, String>) -> Value {
                 "kicks": g.kicks,
                 "queue_irqs": g.queue_irqs,
                 "steer_misses": g.steer_misses,
+                "ingress_cycles": g.ingress_cycles,
+                "egress_cycles": g.egress_cycles,
             })),
         }),
     }
@@ -400,6 +427,9 @@ fn summary_json(s: &Summary) -> Value {
         "packets_per_mb": s.packets_per_mb,
         "kicks_per_mb": s.kicks_per_mb,
         "irqs_per_mb": s.irqs_per_mb,
+        "rx_cycles_per_packet": s.rx_cycles_per_packet,
+        "tx_cycles_per_packet": s.tx_cycles_per_packet,
+        "cycles_per_kb": s.cycles_per_kb,
         "retransmits": s.retransmits,
     })
 }
@@ -514,6 +544,8 @@ pub mod tests {
                 kicks: 40,
                 queue_irqs: 8,
                 steer_misses: 0,
+                ingress_cycles: 2_500_000,
+                egress_cycles: 4_000_000,
             }),
         }
     }
@@ -683,13 +715,25 @@ pub mod tests {
         let skip = lines.iter().position(|l| l.starts_with("guest-initiated")).unwrap();
         assert_eq!(lines[skip + 1], "  skipped: guest has no iperf3 client mode (it ignored iperf-client=)");
         let g = lines.iter().position(|l| l.starts_with("guest's own figures")).unwrap();
-        assert_eq!(
-            lines[g + 1].split_whitespace().collect::<Vec<_>>(),
-            ["config", "direction", "length", "sessions", "busy%", "pkts/MB", "kicks/MB", "irqs/MB", "retrans", "runs"]
-        );
+        assert_eq!(lines[g + 1].split_whitespace().collect::<Vec<_>>(), GUEST_COLUMNS);
         assert_eq!(
             lines[g + 2].split_whitespace().collect::<Vec<_>>(),
-            ["2/1", "host-to-guest", "512", "B", "1", "50", "500.0", "10.00", "2.00", "0", "2/2"]
+            [
+                "2/1",
+                "host-to-guest",
+                "512",
+                "B",
+                "1",
+                "50",
+                "500.0",
+                "10.00",
+                "2.00",
+                "2500",
+                "4000",
+                "1625",
+                "0",
+                "2/2"
+            ]
         );
         assert_eq!(lines.len(), g + 5, "three measured points, nothing after them");
     }
@@ -701,15 +745,15 @@ pub mod tests {
         assert_eq!(rows[0], CSV_HEADER);
         assert_eq!(rows.len(), 1 + 2 * 2 * 2);
         let columns = CSV_HEADER.split(',').count();
-        assert_eq!(columns, 24);
+        assert_eq!(columns, 27);
         assert_eq!(
             rows[1],
             "2/1,2,1,false,false,host-to-guest,512,1,ok,2,2,125.000,100.000,150.000,75.000,25.000,100.000,125.000,\
-             50.000,500.000,10.000,2.000,0.000,"
+             50.000,500.000,10.000,2.000,2500.000,4000.000,1625.000,0.000,"
         );
         assert_eq!(
             rows[2],
-            "2/1,2,1,false,false,host-to-guest,512,2,failed,0,2,,,,,,,,,,,,,\"iperf3: unable to connect, \"\"refused\"\"\""
+            "2/1,2,1,false,false,host-to-guest,512,2,failed,0,2,,,,,,,,,,,,,,,,\"iperf3: unable to connect, \"\"refused\"\"\""
         );
         assert!(rows[3].starts_with("2/1,2,1,false,false,guest-initiated,512,1,skipped,0,0,"));
         assert!(rows[3].ends_with(",guest has no iperf3 client mode (it ignored iperf-client=)"));
@@ -729,6 +773,11 @@ pub mod tests {
         assert_eq!(points.len(), 8);
         assert_eq!(points[0]["status"], "ok");
         assert_eq!(points[0]["median"]["mbit_s"], 125.0);
+        assert_eq!(
+            (&points[0]["median"]["rx_cycles_per_packet"], &points[0]["median"]["tx_cycles_per_packet"]),
+            (&json!(2500.0), &json!(4000.0))
+        );
+        assert_eq!(points[0]["runs"][0]["guest"]["ingress_cycles"], 2_500_000);
         assert_eq!(points[0]["runs"][1]["host_cpu"]["vcpu_pct"], 75.0);
         assert_eq!(points[0]["runs"][0]["guest"]["busy_pct"], 50.0);
         assert_eq!(points[1]["status"], "failed");
