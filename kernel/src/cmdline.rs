@@ -92,6 +92,9 @@ pub struct BootOptions {
     pub halt_poll_us: u32,
     /// Receive interrupt moderation (`rx-coalesce=auto|off|N/US`).
     pub rx_coalesce: RxCoalesce,
+    /// Transmit checksum offload when the device offers CSUM
+    /// (`tx-csum=on|off`; on by default).
+    pub tx_csum: bool,
     /// One MSI-X vector per queue pair instead of per queue (`msix=per-pair`).
     pub msix_per_pair: bool,
     /// The guest's IPv4 address and prefix length (`ip=10.99.0.2/24`).
@@ -365,6 +368,7 @@ impl Default for BootOptions {
             net_stats_ms: None,
             halt_poll_us: 0,
             rx_coalesce: RxCoalesce::Auto,
+            tx_csum: true,
             msix_per_pair: false,
             ip: None,
             net_fault: None,
@@ -453,6 +457,12 @@ impl BootOptions {
                 "steer-key" => parse_key(value).map(|k| opts.steer_key = Some(k)),
                 "haltpoll" => value.parse::<u32>().ok().filter(|n| *n <= 10_000).map(|n| opts.halt_poll_us = n),
                 "rx-coalesce" => RxCoalesce::parse(value).map(|c| opts.rx_coalesce = c),
+                "tx-csum" => match value {
+                    "on" => Some(true),
+                    "off" => Some(false),
+                    _ => None,
+                }
+                .map(|on| opts.tx_csum = on),
                 "gw" => parse_ipv4(value).map(|a| opts.gateway = Some(a)),
                 "iperf-client" => parse_ipv4_port(value, 5201).map(|(server, port)| {
                     let c = opts.iperf_client.get_or_insert_with(IperfClient::default);
@@ -554,6 +564,15 @@ mod tests {
             let (o, p) = parse(bad);
             assert_eq!((o.rx_coalesce, p.len()), (RxCoalesce::Auto, 1), "{bad}");
         }
+    }
+
+    #[test]
+    fn transmit_checksum_offload_is_on_unless_turned_off() {
+        assert!(BootOptions::default().tx_csum);
+        assert!(!parse("tx-csum=off").0.tx_csum);
+        assert!(parse("tx-csum=off tx-csum=on").0.tx_csum);
+        let (o, p) = parse("tx-csum=maybe");
+        assert!(o.tx_csum && p.len() == 1, "a bad value is reported and ignored");
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct Fabric {
     /// The device reports each frame's Toeplitz hash with our key (RSS
     /// programmed and acknowledged): use it instead of computing it.
     pub hash_reported: bool,
+    /// Every transmit queue finishes TCP and UDP checksums (CSUM
+    /// negotiated and `TxQueue::set_csum_offload` on): the stacks leave them.
+    pub tx_csum_offload: bool,
 }
 
 impl Fabric {
@@ -80,6 +83,7 @@ impl Fabric {
             outboxes: (0..outboxes).map(|_| Inbox::new(INBOX_SLOTS)).collect(),
             neighbours: NeighbourBoard::new(),
             hash_reported: false,
+            tx_csum_offload: false,
         }
     }
 }
@@ -219,6 +223,7 @@ impl CpuNet {
         let mut stack = {
             let (rx, tx) = queues.parts();
             let mut dev = NetDevice::new(rx, tx, bell, &mut scratch);
+            dev.tx_csum_offload = fabric.tx_csum_offload;
             Stack::new(&fabric.cfg, &mut dev, now, seed)
         };
         services.listen(&mut stack.sockets);
@@ -304,6 +309,7 @@ impl CpuNet {
             dev.filter = Some(&mut filter);
             dev.resets.owner = Some((&fabric.steering, me));
             dev.zero_windows = Some(zero_windows);
+            dev.tx_csum_offload = fabric.tx_csum_offload;
             for _ in 0..BUDGET {
                 if stack.iface.poll_ingress_single(now, &mut dev, &mut stack.sockets) == PollIngressSingleResult::None {
                     break;
@@ -388,6 +394,7 @@ impl CpuNet {
         *neighbours_seen = fabric.neighbours.catch_up(*neighbours_seen, |binding| {
             let frame = arp_reply_frame(binding, &cfg);
             let mut dev = NetDevice::new(None, queues.tx(), bell, scratch);
+            dev.tx_csum_offload = fabric.tx_csum_offload;
             dev.injected = Some(&frame);
             stack.iface.poll_ingress_single(now, &mut dev, &mut stack.sockets);
         });

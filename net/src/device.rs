@@ -10,7 +10,7 @@
 
 pub use drivers::virtio::netdev::Doorbell;
 use drivers::virtio::netdev::{RxQueue, TxQueue, MAX_FRAME};
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use spin::Mutex;
 
@@ -72,6 +72,9 @@ pub struct NetDevice<'a, B: Doorbell> {
     /// the inbox.
     pub received: usize,
     pub from_inbox: usize,
+    /// The transmit queues finish TCP and UDP checksums (CSUM negotiated,
+    /// `TxQueue::set_csum_offload` on every queue): the stack leaves them.
+    pub tx_csum_offload: bool,
     pub resets: Resets<'a>,
     /// Flows we advertised a zero window to (see `zerowin`): their data
     /// segments reach the stack after a payload-less copy.
@@ -110,6 +113,7 @@ impl<'a, B: Doorbell> NetDevice<'a, B> {
             filter: None,
             received: 0,
             from_inbox: 0,
+            tx_csum_offload: false,
             resets: Resets::default(),
             zero_windows: None,
             strip_buf: [0; COPY_MAX],
@@ -320,6 +324,12 @@ impl<'a, B: Doorbell> phy::Device for NetDevice<'a, B> {
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = MAX_FRAME;
         caps.max_burst_size = None;
+        if self.tx_csum_offload {
+            // Verified on receive still; on transmit the device finishes
+            // them from the pseudo-header sum the queue writes.
+            caps.checksum.tcp = Checksum::Rx;
+            caps.checksum.udp = Checksum::Rx;
+        }
         caps
     }
 }

@@ -1,6 +1,7 @@
 //! virtio over PCI: the modern transport (device-independent) and the
 //! network device on top of it.
 
+pub mod csum;
 pub mod moderation;
 pub mod net;
 pub mod netdev;

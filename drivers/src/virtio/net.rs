@@ -49,6 +49,11 @@ pub const WANTED: u64 = common::VERSION_1
     | feature::MRG_RXBUF
     | common::EVENT_IDX;
 
+/// Transmit checksum offload: the device finishes TCP and UDP checksums
+/// (see `csum`); asked for on top of [`WANTED`] unless the user turned it
+/// off, since the stacks must then leave those checksums to it.
+pub const WANTED_CSUM: u64 = feature::CSUM;
+
 /// Receive-side scaling (`RSS_CONFIG`): asked for on top of [`WANTED`] only
 /// when the user wants device-side steering; the kernel ORs it in.
 pub const WANTED_RSS: u64 = feature::RSS;

@@ -62,7 +62,10 @@ mod hdr {
     /// Only in the 20-byte header.
     pub const HASH_VALUE: usize = 12;
     pub const HASH_REPORT: usize = 16;
-    /// The checksum is partial (only with GUEST_CSUM, not negotiated yet).
+    pub const CSUM_START: usize = 6;
+    pub const CSUM_OFFSET: usize = 8;
+    /// The checksum is partial: on receive only with GUEST_CSUM (not
+    /// negotiated yet); on transmit with CSUM (see [`super::TxQueue::set_csum_offload`]).
     pub const F_NEEDS_CSUM: u8 = 1;
     pub const GSO_NONE: u8 = 0;
 }
@@ -490,6 +493,9 @@ pub struct TxQueue {
     batched: bool,
     /// Frames queued since the last publish.
     unpublished: u32,
+    /// CSUM negotiated and wanted: IPv4 TCP and UDP frames leave with
+    /// NEEDS_CSUM and the device finishes their checksums.
+    csum_offload: bool,
 }
 
 impl TxQueue {
@@ -523,7 +529,17 @@ impl TxQueue {
             hdr_len,
             batched: false,
             unpublished: 0,
+            csum_offload: false,
         })
+    }
+
+    /// Transmit checksum offload on or off (only with CSUM negotiated). On,
+    /// the stack must leave TCP and UDP checksums to the device: each IPv4
+    /// TCP or UDP frame gets its pseudo-header sum and NEEDS_CSUM with
+    /// `csum_start`/`csum_offset` (see [`super::csum`]); other frames go as
+    /// they are.
+    pub fn set_csum_offload(&mut self, on: bool) {
+        self.csum_offload = on;
     }
 
     /// The `virtio_net_hdr` length this queue was built with.
@@ -596,10 +612,18 @@ impl TxQueue {
         let mut buf = self.free.pop()?;
         let hdr_len = self.hdr_len;
         let bytes = self.pool.bytes_mut(&mut buf, 0, hdr_len + len);
-        // No offload requested, and no hash: a buffer is reused, so the
-        // previous frame's bytes must not leak into the header.
+        // The header starts zeroed (no hash, and no offload unless set
+        // below): a buffer is reused, so the previous frame's bytes must not
+        // leak into it.
         bytes[..hdr_len].fill(0);
         let r = fill(&mut bytes[hdr_len..]);
+        if self.csum_offload {
+            if let Some((start, offset)) = super::csum::prepare_partial(&mut bytes[hdr_len..]) {
+                bytes[hdr::FLAGS] = hdr::F_NEEDS_CSUM;
+                bytes[hdr::CSUM_START..hdr::CSUM_START + 2].copy_from_slice(&start.to_le_bytes());
+                bytes[hdr::CSUM_OFFSET..hdr::CSUM_OFFSET + 2].copy_from_slice(&offset.to_le_bytes());
+            }
+        }
         let seg = Segment { phys: self.pool.phys(&buf), len: (hdr_len + len) as u32, writable: false };
         if let Err((_, buf)) = self.queue.add(&[seg], buf) {
             self.free.push(buf);
@@ -1245,6 +1269,49 @@ mod tests {
         assert!(s.kicks >= 40, "without EVENT_IDX or NO_NOTIFY every publish notifies");
         assert!(tx.send(MAX_FRAME + 1, &bell, |_| ()).is_none(), "oversized frames are refused");
         assert_eq!(tx.stats().drop_too_long, 1);
+    }
+
+    /// With checksum offload an IPv4 TCP frame leaves with NEEDS_CSUM,
+    /// csum_start after the IP header and the TCP checksum's offset; an ARP
+    /// frame, or any frame with offload off, leaves with a zero header.
+    #[test]
+    fn checksum_offload_marks_tcp_frames_only() {
+        let tcp = |b: &mut [u8]| {
+            b.fill(0);
+            b[12..14].copy_from_slice(&[0x08, 0x00]);
+            b[14] = 0x45;
+            b[16..18].copy_from_slice(&40u16.to_be_bytes());
+            b[23] = 6;
+        };
+        let arp = |b: &mut [u8]| {
+            b.fill(0);
+            b[12..14].copy_from_slice(&[0x08, 0x06]);
+        };
+        for (offload, frame, want) in [
+            (true, tcp as fn(&mut [u8]), Some((34u16, 16u16))),
+            (true, arp as fn(&mut [u8]), None),
+            (false, tcp as fn(&mut [u8]), None),
+        ] {
+            let dma = TestDma::default();
+            let bell = Bell::default();
+            let mut tx = TxQueue::new(&dma, 1, 4, false).unwrap();
+            tx.set_csum_offload(offload);
+            let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
+            tx.send(54, &bell, frame).expect("room");
+            let (_, segs) = dev.pop_avail().expect("a frame");
+            let bytes = dev.read(&segs);
+            let header = &bytes[..HDR_LEN];
+            match want {
+                Some((start, offset)) => {
+                    assert_eq!(header[hdr::FLAGS], hdr::F_NEEDS_CSUM);
+                    assert_eq!(u16::from_le_bytes([header[6], header[7]]), start);
+                    assert_eq!(u16::from_le_bytes([header[8], header[9]]), offset);
+                    assert_eq!(header[hdr::GSO_TYPE], hdr::GSO_NONE);
+                    assert_ne!(&bytes[HDR_LEN + 50..HDR_LEN + 52], &[0, 0], "the pseudo-header sum is in place");
+                }
+                None => assert!(header.iter().all(|&b| b == 0), "offload {offload}: {header:?}"),
+            }
+        }
     }
 
     /// Batched transmit: frames queued in a poll round reach the device

@@ -293,7 +293,12 @@ fn bring_up(
     } else {
         vnet::WANTED & !vnet::feature::MQ
     };
-    let features = t.negotiate(wanted).map_err(|e| e.to_string())?;
+    // Transmit checksum offload, for the stacks (raw mode sends its frames
+    // as they are).
+    let opts = crate::boot_options();
+    let csum = if opts.tx_csum && opts.raw.mode.is_none() { vnet::WANTED_CSUM } else { 0 };
+    let features = t.negotiate(wanted | csum).map_err(|e| e.to_string())?;
+    let tx_csum = features & vnet::feature::CSUM != 0;
     let event_idx = features & drivers::virtio::feature::EVENT_IDX != 0;
     let mergeable = features & vnet::feature::MRG_RXBUF != 0;
     let hdr_len = vnet::header_len(features);
@@ -359,7 +364,8 @@ fn bring_up(
         };
         let rx =
             RxQueue::with_header(&dma, rxq, size(rxq)?, event_idx, mergeable, hdr_len).ok_or("out of DMA memory")?;
-        let tx = TxQueue::with_header(&dma, txq, size(txq)?, event_idx, hdr_len).ok_or("out of DMA memory")?;
+        let mut tx = TxQueue::with_header(&dma, txq, size(txq)?, event_idx, hdr_len).ok_or("out of DMA memory")?;
+        tx.set_csum_offload(tx_csum);
         let (rv, tv) = plan.pairs[p as usize];
         for (queue, entry, addrs) in [(rxq, rv, rx.queue().addresses()), (txq, tv, tx.queue().addresses())] {
             if entry != NO_VECTOR {
@@ -439,6 +445,7 @@ fn bring_up(
         cpus as u16,
         outboxes,
     );
+    fabric.tx_csum_offload = tx_csum;
     // RSS goes after VQ_PAIRS_SET: QEMU turns RSS off when it gets one.
     if rss {
         if let Some((c, off)) = ctrl.as_mut() {
