@@ -68,10 +68,6 @@ impl Moderator {
         Moderator { mode, mark: 0, since: 0 }
     }
 
-    pub fn mode(&self) -> RxModeration {
-        self.mode
-    }
-
     /// The vCPU goes idle at `now_us` and the queue has received `frames`
     /// frames so far (a running count). Returns how many more frames should
     /// raise the interrupt and after how many µs to look anyway; `None` for

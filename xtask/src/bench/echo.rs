@@ -13,7 +13,7 @@
 //! owner (misses) and inbox drops.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use boot::accel::Accel;
 use boot::runner::Line;
 use serde_json::{json, Value};
 
-use super::{bench_dir, prepare, with_guest, write_out, Up};
+use super::{bench_dir, each_load, prepare, with_guest, write_out, Up};
 use crate::boot_tests::{parse_net_cpu, parse_net_stats};
 use crate::cli::BenchEchoArgs;
 use crate::kbuild;
@@ -228,12 +228,7 @@ fn boot_once(
         let (conns, total, timeout) = (a.connections.clone(), a.bytes, a.timeout_secs);
         move |up: Up| {
             let (ns, guest) = (&up.tap.netns, up.tap.guest_addr.to_string());
-            let mut loads = Vec::new();
-            for n in conns {
-                std::thread::sleep(PAUSE);
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
+            each_load(&conns, PAUSE, &stop, |n| {
                 let b = bytes_per_connection(total, n);
                 let from = up.since.elapsed();
                 let result = traffic::tcp_load(ns, &guest, Mode::Echo, ECHO_PORT, n, b, timeout)
@@ -243,9 +238,8 @@ fn boot_once(
                     Ok(s) => say!("queues {queues}, {n} × {}: {}", size(b), s.describe()),
                     Err(e) => say!("queues {queues}, {n} × {}: {e}", size(b)),
                 }
-                loads.push(Load { connections: n, window: (from, to), result });
-            }
-            loads
+                Load { connections: n, window: (from, to), result }
+            })
         }
     };
     let (loads, report) = with_guest(&guest, built, stop, &|m| say!("{m}"), work).1?;

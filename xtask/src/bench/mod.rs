@@ -249,6 +249,21 @@ pub fn with_guest<T: Send + 'static>(
     (command, result)
 }
 
+/// Runs `load` once per connection count of `connections`, each `pause`
+/// after the last (so that the guest's reports fall between them), until a
+/// stop is asked for; returns what the loads gave, in order.
+fn each_load<R>(connections: &[u32], pause: Duration, stop: &AtomicBool, mut load: impl FnMut(u32) -> R) -> Vec<R> {
+    let mut out = Vec::new();
+    for &n in connections {
+        std::thread::sleep(pause);
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        out.push(load(n));
+    }
+    out
+}
+
 /// Boots once per item of `plan` (none once a stop was asked for), gathering
 /// every boot's rows and, per boot, `{what…, "error": null | why}` as JSON.
 /// `label` says what the item is (for JSON and the console).

@@ -10,7 +10,7 @@
 //! benchmark it never passes or fails on speed: the status only says
 //! whether every load ran without an error.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use boot::netns::MAX_QUEUES;
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::{each_boot, prepare, with_guest, write_out, Up};
+use super::{each_boot, each_load, prepare, with_guest, write_out, Up};
 use crate::cli::{parse_netns, BenchBootArgs, MAX_CONNECTIONS};
 use crate::kbuild;
 use crate::rr::{RrShape, RrSummary, RR_PORT};
@@ -118,18 +118,12 @@ fn rr_boot(
         let (stop, a) = (stop.clone(), a.clone());
         move |up: Up| {
             let (ns, guest) = (&up.tap.netns, up.tap.guest_addr.to_string());
-            let mut rows = Vec::new();
-            for &n in &a.connections {
-                std::thread::sleep(PAUSE);
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
+            each_load(&a.connections, PAUSE, &stop, |n| {
                 let result = traffic::tcp_rr(ns, &guest, RR_PORT, n, a.shape)
                     .and_then(|out| RrSummary::parse(&out).ok_or_else(|| format!("no summary in: {}", out.trim())));
                 say!("queues {queues}, {n} conns: {}", result.as_ref().map_or_else(|e| e.clone(), RrSummary::describe));
-                rows.push(RrRow { queues, connections: n, result });
-            }
-            rows
+                RrRow { queues, connections: n, result }
+            })
         }
     };
     with_guest(&guest, built, stop, &|m| say!("{m}"), work).1.map(|(rows, _)| rows)
