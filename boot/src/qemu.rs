@@ -127,7 +127,17 @@ pub struct QemuConfig {
     /// With [`Network::User`]: TCP ports of the host's loopback forwarded
     /// to the guest, (host port, guest port) each (`hostfwd=`).
     pub user_forwards: Vec<(u16, u16)>,
+    /// With [`Network::Tap`]: the virtio-net device offers its checksum and
+    /// segmentation offloads (QEMU's default). Off, it offers none of them
+    /// ([`OFFLOADS_OFF`]), so every frame crosses the tap at most 1514
+    /// bytes long with its checksums computed by the sender.
+    pub nic_offloads: bool,
 }
+
+/// The virtio-net-pci properties that turn every checksum and segmentation
+/// offload off (each defaults to on in QEMU 7.2).
+pub const OFFLOADS_OFF: &str = "csum=off,guest_csum=off,gso=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,\
+guest_ufo=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off";
 
 impl QemuConfig {
     /// A headless VM with the debug-exit device, serial on stdio, no network.
@@ -147,6 +157,7 @@ impl QemuConfig {
             netns: None,
             vhost: false,
             user_forwards: Vec::new(),
+            nic_offloads: true,
         }
     }
 
@@ -247,9 +258,12 @@ impl QemuConfig {
                 let mac = escape(mac.as_deref().unwrap_or(DEFAULT_MAC));
                 // RSS (VIRTIO_NET_F_RSS) and hash reports (VIRTIO_NET_F_HASH_REPORT).
                 let rss = if *rss { ",rss=on,hash=on" } else { "" };
+                let offloads = if self.nic_offloads { String::new() } else { format!(",{OFFLOADS_OFF}") };
                 a.pair(
                     "-device",
-                    format!("virtio-net-pci,netdev=net0,disable-legacy=on,mq={mq},vectors={vectors}{rss},mac={mac}"),
+                    format!(
+                        "virtio-net-pci,netdev=net0,disable-legacy=on,mq={mq},vectors={vectors}{rss}{offloads},mac={mac}"
+                    ),
                 );
             }
         }
@@ -503,6 +517,21 @@ mod tests {
         c.network = c.network.with_rss(false);
         assert!(!value_of(&strings(&c), "-device")[0].contains("rss"));
         assert_eq!(Network::User.with_rss(true), Network::User, "only a tap network has the option");
+    }
+
+    #[test]
+    fn nic_offloads_can_be_turned_off_one_by_one() {
+        let mut c = QemuConfig::new(Accel::Tcg, bios());
+        c.debug_exit = false;
+        c.network = Network::Tap { tap: "mqtap0".into(), queues: 2, mac: None, vectors: None, rss: false };
+        assert!(c.nic_offloads, "QEMU's default");
+        assert!(!value_of(&strings(&c), "-device")[0].contains("=off"));
+        c.nic_offloads = false;
+        let device = value_of(&strings(&c), "-device")[0].clone();
+        for prop in ["csum", "guest_csum", "gso", "guest_tso4", "guest_tso6", "guest_ecn", "guest_ufo", "host_tso4"] {
+            assert!(device.contains(&format!(",{prop}=off,")), "{prop} in {device}");
+        }
+        assert!(device.ends_with(",host_ufo=off,mac=52:54:00:12:34:56"), "{device}");
     }
 
     #[test]

@@ -95,6 +95,16 @@ pub struct BootOptions {
     /// Transmit checksum offload when the device offers CSUM
     /// (`tx-csum=on|off`; on by default).
     pub tx_csum: bool,
+    /// Transmit segmentation offload (64 KiB TCP segments) when the device
+    /// offers HOST_TSO4 and transmit checksums are on (`tx-tso=on|off`; on
+    /// by default).
+    pub tx_tso: bool,
+    /// Receive checksum offload when the device offers GUEST_CSUM
+    /// (`rx-csum=on|off`; on by default).
+    pub rx_csum: bool,
+    /// Large receive segments when the device offers GUEST_TSO4/6 and
+    /// GUEST_CSUM is on (`rx-tso=on|off`; on by default).
+    pub rx_tso: bool,
     /// One MSI-X vector per queue pair instead of per queue (`msix=per-pair`).
     pub msix_per_pair: bool,
     /// The guest's IPv4 address and prefix length (`ip=10.99.0.2/24`).
@@ -105,6 +115,9 @@ pub struct BootOptions {
     /// Each TCP connection's receive and transmit buffer, bytes
     /// (`tcp-buf=256K`, 4K–16M). `None`: the services' default.
     pub tcp_buffer: Option<u32>,
+    /// Delayed ACK of every TCP connection, in µs (`ack-delay=`, 0–100000;
+    /// 0 acknowledges at once); `None`: the services' default (1 ms).
+    pub ack_delay_us: Option<u32>,
     /// How a vCPU without a queue pair of its own transmits (`tx-share=`).
     pub tx_share: TxShare,
     /// The default gateway for destinations off the guest's subnet
@@ -274,6 +287,15 @@ impl IperfMode {
 }
 
 /// The client settings to change, made on first use.
+/// `on` or `off`.
+fn on_off(value: &str) -> Option<bool> {
+    match value {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }
+}
+
 fn client(opts: &mut BootOptions) -> &mut IperfClient {
     opts.iperf_client.get_or_insert_with(IperfClient::default)
 }
@@ -369,10 +391,14 @@ impl Default for BootOptions {
             halt_poll_us: 0,
             rx_coalesce: RxCoalesce::Auto,
             tx_csum: true,
+            tx_tso: true,
+            rx_csum: true,
+            rx_tso: true,
             msix_per_pair: false,
             ip: None,
             net_fault: None,
             tcp_buffer: None,
+            ack_delay_us: None,
             tx_share: TxShare::Lock,
             steer_key: None,
             gateway: None,
@@ -447,6 +473,7 @@ impl BootOptions {
                 "tcp-buf" => {
                     parse_size(value).filter(|n| (4 << 10..=16 << 20).contains(n)).map(|n| opts.tcp_buffer = Some(n))
                 }
+                "ack-delay" => value.parse::<u32>().ok().filter(|n| *n <= 100_000).map(|n| opts.ack_delay_us = Some(n)),
                 "tx-share" => match value {
                     "lock" => Some(TxShare::Lock),
                     "handoff" => Some(TxShare::Handoff),
@@ -457,12 +484,10 @@ impl BootOptions {
                 "steer-key" => parse_key(value).map(|k| opts.steer_key = Some(k)),
                 "haltpoll" => value.parse::<u32>().ok().filter(|n| *n <= 10_000).map(|n| opts.halt_poll_us = n),
                 "rx-coalesce" => RxCoalesce::parse(value).map(|c| opts.rx_coalesce = c),
-                "tx-csum" => match value {
-                    "on" => Some(true),
-                    "off" => Some(false),
-                    _ => None,
-                }
-                .map(|on| opts.tx_csum = on),
+                "tx-csum" => on_off(value).map(|on| opts.tx_csum = on),
+                "tx-tso" => on_off(value).map(|on| opts.tx_tso = on),
+                "rx-csum" => on_off(value).map(|on| opts.rx_csum = on),
+                "rx-tso" => on_off(value).map(|on| opts.rx_tso = on),
                 "gw" => parse_ipv4(value).map(|a| opts.gateway = Some(a)),
                 "iperf-client" => parse_ipv4_port(value, 5201).map(|(server, port)| {
                     let c = opts.iperf_client.get_or_insert_with(IperfClient::default);
@@ -568,6 +593,11 @@ mod tests {
 
     #[test]
     fn transmit_checksum_offload_is_on_unless_turned_off() {
+        assert!(BootOptions::default().rx_csum && BootOptions::default().rx_tso && BootOptions::default().tx_tso);
+        assert!(!parse("tx-tso=off").0.tx_tso && parse("tx-tso=off").0.tx_csum);
+        assert!(!parse("rx-csum=off").0.rx_csum && parse("rx-csum=off").0.rx_tso);
+        assert!(!parse("rx-tso=off").0.rx_tso && parse("rx-tso=off").0.rx_csum);
+        assert_eq!(parse("rx-tso=1").1.len(), 1, "only on and off");
         assert!(BootOptions::default().tx_csum);
         assert!(!parse("tx-csum=off").0.tx_csum);
         assert!(parse("tx-csum=off tx-csum=on").0.tx_csum);
@@ -691,6 +721,9 @@ mod tests {
         assert_eq!(parse("services=rr,echo").0.services.count(), 2);
         assert_eq!(BootOptions::default().tx_share, TxShare::Lock);
         assert_eq!(parse("tcp-buf=1M").0.tcp_buffer, Some(1 << 20));
+        assert_eq!(parse("ack-delay=0").0.ack_delay_us, Some(0));
+        assert_eq!(parse("ack-delay=250").0.ack_delay_us, Some(250));
+        assert_eq!(parse("ack-delay=100001").1.len(), 1, "at most 100 ms");
         assert_eq!(parse("tcp-buf=65536").0.tcp_buffer, Some(65536));
         let (o, p) = parse("tcp-buf=1K tcp-buf=64G tcp-buf=lots tx-share=maybe services=echo,ftp");
         assert_eq!((o.tcp_buffer, o.tx_share), (None, TxShare::Lock));

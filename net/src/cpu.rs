@@ -29,15 +29,16 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use drivers::virtio::netdev::{hash_report, RxQueue, MAX_FRAME};
+use drivers::virtio::netdev::{hash_report, RxQueue};
 use smoltcp::iface::{PollIngressSingleResult, PollResult, SocketHandle};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, Ipv4Address};
 
-use crate::device::{is_arp, Doorbell, NetDevice, TxPath};
+use crate::device::{is_arp, new_scratch, Checksums, Doorbell, NetDevice, Scratch, TxPath};
 use crate::inbox::{Inbox, InboxStats, SLOT_BYTES};
 use crate::neighbours::{arp_reply_frame, arp_sender, NeighbourBoard};
+use crate::segment::split_tcp;
 use crate::services::{ConnCounters, Connection, Services};
 use crate::stack::{NetConfig, Stack};
 use crate::steer::{NoFreePort, Steering};
@@ -66,9 +67,13 @@ pub struct Fabric {
     /// The device reports each frame's Toeplitz hash with our key (RSS
     /// programmed and acknowledged): use it instead of computing it.
     pub hash_reported: bool,
-    /// Every transmit queue finishes TCP and UDP checksums (CSUM
-    /// negotiated and `TxQueue::set_csum_offload` on): the stacks leave them.
-    pub tx_csum_offload: bool,
+    /// Which TCP/UDP checksums the queues take off the stacks' hands (see
+    /// [`Checksums`]): the same for every vCPU.
+    pub checksums: Checksums,
+    /// Every transmit queue cuts 64 KiB TCP segments (HOST_TSO4,
+    /// `TxQueue::set_tso`): the stacks of vCPUs that transmit on a queue
+    /// emit them (see `NetDevice::tso`).
+    pub tso: bool,
 }
 
 impl Fabric {
@@ -83,7 +88,8 @@ impl Fabric {
             outboxes: (0..outboxes).map(|_| Inbox::new(INBOX_SLOTS)).collect(),
             neighbours: NeighbourBoard::new(),
             hash_reported: false,
-            tx_csum_offload: false,
+            checksums: Checksums::default(),
+            tso: false,
         }
     }
 }
@@ -161,6 +167,10 @@ pub struct CpuCounters {
     /// Payload-less copies of segments that arrived into a zero window
     /// (see `zerowin`).
     pub zero_window_acks: u64,
+    /// Coalesced segments (GUEST_TSO) for another vCPU's flow, too long for
+    /// its inbox, that were split (see `segment`), and the pieces made.
+    pub splits: u64,
+    pub split_pieces: u64,
 }
 
 /// What a poll round did.
@@ -201,7 +211,7 @@ pub struct CpuNet {
     pub services: Services,
     counters: CpuCounters,
     neighbours_seen: u32,
-    scratch: Box<[u8; MAX_FRAME]>,
+    scratch: Box<Scratch>,
     inbox_buf: Box<[u8; SLOT_BYTES]>,
     /// vCPUs whose inbox this round filled: woken once at its end.
     to_wake: Vec<bool>,
@@ -219,11 +229,12 @@ impl CpuNet {
         now: Instant,
         seed: u64,
     ) -> CpuNet {
-        let mut scratch = Box::new([0u8; MAX_FRAME]);
+        let mut scratch = new_scratch();
         let mut stack = {
             let (rx, tx) = queues.parts();
             let mut dev = NetDevice::new(rx, tx, bell, &mut scratch);
-            dev.tx_csum_offload = fabric.tx_csum_offload;
+            dev.checksums = fabric.checksums;
+            dev.tso = fabric.tso;
             Stack::new(&fabric.cfg, &mut dev, now, seed)
         };
         services.listen(&mut stack.sockets);
@@ -272,7 +283,7 @@ impl CpuNet {
         let cfg = fabric.cfg;
         let now_ms = now.total_millis().max(0) as u64;
         let CpuNet { stack, services, counters, scratch, inbox_buf, to_wake, zero_windows, .. } = self;
-        let mut misses = 0u64;
+        let (mut misses, mut splits, mut split_pieces) = (0u64, 0u64, 0u64);
         let mut filter = |frame: &[u8], hash: Option<(u32, u16)>| -> bool {
             if is_arp(frame) {
                 if let Some(binding) = arp_sender(frame, &cfg) {
@@ -293,8 +304,25 @@ impl CpuNet {
                     misses += 1;
                     if let Some(inbox) = fabric.inboxes.get(owner as usize) {
                         // A full inbox drops the frame and counts it; TCP
-                        // retransmits it.
-                        let _ = inbox.push(frame);
+                        // retransmits it. A coalesced segment that does
+                        // not fit a slot goes in pieces; one that cannot
+                        // be split is refused (and counted) by the inbox.
+                        if frame.len() > SLOT_BYTES {
+                            let mut piece = [0u8; SLOT_BYTES];
+                            match split_tcp(frame, SLOT_BYTES, &mut piece, |p| {
+                                let _ = inbox.push(p);
+                            }) {
+                                Ok(n) => {
+                                    splits += 1;
+                                    split_pieces += n as u64;
+                                }
+                                Err(_) => {
+                                    let _ = inbox.push(frame);
+                                }
+                            }
+                        } else {
+                            let _ = inbox.push(frame);
+                        }
                         to_wake[owner as usize] = true;
                     }
                     false
@@ -309,7 +337,8 @@ impl CpuNet {
             dev.filter = Some(&mut filter);
             dev.resets.owner = Some((&fabric.steering, me));
             dev.zero_windows = Some(zero_windows);
-            dev.tx_csum_offload = fabric.tx_csum_offload;
+            dev.checksums = fabric.checksums;
+            dev.tso = fabric.tso;
             for _ in 0..BUDGET {
                 if stack.iface.poll_ingress_single(now, &mut dev, &mut stack.sockets) == PollIngressSingleResult::None {
                     break;
@@ -336,6 +365,8 @@ impl CpuNet {
         };
 
         counters.misses += misses;
+        counters.splits += splits;
+        counters.split_pieces += split_pieces;
         counters.inbox_in += from_inbox as u64;
         counters.resets += resets.0 as u64;
         counters.resets_unowned += resets.1 as u64;
@@ -394,7 +425,8 @@ impl CpuNet {
         *neighbours_seen = fabric.neighbours.catch_up(*neighbours_seen, |binding| {
             let frame = arp_reply_frame(binding, &cfg);
             let mut dev = NetDevice::new(None, queues.tx(), bell, scratch);
-            dev.tx_csum_offload = fabric.tx_csum_offload;
+            dev.checksums = fabric.checksums;
+            dev.tso = fabric.tso;
             dev.injected = Some(&frame);
             stack.iface.poll_ingress_single(now, &mut dev, &mut stack.sockets);
         });

@@ -8,9 +8,11 @@
 //! device afterwards; transmitted frames are written by smoltcp straight
 //! into a transmit buffer. Nothing allocates.
 
+use core::num::NonZeroUsize;
 pub use drivers::virtio::netdev::Doorbell;
-use drivers::virtio::netdev::{RxQueue, TxQueue, MAX_FRAME};
-use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
+
+use drivers::virtio::netdev::{RxQueue, TxQueue, MAX_FRAME, MAX_TSO_FRAME};
+use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium, PacketMeta};
 use smoltcp::time::Instant;
 use spin::Mutex;
 
@@ -34,6 +36,16 @@ pub fn is_tcp_reset(frame: &[u8]) -> bool {
     }
     let ihl = usize::from(frame[14] & 0x0f) * 4;
     frame.get(14 + ihl + 13).is_some_and(|flags| flags & 0x04 != 0)
+}
+
+/// Where a frame is written when it cannot be queued (to be dropped), and
+/// where a handed-off frame is written before it is copied out: as long as
+/// the longest frame a stack may emit (a TSO segment).
+pub type Scratch = [u8; MAX_TSO_FRAME];
+
+/// A zeroed [`Scratch`] on the heap (not built on the stack first).
+pub fn new_scratch() -> alloc::boxed::Box<Scratch> {
+    alloc::vec![0u8; MAX_TSO_FRAME].into_boxed_slice().try_into().expect("the length of a Scratch")
 }
 
 /// Looks at each frame from the receive queue, with the hash the device
@@ -60,7 +72,7 @@ pub struct NetDevice<'a, B: Doorbell> {
     pub doorbell: &'a B,
     /// Where a frame goes when the transmit queue is full (it is dropped),
     /// and where a handed-off frame is written before it is copied out.
-    pub scratch: &'a mut [u8; MAX_FRAME],
+    pub scratch: &'a mut Scratch,
     /// A frame made up locally (from neighbour information another vCPU
     /// learned), received before anything else.
     pub injected: Option<&'a [u8]>,
@@ -72,9 +84,12 @@ pub struct NetDevice<'a, B: Doorbell> {
     /// the inbox.
     pub received: usize,
     pub from_inbox: usize,
-    /// The transmit queues finish TCP and UDP checksums (CSUM negotiated,
-    /// `TxQueue::set_csum_offload` on every queue): the stack leaves them.
-    pub tx_csum_offload: bool,
+    /// Which TCP/UDP checksums the stack leaves to the queues.
+    pub checksums: Checksums,
+    /// The transmit queue cuts TCP segments of up to 64 KiB itself
+    /// (HOST_TSO4, `TxQueue::set_tso`); never through a handoff outbox,
+    /// whose slots hold ordinary frames.
+    pub tso: bool,
     pub resets: Resets<'a>,
     /// Flows we advertised a zero window to (see `zerowin`): their data
     /// segments reach the stack after a payload-less copy.
@@ -97,12 +112,13 @@ macro_rules! tx_token {
             scratch: $dev.scratch,
             resets: &mut $dev.resets,
             zero_windows: $dev.zero_windows.as_deref_mut(),
+            mss: None,
         }
     };
 }
 
 impl<'a, B: Doorbell> NetDevice<'a, B> {
-    pub fn new(rx: Option<&'a mut RxQueue>, tx: TxPath<'a>, doorbell: &'a B, scratch: &'a mut [u8; MAX_FRAME]) -> Self {
+    pub fn new(rx: Option<&'a mut RxQueue>, tx: TxPath<'a>, doorbell: &'a B, scratch: &'a mut Scratch) -> Self {
         NetDevice {
             rx,
             tx,
@@ -113,7 +129,8 @@ impl<'a, B: Doorbell> NetDevice<'a, B> {
             filter: None,
             received: 0,
             from_inbox: 0,
-            tx_csum_offload: false,
+            checksums: Checksums::default(),
+            tso: false,
             resets: Resets::default(),
             zero_windows: None,
             strip_buf: [0; COPY_MAX],
@@ -192,9 +209,12 @@ pub enum Rx<'a> {
 pub struct Tx<'b, 'a, B: Doorbell> {
     tx: &'b mut TxPath<'a>,
     doorbell: &'b B,
-    scratch: &'b mut [u8; MAX_FRAME],
+    scratch: &'b mut Scratch,
     resets: &'b mut Resets<'a>,
     zero_windows: Option<&'b mut ZeroWindows>,
+    /// The segment size a TSO frame is to be cut to (smoltcp's
+    /// `PacketMeta::segmentation_offload_size`, virtio's `gso_size`).
+    mss: Option<u16>,
 }
 
 /// TCP resets this device sent, and how many answered a flow that the
@@ -226,20 +246,25 @@ impl phy::RxToken for Rx<'_> {
 fn send_on<R>(
     queue: &mut TxQueue,
     bell: &dyn Doorbell,
-    scratch: &mut [u8; MAX_FRAME],
+    scratch: &mut Scratch,
     len: usize,
+    mss: Option<u16>,
     f: impl FnOnce(&mut [u8]) -> R,
 ) -> R {
     let mut f = Some(f);
-    if let Some(r) = queue.send(len, bell, |buf| (f.take().expect("called once"))(buf)) {
+    if let Some(r) = queue.send_segmented(len, mss, bell, |buf| (f.take().expect("called once"))(buf)) {
         return r;
     }
-    (f.take().expect("not called yet"))(&mut scratch[..len.min(MAX_FRAME)])
+    (f.take().expect("not called yet"))(&mut scratch[..len.min(MAX_TSO_FRAME)])
 }
 
 impl<B: Doorbell> phy::TxToken for Tx<'_, '_, B> {
+    fn set_meta(&mut self, meta: PacketMeta) {
+        self.mss = meta.segmentation_offload_size.map(|n| n.get());
+    }
+
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let (resets, zero_windows) = (self.resets, self.zero_windows);
+        let (resets, zero_windows, mss) = (self.resets, self.zero_windows, self.mss);
         let f = |buf: &mut [u8]| {
             let r = f(buf);
             if let Some(z) = zero_windows {
@@ -257,8 +282,8 @@ impl<B: Doorbell> phy::TxToken for Tx<'_, '_, B> {
             r
         };
         match self.tx {
-            TxPath::Own(q) => send_on(q, self.doorbell, self.scratch, len, f),
-            TxPath::Shared(m) => send_on(&mut m.lock(), self.doorbell, self.scratch, len, f),
+            TxPath::Own(q) => send_on(q, self.doorbell, self.scratch, len, mss, f),
+            TxPath::Shared(m) => send_on(&mut m.lock(), self.doorbell, self.scratch, len, mss, f),
             TxPath::Handoff(outbox) => {
                 let len = len.min(MAX_FRAME);
                 let r = f(&mut self.scratch[..len]);
@@ -324,13 +349,43 @@ impl<'a, B: Doorbell> phy::Device for NetDevice<'a, B> {
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = MAX_FRAME;
         caps.max_burst_size = None;
-        if self.tx_csum_offload {
-            // Verified on receive still; on transmit the device finishes
-            // them from the pseudo-header sum the queue writes.
-            caps.checksum.tcp = Checksum::Rx;
-            caps.checksum.udp = Checksum::Rx;
+        let sums = self.checksums.stack_side();
+        caps.checksum.tcp = sums;
+        caps.checksum.udp = sums;
+        // smoltcp emits TCP segments up to this long (Ethernet header
+        // included) and passes the MSS to cut them to; it needs transmit
+        // checksums off, which TSO on the queue implies.
+        if self.tso && self.checksums.tx && !matches!(self.tx, TxPath::Handoff(_)) {
+            caps.segmentation.tcpv4 = NonZeroUsize::new(MAX_TSO_FRAME);
         }
         caps
+    }
+}
+
+/// Which TCP and UDP checksums the queues take off the stacks' hands. The
+/// same for every vCPU (frames cross between them), so smoltcp's
+/// per-device [`Checksum`] setting can say it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checksums {
+    /// Every transmit queue finishes them (CSUM negotiated,
+    /// `TxQueue::set_csum_offload` on): the device completes them from the
+    /// pseudo-header sum the queue writes.
+    pub tx: bool,
+    /// Receive (GUEST_CSUM negotiated, `RxQueue::set_offloads`): frames
+    /// arrive with partial sums (NEEDS_CSUM, and every coalesced segment)
+    /// or sums the device checked; the queues check the rest themselves.
+    pub rx: bool,
+}
+
+impl Checksums {
+    /// What the stacks still compute or check.
+    pub fn stack_side(self) -> Checksum {
+        match (self.tx, self.rx) {
+            (false, false) => Checksum::Both,
+            (true, false) => Checksum::Rx,
+            (false, true) => Checksum::Tx,
+            (true, true) => Checksum::None,
+        }
     }
 }
 
@@ -421,7 +476,7 @@ mod tests {
         rx_dev: FakeDeviceQueue<'d>,
         tx_dev: FakeDeviceQueue<'d>,
         bell: Bell,
-        scratch: [u8; MAX_FRAME],
+        scratch: std::boxed::Box<Scratch>,
         stack: Stack,
     }
 
@@ -432,7 +487,7 @@ mod tests {
             let rx_dev = FakeDeviceQueue::new(dma, rx.queue());
             let tx_dev = FakeDeviceQueue::new(dma, tx.queue());
             let bell = Bell::default();
-            let mut scratch = [0u8; MAX_FRAME];
+            let mut scratch = new_scratch();
             rx.refill(&bell);
             let stack = {
                 let mut dev = NetDevice::new(Some(&mut rx), TxPath::Own(&mut tx), &bell, &mut scratch);

@@ -18,6 +18,7 @@ pub mod device;
 pub mod inbox;
 pub mod neighbours;
 pub mod raw;
+pub mod segment;
 pub mod services;
 pub mod stack;
 pub mod steer;

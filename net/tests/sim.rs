@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 
 use drivers::dma::fake::TestDma;
-use drivers::virtio::netdev::{hash_report, RxQueue, TxQueue, BUF_SIZE, HASH_HDR_LEN, HDR_LEN, MAX_FRAME};
+use drivers::virtio::netdev::{hash_report, RxOffloads, RxQueue, TxQueue, BUF_SIZE, HASH_HDR_LEN, HDR_LEN, MAX_FRAME};
 use drivers::virtio::queue::fake::FakeDeviceQueue;
 use net::cpu::{ConnectError, CpuNet, Fabric, Queues, Round, Wake, INBOX_SLOTS};
 use net::device::{Doorbell, NetDevice, TxPath};
@@ -144,6 +144,15 @@ struct Spec {
     host_buffer: usize,
     /// Entries of every virtio queue.
     queue_size: u16,
+    /// The tap coalesces a flow's consecutive segments from the host into
+    /// one of up to 64 KiB and leaves TCP checksums partial (Linux GRO
+    /// with GUEST_TSO4 and GUEST_CSUM negotiated); the guest's queues and
+    /// stacks are set up for it.
+    gro: bool,
+    /// Transmit checksum offload and TSO (CSUM and HOST_TSO4): the stacks
+    /// leave TCP checksums to the device and emit segments of up to 64 KiB,
+    /// which the device finishes and cuts (`Pair::take_sent`).
+    tso: bool,
 }
 
 impl Spec {
@@ -157,6 +166,8 @@ impl Spec {
             seed: 1,
             host_buffer: 256 * KIB,
             queue_size: QUEUE_SIZE,
+            gro: false,
+            tso: false,
         }
     }
 }
@@ -192,6 +203,8 @@ struct Tap {
     lost_to_host: u64,
     /// Frames dropped because a queue's backlog was full.
     overflow: u64,
+    /// Segments merged into an earlier one of their flow (`Spec::gro`).
+    coalesced: u64,
     /// Per TCP connection, by (host port, guest port).
     log: BTreeMap<(u16, u16), FlowLog>,
 }
@@ -288,6 +301,87 @@ impl Tap {
     }
 }
 
+/// How many of a queue's latest waiting frames the tap's GRO looks through
+/// for the flow of a new segment (Linux keeps a list of flows per queue).
+const GRO_FLOWS: usize = 8;
+/// The longest IP packet a coalesced segment may become.
+const GRO_MAX_IP: usize = 65_535;
+
+/// Linux GRO: appends `next`'s payload to `last` when both are data
+/// segments of the same flow (IPv4 TCP, ACK set, no SYN/FIN/RST/URG, the
+/// same header lengths), `next` carries on where `last` ends, and the
+/// result stays a valid IP packet. `last` takes `next`'s TCP header (its
+/// acknowledgement, window and flags) but keeps its sequence number.
+fn coalesce(last: &mut Vec<u8>, next: &[u8]) -> bool {
+    const ETH: usize = 14;
+    let shape = |f: &[u8]| -> Option<(usize, usize, [u8; 12], i32, usize)> {
+        let (src, dst, tcp) = frames::tcp_in(f)?;
+        let plain = tcp.ack() && !(tcp.syn() || tcp.fin() || tcp.rst() || tcp.urg());
+        let ihl = usize::from(f[ETH] & 0x0f) * 4;
+        let headers = ETH + ihl + usize::from(tcp.header_len());
+        let mut key = [0u8; 12];
+        key[..4].copy_from_slice(&src.octets());
+        key[4..8].copy_from_slice(&dst.octets());
+        key[8..10].copy_from_slice(&tcp.src_port().to_be_bytes());
+        key[10..].copy_from_slice(&tcp.dst_port().to_be_bytes());
+        let total = usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]));
+        (plain && !tcp.payload().is_empty() && ihl == 20 && f.len() == ETH + total).then_some((
+            ihl,
+            headers,
+            key,
+            tcp.seq_number().0,
+            tcp.payload().len(),
+        ))
+    };
+    let (Some(a), Some(b)) = (shape(last), shape(next)) else { return false };
+    let fits = last.len() - ETH + b.4 <= GRO_MAX_IP;
+    if a.0 != b.0 || a.1 != b.1 || a.2 != b.2 || a.3.wrapping_add(a.4 as i32) != b.3 || !fits {
+        return false;
+    }
+    let (tcp_at, headers) = (ETH + a.0, a.1);
+    last[tcp_at + 8..headers].copy_from_slice(&next[tcp_at + 8..headers]);
+    last.extend_from_slice(&next[headers..]);
+    let total = (last.len() - ETH) as u16;
+    last[ETH + 2..ETH + 4].copy_from_slice(&total.to_be_bytes());
+    net::smoltcp::wire::Ipv4Packet::new_unchecked(&mut last[ETH..]).fill_checksum();
+    true
+}
+
+/// What a tap with GUEST_CSUM/GUEST_TSO4 writes for an IPv4 TCP frame at
+/// `packet[start..]` (after the header's first `start` bytes): NEEDS_CSUM
+/// with the pseudo-header sum in the checksum field (the host never
+/// computed the rest), and for a frame longer than one segment, gso_type
+/// TCPV4 with `gso_size` and `hdr_len`. Other frames are left as they are.
+fn tap_offload_header(packet: &mut [u8], start: usize) {
+    const ETH: usize = 14;
+    let frame = &packet[start..];
+    if frames::tcp_in(frame).is_none() {
+        return;
+    }
+    let ihl = usize::from(frame[ETH] & 0x0f) * 4;
+    let tcp_at = ETH + ihl;
+    let headers = tcp_at + usize::from(frame[tcp_at + 12] >> 4) * 4;
+    let tcp_len = frame.len() - tcp_at;
+    let mut sum = 6 + tcp_len as u32;
+    for at in (ETH + 12..ETH + 20).step_by(2) {
+        sum += u32::from(u16::from_be_bytes([frame[at], frame[at + 1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let (mss, long) = (MAX_FRAME - headers, frame.len() > MAX_FRAME);
+    let field = start + tcp_at + 16;
+    packet[field..field + 2].copy_from_slice(&(sum as u16).to_be_bytes());
+    packet[0] = 1; // NEEDS_CSUM
+    packet[6..8].copy_from_slice(&(tcp_at as u16).to_le_bytes());
+    packet[8..10].copy_from_slice(&16u16.to_le_bytes());
+    if long {
+        packet[1] = 1; // TCPV4
+        packet[2..4].copy_from_slice(&(headers as u16).to_le_bytes());
+        packet[4..6].copy_from_slice(&(mss as u16).to_le_bytes());
+    }
+}
+
 /// Source and destination port of a TCP segment, and whether it is a reset.
 fn tcp_ports(frame: &[u8]) -> Option<(u16, u16, bool)> {
     let (_, _, tcp) = frames::tcp_in(frame)?;
@@ -319,37 +413,92 @@ struct Pair {
     /// Frames from the host waiting for a posted receive buffer, with the
     /// hash the device reports for each.
     backlog: VecDeque<(Vec<u8>, Option<HashReport>)>,
+    /// `Spec::gro`: TCP frames go with a partial checksum, long ones as
+    /// coalesced segments over as many buffers as they need.
+    gro: bool,
+    /// TSO frames from the guest that the device cut (`Spec::tso`).
+    segmented: u64,
 }
 
 impl Pair {
-    /// The device writes waiting frames into posted buffers (one each: no
-    /// frame from the host is longer than a buffer).
+    fn tx_stats(&mut self) -> drivers::virtio::netdev::QueueStats {
+        match &mut self.tx {
+            TxSlot::Own(q) => q.stats(),
+            TxSlot::Shared(m) => m.lock().stats(),
+        }
+    }
+
+    /// The device writes waiting frames into posted buffers: one each,
+    /// except coalesced segments (`gro`), which span as many as they need
+    /// (MRG_RXBUF, `num_buffers`).
     fn deliver(&mut self) {
         while let Some((frame, hash)) = self.backlog.front() {
-            let Some((head, segs)) = self.rx_dev.pop_avail() else { break };
-            // virtio_net_hdr: num_buffers at 10; with the 20-byte header,
-            // hash_value at 12 and hash_report at 16.
+            // virtio_net_hdr: flags at 0, gso_type 1, hdr_len 2, gso_size 4,
+            // csum_start 6, csum_offset 8, num_buffers at 10; with the
+            // 20-byte header, hash_value at 12 and hash_report at 16.
             let mut packet = vec![0u8; self.hdr_len];
-            packet[10..12].copy_from_slice(&1u16.to_le_bytes());
             if let Some((value, report)) = hash {
                 packet[12..16].copy_from_slice(&value.to_le_bytes());
                 packet[16..18].copy_from_slice(&report.to_le_bytes());
             }
+            let start = packet.len();
             packet.extend_from_slice(frame);
-            assert!(packet.len() <= BUF_SIZE);
-            let written = self.rx_dev.fill(&segs, &packet);
-            self.rx_dev.push_used(u32::from(head), written);
+            if self.gro {
+                tap_offload_header(&mut packet, start);
+            }
+            let count = packet.len().div_ceil(BUF_SIZE);
+            if usize::from(self.rx_dev.avail_idx().wrapping_sub(self.rx_dev.last_avail)) < count {
+                break;
+            }
+            packet[10..12].copy_from_slice(&(count as u16).to_le_bytes());
+            for chunk in packet.chunks(BUF_SIZE) {
+                let (head, segs) = self.rx_dev.pop_avail().expect("counted");
+                let written = self.rx_dev.fill(&segs, chunk);
+                self.rx_dev.write_used(u32::from(head), written);
+            }
+            let idx = self.rx_dev.used_idx;
+            self.rx_dev.set_used_idx(idx);
             self.backlog.pop_front();
         }
     }
 
-    /// The device takes everything queued for transmission.
+    /// The device takes everything queued for transmission, finishing
+    /// partial checksums (NEEDS_CSUM) and cutting TSO frames (gso_type
+    /// TCPV4) into segments of `gso_size` as QEMU and the host do.
     fn take_sent(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         while let Some((head, segs)) = self.tx_dev.pop_avail() {
             let bytes = self.tx_dev.read(&segs);
             self.tx_dev.push_used(u32::from(head), 0);
-            out.push(bytes[self.hdr_len..].to_vec());
+            let (header, frame) = bytes.split_at(self.hdr_len);
+            let mut frame = frame.to_vec();
+            let le16 = |at: usize| usize::from(u16::from_le_bytes([header[at], header[at + 1]]));
+            if header[0] & 1 != 0 {
+                let (start, field) = (le16(6), le16(6) + le16(8));
+                frame[field..field + 2].fill(0);
+                let mut sum: u32 =
+                    frame[start..].chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0))).sum();
+                while sum > 0xffff {
+                    sum = (sum & 0xffff) + (sum >> 16);
+                }
+                // The field held the pseudo-header sum: added back in.
+                let partial = u16::from_be_bytes([bytes[self.hdr_len + field], bytes[self.hdr_len + field + 1]]);
+                let mut total = sum + u32::from(partial);
+                while total > 0xffff {
+                    total = (total & 0xffff) + (total >> 16);
+                }
+                frame[field..field + 2].copy_from_slice(&(!(total as u16)).to_be_bytes());
+            }
+            match header[1] {
+                0 => out.push(frame),
+                1 => {
+                    let max = le16(2) + le16(4);
+                    let mut piece = vec![0u8; max];
+                    net::segment::split_tcp(&frame, max, &mut piece, |p| out.push(p.to_vec())).expect("a TSO frame");
+                    self.segmented += 1;
+                }
+                other => panic!("the guest sent gso_type {other}"),
+            }
         }
         out
     }
@@ -475,15 +624,25 @@ impl Sim {
             _ => HDR_LEN,
         };
         fabric.hash_reported = hdr_len == HASH_HDR_LEN;
+        fabric.checksums.rx = spec.gro;
+        fabric.checksums.tx = spec.tso;
+        fabric.tso = spec.tso;
         let bell = Bell::default();
         let now = Instant::from_millis(1);
         let mut pair_list: Vec<Pair> = (0..pairs)
             .map(|p| {
                 let mut rx =
                     RxQueue::with_header(dma, 2 * p, spec.queue_size, true, true, hdr_len).expect("receive queue");
+                if spec.gro {
+                    rx.set_offloads(RxOffloads { csum: true, tso4: true, tso6: false });
+                }
                 let mut tx =
                     TxQueue::with_header(dma, 2 * p + 1, spec.queue_size, true, hdr_len).expect("transmit queue");
                 tx.set_batched(true, &bell);
+                if spec.tso {
+                    tx.set_csum_offload(true);
+                    assert!(tx.set_tso(dma));
+                }
                 let rx_dev = FakeDeviceQueue::new(dma, rx.queue());
                 let tx_dev = FakeDeviceQueue::new(dma, tx.queue());
                 rx.refill(&bell);
@@ -491,7 +650,7 @@ impl Sim {
                     (true, Share::Lock) => TxSlot::Shared(Mutex::new(tx)),
                     _ => TxSlot::Own(tx),
                 };
-                Pair { rx, tx, rx_dev, tx_dev, hdr_len, backlog: VecDeque::new() }
+                Pair { rx, tx, rx_dev, tx_dev, hdr_len, backlog: VecDeque::new(), gro: spec.gro, segmented: 0 }
             })
             .collect();
         let cpu_list: Vec<Vcpu> = (0..cpus)
@@ -521,6 +680,7 @@ impl Sim {
             lost_to_guest: 0,
             lost_to_host: 0,
             overflow: 0,
+            coalesced: 0,
             log: BTreeMap::new(),
         };
         Sim {
@@ -586,6 +746,10 @@ impl Sim {
             }
             if let Some((src, dst, _)) = tcp_ports(&frame) {
                 self.tap.flow_log((src, dst)).to_queue[queue] += 1;
+            }
+            if self.spec.gro && pair.backlog.iter_mut().rev().take(GRO_FLOWS).any(|(last, _)| coalesce(last, &frame)) {
+                self.tap.coalesced += 1;
+                continue;
             }
             let hash = self.tap.hash_report(&frame, &self.fabric.steering);
             pair.backlog.push_back((frame, hash));
@@ -707,11 +871,18 @@ impl Sim {
         s
     }
 
-    /// Every frame a vCPU steered away went into its owner's inbox or was
-    /// counted as dropped there, and every vCPU took from its inbox exactly
-    /// what it popped.
+    /// Every frame a vCPU steered away went into its owner's inbox (a split
+    /// one as its pieces) or was counted as dropped there, and every vCPU
+    /// took from its inbox exactly what it popped.
     fn check_steering_books(&self) {
-        let misses: u64 = self.cpus.iter().map(|v| v.net.counters().misses).sum();
+        let misses: u64 = self
+            .cpus
+            .iter()
+            .map(|v| {
+                let c = v.net.counters();
+                c.misses - c.splits + c.split_pieces
+            })
+            .sum();
         let offered: u64 = self
             .cpus
             .iter()
@@ -1518,7 +1689,7 @@ struct Bare {
     to_host: VecDeque<Vec<u8>>,
     pair: Pair,
     bell: Bell,
-    scratch: Box<[u8; MAX_FRAME]>,
+    scratch: Box<net::device::Scratch>,
     guest: Stack,
     socket: SocketHandle,
     zero_windows: Option<ZeroWindows>,
@@ -1540,7 +1711,7 @@ impl Bare {
         let rx_dev = FakeDeviceQueue::new(dma, rx.queue());
         let tx_dev = FakeDeviceQueue::new(dma, tx.queue());
         rx.refill(&bell);
-        let mut scratch = Box::new([0u8; MAX_FRAME]);
+        let mut scratch = net::device::new_scratch();
         let mut guest = {
             let mut dev = NetDevice::new(Some(&mut rx), TxPath::Own(&mut tx), &bell, &mut scratch);
             Stack::new(&GUEST, &mut dev, now, 21)
@@ -1572,7 +1743,16 @@ impl Bare {
             host_socket,
             to_guest,
             to_host,
-            pair: Pair { rx, tx: TxSlot::Own(tx), rx_dev, tx_dev, hdr_len: HDR_LEN, backlog: VecDeque::new() },
+            pair: Pair {
+                rx,
+                tx: TxSlot::Own(tx),
+                rx_dev,
+                tx_dev,
+                hdr_len: HDR_LEN,
+                backlog: VecDeque::new(),
+                gro: false,
+                segmented: 0,
+            },
             bell,
             scratch,
             guest,
@@ -1712,4 +1892,60 @@ fn a_probes_ack_into_a_zero_window_is_lost_without_the_guard() {
 fn ticks() -> u64 {
     static TICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     TICKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// GUEST_TSO4 and GUEST_CSUM: the tap coalesces the host's segments into
+/// ones of up to 64 KiB with partial checksums. A coalesced segment reaches
+/// its owner's stack whole from the owner's own queue, or cut to inbox
+/// slots (`net::segment`) from another vCPU's queue, and every byte of
+/// every echo arrives intact.
+#[test]
+fn coalesced_segments_reach_their_owners_whole_or_split() {
+    for (cpus, pairs, policy) in [(2, 2, Policy::Rss), (2, 1, Policy::Tun), (2, 2, Policy::WrongQueue)] {
+        let what = format!("{cpus} vCPUs, {pairs} pair(s), {policy:?}");
+        let mut sim = Sim::new(Spec { gro: true, policy, seed: 11, ..Spec::new(cpus, pairs) });
+        let ports = sim.ports_owned_by(4, Echo::PORT, |i| (i % usize::from(cpus)) as u16);
+        let mut clients: Vec<Client> =
+            ports.iter().enumerate().map(|(i, &p)| Client::new(&mut sim, Echo::PORT, p, 512 * KIB, i as u64)).collect();
+        run_clients(&mut sim, &mut clients, Duration::from_secs(60));
+        assert_served_by_owners(&sim, &clients);
+        let stats: Vec<_> = sim.pairs.iter_mut().map(|p| p.rx.stats()).collect();
+        let large: u64 = stats.iter().map(|s| s.large).sum();
+        let splits: u64 = sim.cpus.iter().map(|v| v.net.counters().splits).sum();
+        let pieces: u64 = sim.cpus.iter().map(|v| v.net.counters().split_pieces).sum();
+        assert!(sim.tap.coalesced > 100 && large > 10, "{what}: {} merged into {large}", sim.tap.coalesced);
+        assert!(stats.iter().all(|s| s.drop_offload + s.drop_csum + s.drop_too_long == 0), "{what}: {stats:?}");
+        if policy == Policy::Rss {
+            assert_eq!(splits, 0, "{what}: every segment arrived on its owner's queue");
+        } else {
+            assert!(splits > 0 && pieces > 2 * splits, "{what}: {splits} split into {pieces}");
+        }
+        for c in &clients {
+            assert_eq!(sim.tap.log[&(c.host_port, c.guest_port)].guest_resets, 0, "{what}");
+        }
+        sim.check_steering_books();
+    }
+}
+
+/// HOST_TSO4: the stacks hand their transmit queues TCP segments of up to
+/// 64 KiB with partial checksums; the device cuts and finishes them, and
+/// every echoed byte arrives intact, with coalesced receive or without.
+#[test]
+fn the_stacks_emit_64_kib_segments_that_the_device_cuts() {
+    for (gro, pairs) in [(true, 2), (false, 2), (true, 1)] {
+        let what = format!("gro {gro}, {pairs} pair(s)");
+        let mut sim = Sim::new(Spec { gro, tso: true, policy: Policy::Tun, seed: 12, ..Spec::new(2, pairs) });
+        let ports = sim.ports_owned_by(4, Echo::PORT, |i| (i % 2) as u16);
+        let mut clients: Vec<Client> =
+            ports.iter().enumerate().map(|(i, &p)| Client::new(&mut sim, Echo::PORT, p, 512 * KIB, i as u64)).collect();
+        run_clients(&mut sim, &mut clients, Duration::from_secs(60));
+        assert_served_by_owners(&sim, &clients);
+        let large: u64 = sim.pairs.iter_mut().map(|p| p.tx_stats().large).sum();
+        let cut: u64 = sim.pairs.iter().map(|p| p.segmented).sum();
+        assert!(large > 10 && cut == large, "{what}: {large} large frames sent, {cut} cut");
+        for c in &clients {
+            assert_eq!(sim.tap.log[&(c.host_port, c.guest_port)].guest_resets, 0, "{what}");
+        }
+        sim.check_steering_books();
+    }
 }

@@ -108,6 +108,9 @@ pub struct NetCase {
     /// Raw driver mode (`raw=`): the host side and the checks are
     /// `boot_raw`'s instead of all of the above.
     pub raw: Option<kernel::raw::RawMode>,
+    /// The device offers its checksum and segmentation offloads (QEMU's
+    /// default); off, QEMU is started with [`boot::qemu::OFFLOADS_OFF`].
+    pub offloads: bool,
 }
 
 /// The TCP step of a network case: an echo load, then (if it passed) a
@@ -160,6 +163,7 @@ impl NetCase {
             iperf: false,
             iperf_client: false,
             raw: None,
+            offloads: true,
         }
     }
 }
@@ -323,14 +327,18 @@ fn flood_case(name: &'static str, cpus: u16) -> BootCase {
 /// spread (with 512 MiB it was 24, which about 1 boot in 30 would exceed).
 fn tcp_case(name: &'static str, queues: u16, rss: bool) -> BootCase {
     // The kernel names the vCPUs left without a queue pair of their own;
-    // transmit checksum offload (CSUM) is negotiated, except in the
-    // one-pair case, which turns it off (`tx-csum=off`) so that the stacks'
-    // own checksums go through the same loads (the host verifies those).
+    // checksum offload and large segments both ways (HOST_TSO4, GUEST_TSO)
+    // are negotiated, except transmit checksums (and so TSO) in the
+    // one-pair case, which turns them off (`tx-csum=off`) so that the stacks' own
+    // checksums go through the same loads (the host verifies those). That
+    // case also cuts coalesced segments for the three vCPUs without a
+    // queue into inbox-sized ones (`splits`, checked in `check_tcp`).
+    const ALL: &str = "negotiated CSUM GUEST_CSUM MAC GUEST_TSO4 GUEST_TSO6 HOST_TSO4 ";
     let also: &'static [&'static str] = match queues {
-        1 => &["negotiated MAC ", "cpus 1..3 have no queue pair of their own"],
-        2 => &["negotiated CSUM ", "cpus 2..3 have no queue pair of their own"],
-        3 => &["negotiated CSUM ", "cpus 3..3 have no queue pair of their own"],
-        _ => &["negotiated CSUM "],
+        1 => &["negotiated GUEST_CSUM MAC GUEST_TSO4 GUEST_TSO6 ", "cpus 1..3 have no queue pair of their own"],
+        2 => &[ALL, "cpus 2..3 have no queue pair of their own"],
+        3 => &[ALL, "cpus 3..3 have no queue pair of their own"],
+        _ => &[ALL],
     };
     let cmdline = if queues == 1 {
         concat!("net-stats=1000 tx-csum=off steer-key=", test_steer_key!())
@@ -347,6 +355,32 @@ fn tcp_case(name: &'static str, queues: u16, rss: bool) -> BootCase {
             1024,
             cmdline,
             Expect::Network { pairs: queues.min(4), vectors: Vectors::PerQueue },
+        )
+    }
+}
+
+/// The TCP step of the iperf3 cases: a checksummed transfer both ways (the
+/// echo, compared byte for byte) before the iperf3 runs.
+pub const IPERF_CASE_LOAD: TcpCase =
+    TcpCase { echo_connections: 8, echo_bytes: 4 << 20, discard_connections: 2, discard_bytes: 32 << 20, rr: None };
+
+/// An iperf3 case: 4 vCPUs, 4 pairs, [`IPERF_CASE_LOAD`] then the iperf3
+/// runs, with the device's offloads on or off.
+fn iperf_case(name: &'static str, offloads: bool) -> BootCase {
+    BootCase {
+        net: Some(NetCase { iperf: true, pings: 4, flows: 8, tcp: Some(IPERF_CASE_LOAD), offloads, ..NetCase::new(4) }),
+        also: if offloads {
+            &["negotiated CSUM GUEST_CSUM MAC GUEST_TSO4 GUEST_TSO6 HOST_TSO4 "]
+        } else {
+            &["negotiated MAC MRG_RXBUF STATUS "]
+        },
+        ..case(
+            name,
+            Firmware::Bios,
+            4,
+            1024,
+            concat!("net-stats=1000 steer-key=", test_steer_key!()),
+            Expect::Network { pairs: 4, vectors: Vectors::PerQueue },
         )
     }
 }
@@ -576,18 +610,12 @@ pub fn cases() -> Vec<BootCase> {
                 Expect::Network { pairs: 2, vectors: Vectors::PerQueue },
             )
         },
-        // The real iperf3 client against the guest's server on every vCPU.
-        BootCase {
-            net: Some(NetCase { iperf: true, pings: 4, flows: 8, ..NetCase::new(4) }),
-            ..case(
-                "net-iperf-smp4-queues4",
-                Bios,
-                4,
-                1024,
-                concat!("net-stats=1000 steer-key=", test_steer_key!()),
-                Expect::Network { pairs: 4, vectors: Vectors::PerQueue },
-            )
-        },
+        // The real iperf3 client against the guest's server on every vCPU,
+        // after an echo load (every byte compared) and a discard load: with
+        // the device's offloads (64 KiB segments from the host, partial
+        // checksums both ways), and with none (QEMU properties off).
+        iperf_case("net-iperf-smp4-queues4", true),
+        iperf_case("net-iperf-smp4-queues4-offloads-off", false),
         // Raw mode, one boot per mode: the guest moves frames with no
         // stack, the host counts them on the tap (see boot_raw).
         raw_case("net-raw-rxonly-smp2-queues2", RawMode::RxOnly, "net-stats=400 raw=rxonly"),
@@ -1137,7 +1165,7 @@ fn check_network(case: &BootCase, report: &RunReport, pairs: u16, vectors: Vecto
         check_tcp(case, &net, &tcp, out, report)?;
     }
     if net.iperf {
-        check_iperf(out, usize::from(case.cpus))?;
+        check_iperf(out, usize::from(case.cpus), net.offloads)?;
     }
     if net.iperf_client {
         check_iperf_client(out, report)?;
@@ -1280,7 +1308,9 @@ fn check_tcp(case: &BootCase, net: &NetCase, tcp: &TcpCase, out: &str, report: &
             per_cpu(&cpus, "active")
         ));
     }
-    if sum("reset") != 0 {
+    // iperf3 ends its streams with a reset (its client closes them with
+    // data unread), so with iperf3 runs in the case the count covers those.
+    if sum("reset") != 0 && !net.iperf {
         return Err(format!("{} connections were reset (per vCPU: {})", sum("reset"), per_cpu(&cpus, "reset")));
     }
     // A reset for a flow another vCPU owns means a segment reached a stack
@@ -1291,6 +1321,14 @@ fn check_tcp(case: &BootCase, net: &NetCase, tcp: &TcpCase, out: &str, report: &
              not own its connection",
             sum("resets_unowned"),
             per_cpu(&cpus, "resets_unowned")
+        ));
+    }
+    // One pair for four vCPUs, with GUEST_TSO: the pair's owner cuts the
+    // others' coalesced segments to fit their inboxes.
+    if net.queues == 1 && net.offloads && sum("splits") == 0 {
+        return Err(format!(
+            "no coalesced segment was split for another vCPU (misses per vCPU: {})",
+            per_cpu(&cpus, "misses")
         ));
     }
     let misses = sum("misses");
@@ -1305,7 +1343,7 @@ fn check_tcp(case: &BootCase, net: &NetCase, tcp: &TcpCase, out: &str, report: &
         // Every flow the host starts may miss until the tap learns it: the
         // TCP connections, each UDP flow (whose datagrams the guest never
         // answers on that flow, so the tap never learns it) and the pings.
-        let flows = tcp.connections() + u64::from(net.flows) + 1;
+        let flows = tcp.connections() + u64::from(net.flows) + 1 + if net.iperf { iperf_connections() } else { 0 };
         let budget = MISSES_PER_FLOW * flows;
         if misses > budget {
             return Err(format!(
@@ -1472,11 +1510,19 @@ fn series_by(scrape: &str, name: &str, label: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// TCP connections the iperf3 steps open: a control connection and the
+/// streams of each run in [`IPERF_RUNS`], then the malformed exchange's one
+/// and the last run's two.
+pub fn iperf_connections() -> u64 {
+    let streams = |args: &[&str]| args.windows(2).find(|w| w[0] == "-P").and_then(|w| w[1].parse().ok()).unwrap_or(1);
+    IPERF_RUNS.iter().map(|(_, args)| 1 + streams(args)).sum::<u64>() + 1 + 2
+}
+
 /// The iperf3 steps: every run passes ([`check_iperf_run`]); the `-P 4`
 /// runs have 4 streams, and between the scrapes around them every vCPU
 /// accepted a connection and every receive queue received; the malformed
 /// exchange got SERVER_ERROR and the next run passed.
-fn check_iperf(out: &str, cpus: usize) -> Result<(), String> {
+fn check_iperf(out: &str, cpus: usize, offloads: bool) -> Result<(), String> {
     let find = |step: &str| crate::traffic::find_section(out, step).ok_or(format!("no `{step}` step ran"));
     for (step, args) in IPERF_RUNS {
         let v = check_iperf_run(step, &find(step)?)?;
@@ -1500,6 +1546,17 @@ fn check_iperf(out: &str, cpus: usize) -> Result<(), String> {
     let accepted = delta("mqnet_tcp_accepted", "cpu");
     if accepted.len() != cpus || accepted.iter().any(|(_, n)| *n == 0) {
         return Err(format!("the -P 4 streams were not served on every vCPU: accepted by cpu {accepted:?}"));
+    }
+    // The host's sender hands the tap segments of up to 64 KiB when the
+    // guest took GUEST_TSO4, and the guest's stacks hand the device such
+    // segments when it took HOST_TSO4; never without.
+    for (series, what) in [("mqnet_rx_large", "coalesced segment received"), ("mqnet_tx_large", "TSO segment sent")] {
+        let total: u64 = delta(series, "rxq").iter().map(|(_, n)| n).sum();
+        match (offloads, total) {
+            (true, 0) => return Err(format!("the -P 4 runs had no {what} ({series} 0 on every queue)")),
+            (false, n) if n > 0 => return Err(format!("{n} × {what} with the device's offloads off")),
+            _ => {}
+        }
     }
     let bad = find(STEP_IPERF_MALFORMED)?;
     let answer = bad.lines().find_map(|l| l.strip_prefix("answer ")).unwrap_or("");
@@ -2326,11 +2383,18 @@ mod tests {
             assert_eq!(time_limit(&c, Accel::Tcg), Duration::from_secs(90 + 240 + 120 + 20) + rr);
             assert_eq!(then_wait(&c), Duration::from_secs(3));
         }
-        // The other network cases have no TCP load and no RSS.
+        // The iperf3 cases have a small load before their runs, with the
+        // device's offloads on and off.
+        let iperf: Vec<_> = cases().into_iter().filter(|c| c.net.is_some_and(|n| n.iperf)).collect();
+        let loads: Vec<_> = iperf.iter().map(|c| (c.net.unwrap().tcp, c.net.unwrap().offloads)).collect();
+        assert_eq!(loads, [(Some(IPERF_CASE_LOAD), true), (Some(IPERF_CASE_LOAD), false)]);
+        assert_eq!(iperf_connections(), 2 + 2 + 5 + 5 + 2 + 2 + 1 + 2, "each flow may miss until learned");
+        // The other network cases have no TCP load and no RSS, and keep the
+        // device's offloads.
         assert!(cases()
             .iter()
-            .filter(|c| !c.name.starts_with("net-tcp-"))
-            .all(|c| c.net.is_none_or(|n| n.tcp.is_none() && !n.rss)));
+            .filter(|c| !c.name.starts_with("net-tcp-") && !c.net.is_some_and(|n| n.iperf))
+            .all(|c| c.net.is_none_or(|n| n.tcp.is_none() && !n.rss && n.offloads)));
     }
 
     #[test]
@@ -2349,12 +2413,18 @@ mod tests {
         assert!(tcp_run("net-tcp-smp4-queues2", &|_| cpu_ok(19, 40), good_loads()).is_ok());
         // One queue: the flows of three vCPUs travel through their inboxes,
         // misses are not bounded, inbox drops are reported.
-        let drops = |p: u16| cpu_ok(19, 5000).replace("inbox_drops 0", &format!("inbox_drops {p}"));
+        let drops = |p: u16| {
+            cpu_ok(19, 5000).replace("inbox_drops 0", &format!("inbox_drops {p}")).replace("misses", "splits 40 misses")
+        };
         let note = tcp_run("net-tcp-smp4-queues1", &drops, good_loads()).unwrap();
         assert!(
             note.contains("misses 5000/5000/5000/5000 (sum 20000), inbox_in 15000/15000/15000/15000, inbox_drops 6,"),
             "{note}"
         );
+        // There, with GUEST_TSO, some coalesced segments must have been cut
+        // for the vCPUs without a queue.
+        let err = tcp_run("net-tcp-smp4-queues1", &|_| cpu_ok(19, 5000), good_loads()).unwrap_err();
+        assert!(err.starts_with("no coalesced segment was split for another vCPU"), "{err}");
     }
 
     #[test]

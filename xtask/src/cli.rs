@@ -262,6 +262,12 @@ pub struct BenchIperfArgs {
     /// (net.ipv4.tcp_congestion_control, recorded with the results).
     #[arg(long)]
     pub congestion: Option<String>,
+    /// The NIC's checksum and segmentation offloads in each configuration's
+    /// boots: on (QEMU's defaults), off (QEMU properties csum=off,
+    /// guest_tso4=off, ...), or both, side by side (comma-separated)
+    /// [default: on,off; with --quick on].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub offloads: Option<Vec<OnOff>>,
     /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     pub accel: AccelArg,
@@ -298,12 +304,21 @@ pub const MAX_SESSIONS: i64 = 128;
 pub struct VmConfig {
     pub vcpus: u16,
     pub queues: u16,
+    /// The NIC offers its checksum and segmentation offloads (`--offloads`).
+    pub offloads: bool,
 }
 
 impl std::fmt::Display for VmConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.vcpus, self.queues)
+        write!(f, "{}/{}{}", self.vcpus, self.queues, if self.offloads { "" } else { ":off" })
     }
+}
+
+/// `on` or `off`, as a command-line value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// `2/1` → 2 vCPUs, 1 queue pair. The kernel uses at most one pair per
@@ -320,7 +335,7 @@ pub fn parse_vm_config(s: &str) -> Result<VmConfig, String> {
     if queues > vcpus {
         return Err(format!("`{s}`: more queue pairs than vCPUs (the kernel uses at most one pair per vCPU)"));
     }
-    Ok(VmConfig { vcpus, queues })
+    Ok(VmConfig { vcpus, queues, offloads: true })
 }
 
 /// An iperf3 message size: `-l BYTES`, or iperf3's default (no `-l`).
@@ -767,7 +782,7 @@ mod tests {
         .unwrap();
         let Cmd::Bench(b) = cli.command else { panic!() };
         let i = b.iperf;
-        let c = |vcpus, queues| VmConfig { vcpus, queues };
+        let c = |vcpus, queues| VmConfig { vcpus, queues, offloads: true };
         assert_eq!(i.configs, Some(vec![c(4, 1), c(4, 4), c(8, 8)]));
         assert_eq!((i.sessions, i.lengths), (vec![1, 16], vec![MsgLen(Some(65536)), MsgLen(None)]));
         assert_eq!((i.directions, i.repeat, i.time, i.omit), (vec![GuestToHost], 5, 10, 2));
@@ -801,9 +816,10 @@ mod tests {
 
     #[test]
     fn vm_configs_and_message_sizes() {
-        assert_eq!(parse_vm_config("2/2"), Ok(VmConfig { vcpus: 2, queues: 2 }));
-        assert_eq!(parse_vm_config(" 8/1 "), Ok(VmConfig { vcpus: 8, queues: 1 }));
-        assert_eq!(VmConfig { vcpus: 4, queues: 2 }.to_string(), "4/2");
+        assert_eq!(parse_vm_config("2/2"), Ok(VmConfig { vcpus: 2, queues: 2, offloads: true }));
+        assert_eq!(parse_vm_config(" 8/1 "), Ok(VmConfig { vcpus: 8, queues: 1, offloads: true }));
+        assert_eq!(VmConfig { vcpus: 4, queues: 2, offloads: true }.to_string(), "4/2");
+        assert_eq!(VmConfig { vcpus: 4, queues: 2, offloads: false }.to_string(), "4/2:off");
         assert!(parse_vm_config("1/2").unwrap_err().contains("more queue pairs than vCPUs"));
         assert!(parse_vm_config("4/17").unwrap_err().contains("1 to 16"));
         assert!(parse_vm_config("256/1").unwrap_err().contains("1 to 255"));

@@ -323,6 +323,7 @@ fn run_case(
                 vectors: net.vectors,
                 rss: net.rss,
             };
+            config.nic_offloads = net.offloads;
             config = config.with_kernel_cmdline(&format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, case.cmdline));
             config.netns = Some(tap.netns.clone());
             let qmp = net.flap_link.then(|| {

@@ -4,7 +4,7 @@
 use core::fmt;
 
 use super::feature as common;
-use super::netdev;
+use super::netdev::{self, RxOffloads};
 use crate::regs::RegisterBlock;
 
 pub mod feature {
@@ -49,10 +49,53 @@ pub const WANTED: u64 = common::VERSION_1
     | feature::MRG_RXBUF
     | common::EVENT_IDX;
 
-/// Transmit checksum offload: the device finishes TCP and UDP checksums
-/// (see `csum`); asked for on top of [`WANTED`] unless the user turned it
-/// off, since the stacks must then leave those checksums to it.
-pub const WANTED_CSUM: u64 = feature::CSUM;
+/// What the user left on of the offloads (boot options `tx-csum=`,
+/// `tx-tso=`, `rx-csum=`, `rx-tso=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffloadChoice {
+    pub tx_csum: bool,
+    pub tx_tso: bool,
+    pub rx_csum: bool,
+    pub rx_tso: bool,
+}
+
+/// The offload features to ask for on top of [`WANTED`], given what the
+/// device `offered` and what the user left on: CSUM (transmit checksums)
+/// and, on top of it, HOST_TSO4 (64 KiB TCP segments the device cuts);
+/// GUEST_CSUM (receive checksums) and, on top of it, GUEST_TSO4 and
+/// GUEST_TSO6 (coalesced receive segments of up to 64 KiB). The spec makes
+/// each TSO depend on its checksum feature. Receive TSO is asked for only
+/// with MRG_RXBUF, since a 64 KiB segment must then span the queue's 2 KiB
+/// buffers (without it every buffer would have to hold 64 KiB). Not
+/// HOST_TSO6: the stacks run no IPv6.
+pub fn wanted_offloads(offered: u64, choice: OffloadChoice) -> u64 {
+    let OffloadChoice { tx_csum, tx_tso, rx_csum, rx_tso } = choice;
+    let mut wanted = 0;
+    if tx_csum {
+        wanted |= feature::CSUM;
+        if tx_tso && offered & feature::CSUM != 0 {
+            wanted |= feature::HOST_TSO4;
+        }
+    }
+    if rx_csum {
+        wanted |= feature::GUEST_CSUM;
+        if rx_tso && offered & feature::MRG_RXBUF != 0 && offered & feature::GUEST_CSUM != 0 {
+            wanted |= feature::GUEST_TSO4 | feature::GUEST_TSO6;
+        }
+    }
+    wanted & offered
+}
+
+/// What received headers may ask for under the negotiated `features`.
+pub fn rx_offloads(features: u64) -> RxOffloads {
+    let csum = features & feature::GUEST_CSUM != 0;
+    let mergeable = features & feature::MRG_RXBUF != 0;
+    RxOffloads {
+        csum,
+        tso4: csum && mergeable && features & feature::GUEST_TSO4 != 0,
+        tso6: csum && mergeable && features & feature::GUEST_TSO6 != 0,
+    }
+}
 
 /// Receive-side scaling (`RSS_CONFIG`): asked for on top of [`WANTED`] only
 /// when the user wants device-side steering; the kernel ORs it in.
@@ -234,6 +277,40 @@ mod tests {
     use super::*;
     use crate::regs::fake::Memory;
     use std::string::ToString;
+
+    #[test]
+    fn offloads_are_asked_for_only_when_offered_and_consistent() {
+        use feature::*;
+        let qemu = CSUM
+            | GUEST_CSUM
+            | GUEST_TSO4
+            | GUEST_TSO6
+            | GUEST_ECN
+            | GUEST_UFO
+            | HOST_TSO4
+            | HOST_TSO6
+            | HOST_UFO
+            | MRG_RXBUF;
+        let all = CSUM | HOST_TSO4 | GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6;
+        let on = OffloadChoice { tx_csum: true, tx_tso: true, rx_csum: true, rx_tso: true };
+        assert_eq!(wanted_offloads(qemu, on), all, "never ECN, UFO or IPv6 transmit TSO");
+        assert_eq!(wanted_offloads(qemu, OffloadChoice { tx_csum: false, ..on }), all & !CSUM & !HOST_TSO4);
+        assert_eq!(wanted_offloads(qemu, OffloadChoice { tx_tso: false, ..on }), all & !HOST_TSO4);
+        let rx_csum_off = OffloadChoice { rx_csum: false, ..on };
+        assert_eq!(wanted_offloads(qemu, rx_csum_off), CSUM | HOST_TSO4, "TSO needs GUEST_CSUM");
+        assert_eq!(wanted_offloads(qemu, OffloadChoice { rx_tso: false, ..on }), all & !GUEST_TSO4 & !GUEST_TSO6);
+        let no_mrg = wanted_offloads(qemu & !MRG_RXBUF, on);
+        assert_eq!(no_mrg, CSUM | HOST_TSO4 | GUEST_CSUM, "no 64 KiB buffers");
+        let no_guest_csum = wanted_offloads(qemu & !GUEST_CSUM, on);
+        assert_eq!(no_guest_csum, CSUM | HOST_TSO4, "TSO without GUEST_CSUM is invalid");
+        assert_eq!(wanted_offloads(qemu & !CSUM, on), all & !CSUM & !HOST_TSO4, "HOST_TSO4 without CSUM is invalid");
+        assert_eq!(wanted_offloads(0, on), 0);
+
+        let on = rx_offloads(all | MRG_RXBUF);
+        assert_eq!(on, RxOffloads { csum: true, tso4: true, tso6: true });
+        assert_eq!(rx_offloads(GUEST_TSO4 | MRG_RXBUF), RxOffloads::default(), "a device that broke the rules");
+        assert_eq!(rx_offloads(all), RxOffloads { csum: true, ..RxOffloads::default() }, "no MRG_RXBUF");
+    }
 
     #[test]
     fn feature_names() {

@@ -41,6 +41,17 @@ pub const MAX_FRAME: usize = 1514;
 /// Largest received frame accepted: a 64 KiB IP packet with its Ethernet
 /// and VLAN headers (what large receive offload will deliver).
 pub const MAX_RX_FRAME: usize = 65_535 + 18;
+/// Largest transmitted frame with HOST_TSO4 (see [`TxQueue::set_tso`]): a
+/// 64 KiB IPv4 packet and its Ethernet header. A longer one would wrap the
+/// IPv4 total length.
+pub const MAX_TSO_FRAME: usize = 65_535 + 14;
+/// Large transmit buffers per queue with TSO on: frames up to
+/// [`MAX_TSO_FRAME`] that the device is still sending (a fast sender keeps
+/// a few in flight; 2 MiB of DMA memory per queue).
+pub const TSO_BUFFERS: u32 = 32;
+/// One large transmit buffer: a header of either length and the largest
+/// frame, rounded up to 64 bytes.
+const TSO_BUF_SIZE: usize = (HASH_HDR_LEN + MAX_TSO_FRAME).next_multiple_of(64);
 /// Ethernet header: shorter frames are malformed.
 const ETH_HDR: usize = 14;
 
@@ -62,12 +73,40 @@ mod hdr {
     /// Only in the 20-byte header.
     pub const HASH_VALUE: usize = 12;
     pub const HASH_REPORT: usize = 16;
+    pub const HDR_LEN: usize = 2;
+    pub const GSO_SIZE: usize = 4;
     pub const CSUM_START: usize = 6;
     pub const CSUM_OFFSET: usize = 8;
-    /// The checksum is partial: on receive only with GUEST_CSUM (not
-    /// negotiated yet); on transmit with CSUM (see [`super::TxQueue::set_csum_offload`]).
+    /// The checksum is partial: on receive only with GUEST_CSUM (see
+    /// [`super::RxOffloads`]); on transmit with CSUM (see
+    /// [`super::TxQueue::set_csum_offload`]).
     pub const F_NEEDS_CSUM: u8 = 1;
+    /// Receive, with GUEST_CSUM: the device checked the checksums.
+    pub const F_DATA_VALID: u8 = 2;
     pub const GSO_NONE: u8 = 0;
+    pub const GSO_TCPV4: u8 = 1;
+    pub const GSO_UDP: u8 = 3;
+    pub const GSO_TCPV6: u8 = 4;
+    /// Or-ed into a TCP type: the segments carry ECN bits (GUEST_ECN,
+    /// which this driver does not negotiate).
+    pub const GSO_ECN: u8 = 0x80;
+}
+
+/// The receive offloads negotiated for a queue (see
+/// [`RxQueue::set_offloads`]); all off by default, when a received header
+/// asking for any of them is malformed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxOffloads {
+    /// VIRTIO_NET_F_GUEST_CSUM: frames may arrive with a partial TCP/UDP
+    /// checksum (NEEDS_CSUM) or one the device checked (DATA_VALID), so the
+    /// stacks must not check those sums; the queue checks frames that
+    /// arrive with neither flag itself (see [`super::csum::verify`]).
+    pub csum: bool,
+    /// VIRTIO_NET_F_GUEST_TSO4: coalesced IPv4 TCP segments of up to 64 KiB
+    /// (`gso_type` TCPV4, `gso_size` the sender's MSS). Needs `csum`.
+    pub tso4: bool,
+    /// VIRTIO_NET_F_GUEST_TSO6: the same for IPv6.
+    pub tso6: bool,
 }
 
 /// `virtio_net_hdr.hash_report` values (virtio spec, "Hash reporting for
@@ -117,8 +156,7 @@ pub struct QueueStats {
     pub full: u64,
     pub drop_bad_len: u64,
     pub drop_bad_id: u64,
-    /// Receive: shorter than a header and an Ethernet header, or a header
-    /// this driver did not negotiate (GSO, partial checksum).
+    /// Receive: shorter than a header and an Ethernet header.
     pub drop_header: u64,
     /// Receive: a `num_buffers` that is 0, beyond the ring, or names buffers
     /// the device has not returned.
@@ -129,6 +167,19 @@ pub struct QueueStats {
     /// Receive: hash reports of a type the spec does not define. The frame
     /// is delivered; only the report is ignored.
     pub hash_unknown: u64,
+    /// Receive: coalesced segments (a `gso_type` other than NONE); transmit:
+    /// frames handed to the device to segment (TSO).
+    pub large: u64,
+    /// Receive, with GUEST_CSUM: frames the queue checked itself (they came
+    /// with neither NEEDS_CSUM nor DATA_VALID).
+    pub csum_checked: u64,
+    /// Receive: frames that failed that check.
+    pub drop_csum: u64,
+    /// Receive: offload fields that make no sense: a partial checksum whose
+    /// field lies outside the frame, a coalesced segment with `gso_size` 0
+    /// or a `hdr_len` beyond the frame, a `gso_type` not negotiated or
+    /// undefined.
+    pub drop_offload: u64,
 }
 
 impl QueueStats {
@@ -183,13 +234,22 @@ pub struct RxQueue {
     /// Refills that found the device out of buffers (see
     /// [`RxQueue::starved_refills`]).
     starved: u64,
+    offloads: RxOffloads,
 }
 
 /// What the header of a received buffer says, once checked.
 struct RxHeader {
     num_buffers: u16,
     hash: Option<(u32, u16)>,
+    flags: u8,
+    /// `gso_type` without the ECN bit; `gso_size`, `hdr_len`.
+    gso: (u8, u16, u16),
+    csum: (u16, u16),
 }
+
+/// A header field that asks for an offload this queue did not negotiate,
+/// or one the spec does not define; with the frame's `num_buffers`.
+struct NotNegotiated(u16);
 
 /// A hash report of a type the spec does not define.
 struct UnknownHash;
@@ -218,7 +278,26 @@ impl RxQueue {
         let (pool, free) = BufferPool::new(dma, BUF_SIZE, size as u32)?;
         let join = if mergeable { alloc::vec![0u8; MAX_RX_FRAME].into_boxed_slice() } else { Box::default() };
         let stats = QueueStats::default();
-        Some(RxQueue { index, queue, pool, free, mergeable, join, held: None, hash: None, hdr_len, stats, starved: 0 })
+        Some(RxQueue {
+            index,
+            queue,
+            pool,
+            free,
+            mergeable,
+            join,
+            held: None,
+            hash: None,
+            hdr_len,
+            stats,
+            starved: 0,
+            offloads: RxOffloads::default(),
+        })
+    }
+
+    /// The receive offloads negotiated: what received headers may ask for
+    /// (anything else is dropped and counted in `drop_offload`).
+    pub fn set_offloads(&mut self, offloads: RxOffloads) {
+        self.offloads = offloads;
     }
 
     /// The `virtio_net_hdr` length this queue was built with.
@@ -282,10 +361,8 @@ impl RxQueue {
             self.stats.polls += 1;
             self.held = self.take_frame();
         }
-        match self.held.as_ref()? {
-            Held::Buffer(buf, len) => Some(self.pool.bytes(buf, self.hdr_len, *len)),
-            Held::Joined(len) => Some(&self.join[..*len]),
-        }
+        let held = self.held.as_ref()?;
+        Some(Self::bytes_of(&self.pool, &self.join, self.hdr_len, held))
     }
 
     /// The hash the device reported for the frame returned by
@@ -314,44 +391,122 @@ impl RxQueue {
                 self.free.push(buf);
                 continue;
             }
-            let Some(header) = self.header(&buf, len) else {
-                self.stats.drop_header += 1;
-                self.free.push(buf);
-                continue;
+            let header = match self.header(&buf, len) {
+                Some(Ok(header)) => header,
+                Some(Err(NotNegotiated(count))) => {
+                    self.stats.drop_offload += 1;
+                    self.free.push(buf);
+                    // The frame's other buffers go with it (those already
+                    // returned), rather than being read as frames.
+                    for _ in 1..count.min(self.queue.ready().saturating_add(1)) {
+                        match self.queue.pop_used() {
+                            Some(Used { token, .. }) => self.free.push(token),
+                            None => break,
+                        }
+                    }
+                    continue;
+                }
+                None => {
+                    self.stats.drop_header += 1;
+                    self.free.push(buf);
+                    continue;
+                }
             };
             let held = match header.num_buffers {
-                1 => Some(Held::Buffer(buf, len - self.hdr_len)),
-                n => self.join_frame(buf, len, n).map(|joined| {
-                    self.stats.merged += 1;
-                    Held::Joined(joined)
-                }),
+                1 => Held::Buffer(buf, len - self.hdr_len),
+                n => match self.join_frame(buf, len, n) {
+                    Some(joined) => {
+                        self.stats.merged += 1;
+                        Held::Joined(joined)
+                    }
+                    None => continue,
+                },
             };
-            if held.is_some() {
+            if self.offloads_hold(&header, &held) {
                 self.hash = header.hash;
-                return held;
+                return Some(held);
+            }
+            if let Held::Buffer(buf, _) = held {
+                self.free.push(buf);
             }
         }
     }
 
+    /// The bytes of a frame held in `held`.
+    fn bytes_of<'s>(pool: &'s BufferPool, join: &'s [u8], hdr_len: usize, held: &'s Held) -> &'s [u8] {
+        match held {
+            Held::Buffer(buf, len) => pool.bytes(buf, hdr_len, *len),
+            Held::Joined(len) => &join[..*len],
+        }
+    }
+
+    /// Checks what the header's offload fields say against the whole frame
+    /// (`false`, counted, to drop it): a partial checksum's field within
+    /// the frame, a coalesced segment's `gso_size` and `hdr_len`; and, with
+    /// GUEST_CSUM, the TCP/UDP checksum of a frame the device neither
+    /// checked nor left partial.
+    fn offloads_hold(&mut self, header: &RxHeader, held: &Held) -> bool {
+        if !self.offloads.csum {
+            return true;
+        }
+        let frame = Self::bytes_of(&self.pool, &self.join, self.hdr_len, held);
+        let (gso_type, gso_size, gso_hdr_len) = header.gso;
+        if gso_type != hdr::GSO_NONE {
+            if gso_size == 0 || usize::from(gso_hdr_len) > frame.len() {
+                self.stats.drop_offload += 1;
+                return false;
+            }
+            self.stats.large += 1;
+        }
+        if header.flags & hdr::F_NEEDS_CSUM != 0 {
+            if !super::csum::partial_in_bounds(frame, header.csum.0, header.csum.1) {
+                self.stats.drop_offload += 1;
+                return false;
+            }
+        } else if header.flags & hdr::F_DATA_VALID == 0 {
+            self.stats.csum_checked += 1;
+            if super::csum::verify(frame) == super::csum::Verdict::Bad {
+                self.stats.drop_csum += 1;
+                return false;
+            }
+        }
+        true
+    }
+
     /// Checks the header of a buffer the device filled with `len` (> 0)
-    /// bytes: room for the header and an Ethernet header, and nothing this
-    /// driver did not negotiate (GSO, partial checksum). `None` when it is
-    /// malformed. Without MRG_RXBUF `num_buffers` is not meaningful and
-    /// reads as 1.
-    fn header(&mut self, buf: &Buffer, len: usize) -> Option<RxHeader> {
+    /// bytes: `None` without room for the header and an Ethernet header,
+    /// `Err` when it asks for an offload this queue did not negotiate (a
+    /// partial checksum without GUEST_CSUM, a coalesced segment of a type
+    /// not negotiated or undefined, ECN). Without MRG_RXBUF `num_buffers`
+    /// is not meaningful and reads as 1. The fields that must fit the
+    /// whole frame are checked once it is joined ([`Self::offloads_hold`]).
+    fn header(&mut self, buf: &Buffer, len: usize) -> Option<Result<RxHeader, NotNegotiated>> {
         if len < self.hdr_len + ETH_HDR {
             return None;
         }
         let header = self.pool.bytes(buf, 0, self.hdr_len);
-        if header[hdr::GSO_TYPE] != hdr::GSO_NONE || header[hdr::FLAGS] & hdr::F_NEEDS_CSUM != 0 {
-            return None;
-        }
+        let (flags, gso_type) = (header[hdr::FLAGS], header[hdr::GSO_TYPE]);
+        let o = self.offloads;
+        let gso_allowed = match gso_type {
+            hdr::GSO_NONE => true,
+            hdr::GSO_TCPV4 => o.tso4,
+            hdr::GSO_TCPV6 => o.tso6,
+            // GUEST_UFO and GUEST_ECN are not negotiated.
+            hdr::GSO_UDP => false,
+            t if t & hdr::GSO_ECN != 0 => false,
+            _ => false,
+        };
         let num_buffers = if self.mergeable { le16(header, hdr::NUM_BUFFERS) } else { 1 };
+        if !gso_allowed || (flags & hdr::F_NEEDS_CSUM != 0 && !o.csum) {
+            return Some(Err(NotNegotiated(num_buffers)));
+        }
+        let gso = (gso_type, le16(header, hdr::GSO_SIZE), le16(header, hdr::HDR_LEN));
+        let csum = (le16(header, hdr::CSUM_START), le16(header, hdr::CSUM_OFFSET));
         let hash = hash_in(header).unwrap_or_else(|UnknownHash| {
             self.stats.hash_unknown += 1;
             None
         });
-        Some(RxHeader { num_buffers, hash })
+        Some(Ok(RxHeader { num_buffers, hash, flags, gso, csum }))
     }
 
     /// Joins a frame whose first buffer `first` (`len` bytes used) says it
@@ -496,6 +651,8 @@ pub struct TxQueue {
     /// CSUM negotiated and wanted: IPv4 TCP and UDP frames leave with
     /// NEEDS_CSUM and the device finishes their checksums.
     csum_offload: bool,
+    /// HOST_TSO4 (see [`Self::set_tso`]): the large buffers and those free.
+    tso: Option<(BufferPool, Vec<Buffer>)>,
 }
 
 impl TxQueue {
@@ -530,7 +687,25 @@ impl TxQueue {
             batched: false,
             unpublished: 0,
             csum_offload: false,
+            tso: None,
         })
+    }
+
+    /// Transmit segmentation offload (HOST_TSO4 negotiated, with CSUM and
+    /// [`Self::set_csum_offload`] on): allocates [`TSO_BUFFERS`] buffers for
+    /// frames up to [`MAX_TSO_FRAME`], which [`Self::send_segmented`] hands
+    /// to the device with `gso_type` TCPV4 for it to cut into segments.
+    /// Returns `false` (TSO stays off) without the DMA memory.
+    pub fn set_tso(&mut self, dma: &dyn DmaAlloc) -> bool {
+        if self.tso.is_none() {
+            self.tso = BufferPool::new(dma, TSO_BUF_SIZE, TSO_BUFFERS);
+        }
+        self.tso.is_some()
+    }
+
+    /// Whether large frames can be sent ([`Self::set_tso`]).
+    pub fn tso(&self) -> bool {
+        self.tso.is_some()
     }
 
     /// Transmit checksum offload on or off (only with CSUM negotiated). On,
@@ -556,7 +731,10 @@ impl TxQueue {
     pub fn reclaim(&mut self) {
         let mut progress = false;
         while let Some(Used { token, .. }) = self.queue.pop_used() {
-            self.free.push(token);
+            match self.tso.as_mut() {
+                Some((pool, free)) if pool.owns(&token) => free.push(token),
+                _ => self.free.push(token),
+            }
             progress = true;
         }
         if progress {
@@ -569,11 +747,13 @@ impl TxQueue {
     /// can be reclaimed, asks for an interrupt once most of the ring has
     /// completed and notifies the device (once per full episode): if a
     /// notification was lost, the device would otherwise never send them.
+    /// With TSO on, a large buffer must be free as well: the caller does not
+    /// know yet how long its frame will be.
     pub fn has_room(&mut self, bell: &dyn Doorbell) -> bool {
-        if self.free.is_empty() {
+        if !self.ready() {
             self.reclaim();
         }
-        if !self.free.is_empty() {
+        if self.ready() {
             return true;
         }
         // Full: the device must see what is queued before it can free any.
@@ -587,7 +767,14 @@ impl TxQueue {
             self.queue.mark_notified();
             self.stats.ring(bell, self.index, Ring::Rescue);
         }
-        !self.free.is_empty()
+        self.ready()
+    }
+
+    /// A frame of any length can be queued without reclaiming: a free
+    /// buffer, a free large one with TSO on, and a free descriptor (the
+    /// large buffers share the ring's descriptors with the others).
+    fn ready(&self) -> bool {
+        !self.free.is_empty() && self.tso.as_ref().is_none_or(|(_, free)| !free.is_empty()) && self.queue.num_free() > 0
     }
 
     /// Frames that can be queued now without reclaiming (free buffers; each
@@ -598,10 +785,30 @@ impl TxQueue {
     }
 
     /// Queues a `len`-byte frame that `fill` writes in place, and notifies
-    /// the device if it asked. `None` when the queue is full or the frame too
-    /// long (the frame is dropped and counted).
+    /// the device if it asked. `None`, without calling `fill`, when the
+    /// queue is full or the frame too long (the frame is dropped and
+    /// counted); once `fill` has run the result is always `Some`, even for
+    /// a frame that then turns out not to be sendable (dropped and counted).
     pub fn send<R>(&mut self, len: usize, bell: &dyn Doorbell, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
-        if len > MAX_FRAME {
+        self.send_segmented(len, None, bell, fill)
+    }
+
+    /// [`Self::send`] for a frame the device may have to cut into segments
+    /// of `mss` payload bytes: with TSO on ([`Self::set_tso`]), an IPv4 TCP
+    /// frame longer than [`MAX_FRAME`] (up to [`MAX_TSO_FRAME`]) goes in a
+    /// large buffer with `gso_type` TCPV4, `gso_size` `mss` and `hdr_len`
+    /// its headers' length, and its checksum left partial. A long frame
+    /// that is not such a segment, or comes without `mss`, is dropped
+    /// (counted in `drop_too_long`).
+    pub fn send_segmented<R>(
+        &mut self,
+        len: usize,
+        mss: Option<u16>,
+        bell: &dyn Doorbell,
+        fill: impl FnOnce(&mut [u8]) -> R,
+    ) -> Option<R> {
+        let large = len > MAX_FRAME;
+        if large && (len > MAX_TSO_FRAME || self.tso.is_none() || mss.is_none_or(|m| m == 0) || !self.csum_offload) {
             self.stats.drop_too_long += 1;
             return None;
         }
@@ -609,26 +816,47 @@ impl TxQueue {
             self.stats.full += 1;
             return None;
         }
-        let mut buf = self.free.pop()?;
         let hdr_len = self.hdr_len;
-        let bytes = self.pool.bytes_mut(&mut buf, 0, hdr_len + len);
+        let (pool, free) = match self.tso.as_mut() {
+            Some((pool, free)) if large => (&*pool, free),
+            _ => (&self.pool, &mut self.free),
+        };
+        let mut buf = free.pop()?;
+        let bytes = pool.bytes_mut(&mut buf, 0, hdr_len + len);
         // The header starts zeroed (no hash, and no offload unless set
         // below): a buffer is reused, so the previous frame's bytes must not
         // leak into it.
         bytes[..hdr_len].fill(0);
         let r = fill(&mut bytes[hdr_len..]);
-        if self.csum_offload {
-            if let Some((start, offset)) = super::csum::prepare_partial(&mut bytes[hdr_len..]) {
-                bytes[hdr::FLAGS] = hdr::F_NEEDS_CSUM;
-                bytes[hdr::CSUM_START..hdr::CSUM_START + 2].copy_from_slice(&start.to_le_bytes());
-                bytes[hdr::CSUM_OFFSET..hdr::CSUM_OFFSET + 2].copy_from_slice(&offset.to_le_bytes());
-            }
+        let partial = if self.csum_offload { super::csum::prepare_partial(&mut bytes[hdr_len..]) } else { None };
+        if let Some((start, offset)) = partial {
+            bytes[hdr::FLAGS] = hdr::F_NEEDS_CSUM;
+            bytes[hdr::CSUM_START..hdr::CSUM_START + 2].copy_from_slice(&start.to_le_bytes());
+            bytes[hdr::CSUM_OFFSET..hdr::CSUM_OFFSET + 2].copy_from_slice(&offset.to_le_bytes());
         }
-        let seg = Segment { phys: self.pool.phys(&buf), len: (hdr_len + len) as u32, writable: false };
+        if large {
+            // Only a TCP segment (its checksum at offset 16) can be cut.
+            let headers = partial
+                .filter(|&(_, offset)| offset == 16)
+                .and_then(|(start, _)| super::csum::tcp_header_len(&bytes[hdr_len..], start));
+            let Some(headers) = headers else {
+                free.push(buf);
+                self.stats.drop_too_long += 1;
+                return Some(r);
+            };
+            bytes[hdr::GSO_TYPE] = hdr::GSO_TCPV4;
+            bytes[hdr::HDR_LEN..hdr::HDR_LEN + 2].copy_from_slice(&headers.to_le_bytes());
+            bytes[hdr::GSO_SIZE..hdr::GSO_SIZE + 2].copy_from_slice(&mss.unwrap_or(0).to_le_bytes());
+        }
+        let seg = Segment { phys: pool.phys(&buf), len: (hdr_len + len) as u32, writable: false };
         if let Err((_, buf)) = self.queue.add(&[seg], buf) {
-            self.free.push(buf);
+            // Not reached: `has_room` saw a free descriptor.
+            free.push(buf);
             self.stats.full += 1;
-            return None;
+            return Some(r);
+        }
+        if large {
+            self.stats.large += 1;
         }
         self.stats.packets += 1;
         self.stats.bytes += len as u64;
@@ -1107,7 +1335,7 @@ mod tests {
         complete_merged(&mut dev, &pattern(3000), 2, 3);
         assert_eq!(rx.next_frame(), None);
         let s = rx.stats();
-        assert_eq!((s.drop_merge, s.drop_header, s.packets), (1, 1, 0));
+        assert_eq!((s.drop_merge, s.drop_header + s.drop_offload, s.packets), (1, 1, 0));
         // Says 0 buffers.
         rx.refill(&bell);
         complete_merged(&mut dev, &pattern(100), 1, 0);
@@ -1180,7 +1408,7 @@ mod tests {
         rx.release();
         assert_eq!(rx.next_frame(), None);
         let s = rx.stats();
-        assert_eq!((s.drop_header, s.drop_bad_len, s.drop_bad_id, s.packets), (3, 1, 1, 1));
+        assert_eq!((s.drop_header, s.drop_offload, s.drop_bad_len, s.drop_bad_id, s.packets), (1, 2, 1, 1, 1));
         // Every buffer came back and can be posted again.
         rx.refill(&bell);
         assert_eq!(rx.queue().num_free(), 0);
@@ -1317,6 +1545,148 @@ mod tests {
     /// Batched transmit: frames queued in a poll round reach the device
     /// together, at the round's end, with one notification; a ring that
     /// fills publishes by itself, so the device can free it.
+    /// A transmit queue with checksum offload and TSO on, and its device end.
+    fn tso_queue(dma: &TestDma) -> (TxQueue, FakeDeviceQueue<'_>) {
+        let mut tx = TxQueue::new(dma, 1, 64, false).unwrap();
+        tx.set_csum_offload(true);
+        assert!(tx.set_tso(dma));
+        let dev = FakeDeviceQueue::new(dma, tx.queue());
+        (tx, dev)
+    }
+
+    /// HOST_TSO4: a 64 KiB TCP segment leaves whole, in one large buffer,
+    /// with the header the device needs to cut it (gso_type, gso_size,
+    /// hdr_len) and its checksum left for the device to finish.
+    #[test]
+    fn a_64_kib_tcp_segment_leaves_whole_for_the_device_to_cut() {
+        use super::super::csum::frames::{checksummed_v4, device_finishes, segment};
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let (mut tx, mut dev) = tso_queue(&dma);
+        let mut l4 = segment(65_535 - 20, 3);
+        l4[12] = 0x50; // a 20-byte TCP header
+        let want = checksummed_v4(6, &l4);
+        assert_eq!(want.len(), MAX_TSO_FRAME);
+        let mut stack_wrote = want.clone();
+        stack_wrote[50..52].fill(0); // a stack with TCP checksums offloaded
+        tx.send_segmented(want.len(), Some(1448), &bell, |b| b.copy_from_slice(&stack_wrote)).expect("sent");
+        let (_, segs) = dev.pop_avail().expect("a frame");
+        assert_eq!(segs.len(), 1, "one descriptor");
+        let mut bytes = dev.read(&segs);
+        let h = &bytes[..HDR_LEN];
+        assert_eq!((h[hdr::FLAGS], h[hdr::GSO_TYPE]), (hdr::F_NEEDS_CSUM, hdr::GSO_TCPV4));
+        assert_eq!((le16(h, hdr::HDR_LEN), le16(h, hdr::GSO_SIZE)), (54, 1448));
+        assert_eq!((le16(h, hdr::CSUM_START), le16(h, hdr::CSUM_OFFSET)), (34, 16));
+        let frame = &mut bytes[HDR_LEN..];
+        device_finishes(frame, 34, 16);
+        assert!(frame == want.as_slice(), "the device's checksum is the one a stack would have computed");
+        let s = tx.stats();
+        assert_eq!((s.large, s.packets, s.bytes, s.drop_too_long), (1, 1, MAX_TSO_FRAME as u64, 0));
+        // An ordinary frame still goes in an ordinary buffer, with no GSO.
+        let small = checksummed_v4(6, &segment(100, 4));
+        tx.send_segmented(small.len(), Some(1448), &bell, |b| b.copy_from_slice(&small)).expect("sent");
+        let (_, segs) = dev.pop_avail().expect("a frame");
+        assert!(segs[0].len as usize <= BUF_SIZE);
+        assert_eq!(dev.read(&segs)[hdr::GSO_TYPE], hdr::GSO_NONE);
+    }
+
+    /// Large buffers come back to their own pool; while every one of them
+    /// is with the device the queue says it has no room (the next frame
+    /// might be long), and it has again once the device returns one.
+    #[test]
+    fn large_buffers_are_recycled_and_bound_the_room() {
+        use super::super::csum::frames::{checksummed_v4, segment};
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let (mut tx, mut dev) = tso_queue(&dma);
+        let big = checksummed_v4(6, &segment(20_000, 5));
+        let mut heads = Vec::new();
+        for round in 0..3 {
+            for _ in 0..TSO_BUFFERS {
+                assert!(tx.has_room(&bell), "round {round}");
+                tx.send_segmented(big.len(), Some(1000), &bell, |b| b.copy_from_slice(&big)).expect("sent");
+                heads.push(dev.pop_avail().expect("posted").0);
+            }
+            assert!(!tx.has_room(&bell), "every large buffer is with the device");
+            assert_eq!(tx.send(60, &bell, |b| b.fill(0)), None);
+            for h in heads.drain(..) {
+                dev.push_used(u32::from(h), 0);
+            }
+            assert!(tx.has_room(&bell));
+        }
+        assert_eq!(tx.stats().large, 3 * u64::from(TSO_BUFFERS));
+    }
+
+    /// The large buffers share the ring's descriptors: with fewer
+    /// descriptors than buffers, the queue says it has no room once the
+    /// descriptors are gone, whatever buffers are left.
+    #[test]
+    fn room_counts_descriptors_as_well_as_buffers() {
+        use super::super::csum::frames::{checksummed_v4, segment};
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let mut tx = TxQueue::new(&dma, 1, 8, false).unwrap();
+        tx.set_csum_offload(true);
+        assert!(tx.set_tso(&dma));
+        let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
+        let big = checksummed_v4(6, &segment(5000, 5));
+        let small = checksummed_v4(6, &segment(100, 5));
+        for i in 0..8 {
+            assert!(tx.has_room(&bell), "frame {i}");
+            let f = if i % 2 == 0 { &big } else { &small };
+            tx.send_segmented(f.len(), Some(1000), &bell, |b| b.copy_from_slice(f)).expect("sent");
+        }
+        assert!(!tx.has_room(&bell), "8 descriptors in flight");
+        assert_eq!(tx.send(60, &bell, |_| panic!("not called")), None);
+        let (head, _) = dev.pop_avail().unwrap();
+        dev.push_used(u32::from(head), 0);
+        assert!(tx.has_room(&bell));
+    }
+
+    /// Long frames the device cannot be asked to cut are dropped and
+    /// counted, and nothing reaches the ring.
+    #[test]
+    fn long_frames_that_cannot_be_cut_are_dropped() {
+        use super::super::csum::frames::{checksummed_v4, segment};
+        let dma = TestDma::default();
+        let bell = Bell::default();
+        let tcp = checksummed_v4(6, &segment(3000, 1));
+        let udp = checksummed_v4(17, &segment(3000, 1));
+        // (what, TSO on, MSS, frame, length: 0 for the frame's own, made ARP)
+        type Case<'a> = (&'static str, bool, Option<u16>, &'a [u8], usize);
+        let cases: [Case; 6] = [
+            ("TSO off", false, Some(1448), &tcp, tcp.len()),
+            ("no MSS", true, None, &tcp, tcp.len()),
+            ("MSS 0", true, Some(0), &tcp, tcp.len()),
+            ("UDP", true, Some(1448), &udp, udp.len()),
+            ("ARP-typed", true, Some(1448), &tcp[..], 0),
+            ("beyond 64 KiB", true, Some(1448), &tcp, MAX_TSO_FRAME + 1),
+        ];
+        for (what, tso, mss, frame, len) in cases {
+            let mut tx = TxQueue::new(&dma, 1, 8, false).unwrap();
+            tx.set_csum_offload(true);
+            if tso {
+                tx.set_tso(&dma);
+            }
+            let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
+            let (len, arp) = if len == 0 { (frame.len(), true) } else { (len, false) };
+            let sent = tx.send_segmented(len, mss, &bell, |b| {
+                let n = frame.len().min(b.len());
+                b[..n].copy_from_slice(&frame[..n]);
+                if arp {
+                    b[12..14].copy_from_slice(&[0x08, 0x06]);
+                }
+            });
+            // Refused before `fill` when the header says enough; after it
+            // (what it wrote is no TCP segment), dropped all the same.
+            let after_fill = what == "UDP" || arp;
+            assert_eq!(sent, after_fill.then_some(()), "{what}");
+            assert_eq!((tx.stats().drop_too_long, tx.stats().packets), (1, 0), "{what}");
+            assert!(dev.pop_avail().is_none(), "{what}");
+            assert!(tx.has_room(&bell), "{what}: its buffer is free again");
+        }
+    }
+
     #[test]
     fn batched_transmit_publishes_once_per_round() {
         let dma = TestDma::default();
@@ -1628,6 +1998,187 @@ mod tests {
         dev.set_used_idx(idx);
     }
 
+    /// A receive header with the offload fields set, for `frame`.
+    fn offload_header(frame: &[u8], flags: u8, gso: (u8, u16, u16), csum: (u16, u16), num_buffers: u16) -> Vec<u8> {
+        let mut v = with_header(frame, num_buffers);
+        v[hdr::FLAGS] = flags;
+        v[hdr::GSO_TYPE] = gso.0;
+        v[hdr::HDR_LEN..hdr::HDR_LEN + 2].copy_from_slice(&gso.2.to_le_bytes());
+        v[hdr::GSO_SIZE..hdr::GSO_SIZE + 2].copy_from_slice(&gso.1.to_le_bytes());
+        v[hdr::CSUM_START..hdr::CSUM_START + 2].copy_from_slice(&csum.0.to_le_bytes());
+        v[hdr::CSUM_OFFSET..hdr::CSUM_OFFSET + 2].copy_from_slice(&csum.1.to_le_bytes());
+        v
+    }
+
+    const ALL_OFFLOADS: RxOffloads = RxOffloads { csum: true, tso4: true, tso6: true };
+
+    /// A receive queue of 64 buffers with `offloads`, its device end, and
+    /// every buffer posted.
+    fn offload_queue(dma: &TestDma, offloads: RxOffloads) -> (RxQueue, FakeDeviceQueue<'_>) {
+        let mut rx = RxQueue::new(dma, 0, 64, true, true).unwrap();
+        rx.set_offloads(offloads);
+        let dev = FakeDeviceQueue::new(dma, rx.queue());
+        rx.refill(&Bell::default());
+        (rx, dev)
+    }
+
+    /// Hands `packet` (header included) to `rx` and returns the frame it
+    /// delivered, if any, releasing it and posting its buffers again.
+    fn deliver(rx: &mut RxQueue, dev: &mut FakeDeviceQueue, packet: &[u8]) -> Option<Vec<u8>> {
+        complete_packet(dev, packet);
+        let frame = rx.next_frame().map(<[u8]>::to_vec);
+        rx.release();
+        assert_eq!(rx.next_frame(), None, "one frame per packet");
+        rx.refill(&Bell::default());
+        frame
+    }
+
+    /// Every `gso_type` and checksum flag, negotiated or not: what is
+    /// negotiated and consistent is delivered intact; the rest is dropped,
+    /// counted in `drop_offload`, and the queue goes on.
+    #[test]
+    fn every_gso_type_and_checksum_flag_is_decoded() {
+        use super::super::csum::frames::{checksummed_v4, checksummed_v6, segment};
+        let v4 = checksummed_v4(6, &segment(1000, 1));
+        let v6 = checksummed_v6(6, &segment(1000, 2));
+        let off = RxOffloads::default();
+        let csum_only = RxOffloads { csum: true, ..off };
+        let tso4_only = RxOffloads { tso6: false, ..ALL_OFFLOADS };
+        let (n, p, v) = (0, hdr::F_NEEDS_CSUM, hdr::F_DATA_VALID);
+        // (offloads, gso_type, flags, frame, delivered?)
+        let cases: &[(RxOffloads, u8, u8, &[u8], bool)] = &[
+            (off, hdr::GSO_NONE, n, &v4, true),
+            (off, hdr::GSO_NONE, v, &v4, true),
+            (off, hdr::GSO_NONE, p, &v4, false),
+            (off, hdr::GSO_TCPV4, p, &v4, false),
+            (csum_only, hdr::GSO_NONE, p, &v4, true),
+            (csum_only, hdr::GSO_NONE, p | v, &v4, true),
+            (csum_only, hdr::GSO_TCPV4, p, &v4, false),
+            (ALL_OFFLOADS, hdr::GSO_TCPV4, p, &v4, true),
+            (ALL_OFFLOADS, hdr::GSO_TCPV4, v, &v4, true),
+            (ALL_OFFLOADS, hdr::GSO_TCPV4, n, &v4, true),
+            (ALL_OFFLOADS, hdr::GSO_TCPV6, p, &v6, true),
+            (tso4_only, hdr::GSO_TCPV6, p, &v6, false),
+            (ALL_OFFLOADS, hdr::GSO_UDP, p, &v4, false),
+            (ALL_OFFLOADS, hdr::GSO_TCPV4 | hdr::GSO_ECN, p, &v4, false),
+            (ALL_OFFLOADS, hdr::GSO_TCPV6 | hdr::GSO_ECN, p, &v6, false),
+            (ALL_OFFLOADS, 2, p, &v4, false),
+            (ALL_OFFLOADS, 5, p, &v4, false),
+            (ALL_OFFLOADS, 0x7f, p, &v4, false),
+        ];
+        let dma = TestDma::default();
+        for &(offloads, gso_type, flags, frame, delivered) in cases {
+            let (mut rx, mut dev) = offload_queue(&dma, offloads);
+            let csum_start = if frame == v4.as_slice() { 34 } else { 54 };
+            let gso = if gso_type == hdr::GSO_NONE { (0, 0, 0) } else { (gso_type, 1448, csum_start + 20) };
+            let packet = offload_header(frame, flags, gso, (csum_start, 16), 1);
+            let got = deliver(&mut rx, &mut dev, &packet);
+            let what = alloc::format!("{offloads:?}, gso_type {gso_type:#x}, flags {flags}");
+            assert_eq!(got.is_some(), delivered, "{what}");
+            if let Some(got) = got {
+                assert!(got == frame, "{what}: delivered intact");
+            }
+            let s = rx.stats();
+            assert_eq!(s.drop_offload, u64::from(!delivered), "{what}");
+            assert_eq!(s.large, u64::from(delivered && gso_type != hdr::GSO_NONE), "{what}");
+            assert_eq!(s.csum_checked, u64::from(delivered && offloads.csum && flags == n), "{what}");
+            assert_eq!(deliver(&mut rx, &mut dev, &with_header(&v4, 1)).as_deref(), Some(v4.as_slice()), "{what}");
+        }
+    }
+
+    /// Offload fields that do not fit the frame: dropped and counted, never
+    /// handed to the stack, and every buffer goes back to the device.
+    #[test]
+    fn malformed_offload_fields_are_dropped_and_counted() {
+        use super::super::csum::frames::{checksummed_v4, segment};
+        let f = checksummed_v4(6, &segment(1000, 1));
+        let len = f.len() as u16;
+        let (p, tcp4) = (hdr::F_NEEDS_CSUM, hdr::GSO_TCPV4);
+        // (what, flags, (gso_type, gso_size, hdr_len), (csum_start, csum_offset))
+        type Case = (&'static str, u8, (u8, u16, u16), (u16, u16));
+        let cases: &[Case] = &[
+            ("csum_start beyond the frame", p, (0, 0, 0), (len, 0)),
+            ("csum_offset beyond the frame", p, (0, 0, 0), (34, len)),
+            ("the field's second byte beyond the frame", p, (0, 0, 0), (34, len - 35)),
+            ("csum_start inside the Ethernet header", p, (0, 0, 0), (4, 16)),
+            ("csum_start + csum_offset overflowing 16 bits", p, (0, 0, 0), (u16::MAX, u16::MAX)),
+            ("gso_size 0", p, (tcp4, 0, 54), (34, 16)),
+            ("hdr_len beyond the frame", p, (tcp4, 1448, len + 1), (34, 16)),
+            ("hdr_len at its largest", p, (tcp4, 1448, u16::MAX), (34, 16)),
+        ];
+        let dma = TestDma::default();
+        let (mut rx, mut dev) = offload_queue(&dma, ALL_OFFLOADS);
+        for (i, &(what, flags, gso, csum)) in cases.iter().enumerate() {
+            assert_eq!(deliver(&mut rx, &mut dev, &offload_header(&f, flags, gso, csum, 1)), None, "{what}");
+            assert_eq!(rx.stats().drop_offload, i as u64 + 1, "{what}");
+        }
+        // At the edges, the same fields are fine.
+        let edge = offload_header(&f, p, (tcp4, 1, len), (34, len - 36), 1);
+        assert_eq!(deliver(&mut rx, &mut dev, &edge).as_deref(), Some(f.as_slice()));
+        // A malformed header on a frame spanning several buffers takes its
+        // other buffers with it: none is read as a frame of its own.
+        let big = checksummed_v4(6, &segment(5000, 4));
+        let mut packet = offload_header(&big, hdr::F_NEEDS_CSUM, (hdr::GSO_UDP, 1448, 54), (34, 6), 3);
+        assert_eq!(deliver(&mut rx, &mut dev, &packet), None);
+        packet[hdr::GSO_TYPE] = hdr::GSO_TCPV4;
+        packet[hdr::CSUM_OFFSET] = 16;
+        assert_eq!(deliver(&mut rx, &mut dev, &packet).as_deref(), Some(big.as_slice()), "the same frame, well formed");
+        let s = rx.stats();
+        assert_eq!((s.drop_offload, s.drop_header, s.drop_merge, s.packets), (cases.len() as u64 + 1, 0, 0, 2));
+        assert_eq!(rx.queue().in_flight(), 64, "every buffer posted again");
+    }
+
+    /// With GUEST_CSUM the stacks check no TCP/UDP sums: frames the device
+    /// neither checked nor left partial are checked here.
+    #[test]
+    fn frames_without_a_checksum_flag_are_checked_by_the_queue() {
+        use super::super::csum::frames::{checksummed_v4, checksummed_v6, segment};
+        let dma = TestDma::default();
+        let (mut rx, mut dev) = offload_queue(&dma, ALL_OFFLOADS);
+        for good in [
+            checksummed_v4(6, &segment(700, 5)),
+            checksummed_v4(17, &segment(33, 6)),
+            checksummed_v6(6, &segment(99, 7)),
+        ] {
+            assert_eq!(deliver(&mut rx, &mut dev, &with_header(&good, 1)).as_deref(), Some(good.as_slice()));
+            let mut bad = good.clone();
+            *bad.last_mut().unwrap() ^= 1;
+            assert_eq!(deliver(&mut rx, &mut dev, &with_header(&bad, 1)), None, "a corrupted frame is dropped");
+            // The device's word is taken for frames it vouches for or left
+            // partial (the bytes are in memory the host wrote).
+            let flagged = offload_header(&bad, hdr::F_DATA_VALID, (0, 0, 0), (0, 0), 1);
+            assert_eq!(deliver(&mut rx, &mut dev, &flagged).as_deref(), Some(bad.as_slice()));
+        }
+        let s = rx.stats();
+        assert_eq!((s.csum_checked, s.drop_csum, s.packets), (6, 3, 6));
+        // Without GUEST_CSUM the stacks check sums: the queue does not.
+        let (mut rx, mut dev) = offload_queue(&dma, RxOffloads::default());
+        let mut bad = checksummed_v4(6, &segment(700, 5));
+        bad[60] ^= 1;
+        assert!(deliver(&mut rx, &mut dev, &with_header(&bad, 1)).is_some());
+        assert_eq!(rx.stats().csum_checked, 0);
+    }
+
+    /// GUEST_TSO4: the largest coalesced segment a device can hand over
+    /// (a 65,535-byte IPv4 packet) arrives over 33 buffers, is joined in
+    /// order, and its checksum is checked when it has no flag.
+    #[test]
+    fn a_64_kib_coalesced_segment_is_joined_whole() {
+        use super::super::csum::frames::{checksummed_v4, segment};
+        let dma = TestDma::default();
+        let (mut rx, mut dev) = offload_queue(&dma, ALL_OFFLOADS);
+        let f = checksummed_v4(6, &segment(65_535 - 20, 9));
+        assert_eq!(f.len(), 65_549);
+        for flags in [hdr::F_NEEDS_CSUM, 0] {
+            let packet = offload_header(&f, flags, (hdr::GSO_TCPV4, 1448, 54), (34, 16), 33);
+            assert_eq!(packet.len().div_ceil(BUF_SIZE), 33);
+            let got = deliver(&mut rx, &mut dev, &packet).expect("delivered");
+            assert!(got == f, "joined in order");
+        }
+        let s = rx.stats();
+        assert_eq!((s.large, s.merged, s.packets, s.csum_checked, s.drop_csum), (2, 2, 2, 1, 0));
+    }
+
     #[test]
     fn a_hash_header_queue_delivers_frames_and_their_hash() {
         let dma = TestDma::default();
@@ -1753,6 +2304,9 @@ mod tests {
             let size = 1u16 << (2 + next(4));
             let hdr_len = if next(2) == 0 { HDR_LEN } else { HASH_HDR_LEN };
             let mut rx = RxQueue::with_header(&dma, 0, size, next(2) == 0, true, hdr_len).unwrap();
+            if next(2) == 0 {
+                rx.set_offloads(ALL_OFFLOADS);
+            }
             let mut dev = FakeDeviceQueue::new(&dma, rx.queue());
             rx.refill(&bell);
             for _ in 0..200 {
@@ -1765,6 +2319,12 @@ mod tests {
                     if bytes.len() >= hdr_len && next(2) == 0 {
                         bytes[..HDR_LEN].fill(0);
                         bytes[10] = next(4) as u8;
+                        // Offload fields: any flags and type, small sizes.
+                        bytes[hdr::FLAGS] = next(4) as u8;
+                        bytes[hdr::GSO_TYPE] = [0, 1, 3, 4, 0x81, 7][next(6) as usize];
+                        for at in [hdr::HDR_LEN, hdr::GSO_SIZE, hdr::CSUM_START, hdr::CSUM_OFFSET] {
+                            bytes[at] = next(80) as u8;
+                        }
                         if hdr_len == HASH_HDR_LEN {
                             bytes[17] = 0; // report types around the defined range
                             bytes[16] = next(12) as u8;

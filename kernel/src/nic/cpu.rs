@@ -211,6 +211,9 @@ fn services(id: u16, cpus: usize) -> Services {
         cfg.rx_buffer = n as usize;
         cfg.tx_buffer = n as usize;
     }
+    if let Some(us) = options.ack_delay_us {
+        cfg.ack_delay = (us > 0).then(|| net::smoltcp::time::Duration::from_micros(u64::from(us)));
+    }
     let per_conn = (cfg.rx_buffer + cfg.tx_buffer).max(1) as u64;
     let budget = crate::memory::heap_bytes() / TCP_HEAP_SHARE / cpus.max(1) as u64;
     // The listeners (`backlog` per service) hold buffers too.
@@ -634,13 +637,15 @@ fn watchdog<S: HasNic>(local: &mut Local<S>, _: Expired) {
     }
 }
 
-fn drops(s: &QueueStats) -> [(&'static str, u64); 5] {
+fn drops(s: &QueueStats) -> [(&'static str, u64); 7] {
     [
         ("bad_len", s.drop_bad_len),
         ("bad_id", s.drop_bad_id),
         ("header", s.drop_header),
         ("merge", s.drop_merge),
         ("too_long", s.drop_too_long),
+        ("offload", s.drop_offload),
+        ("csum", s.drop_csum),
     ]
 }
 
@@ -658,18 +663,19 @@ fn report<S: HasNic>(local: &mut Local<S>) {
         let r = rx.stats();
         own = [rx.index, txq];
         let mut line = alloc::format!(
-            "net-stats: cpu{} rxq {} packets {} bytes {} irqs {} polls {} kicks {} no_buffers {} merged {} rescues {} watchdog {} starved {} nudges {} drops",
+            "net-stats: cpu{} rxq {} packets {} bytes {} irqs {} polls {} kicks {} no_buffers {} merged {} large {} csum_checked {} rescues {} watchdog {} starved {} nudges {} drops",
             cpu.index, rx.index, r.packets, r.bytes, irqs(rx.index), r.polls, r.kicks, r.no_buffers, r.merged,
-            r.rescues, r.watchdog, rx.starved_refills(), mine.nudges,
+            r.large, r.csum_checked, r.rescues, r.watchdog, rx.starved_refills(), mine.nudges,
         );
         for (name, n) in drops(&r) {
             line.push_str(&alloc::format!(" {name} {n}"));
         }
         line.push_str(&alloc::format!(
-            " | txq {} packets {} bytes {} irqs {} full {} kicks {} rescues {} watchdog {} drops",
+            " | txq {} packets {} bytes {} large {} irqs {} full {} kicks {} rescues {} watchdog {} drops",
             txq,
             t.packets,
             t.bytes,
+            t.large,
             irqs(txq),
             t.full,
             t.kicks,
@@ -684,13 +690,15 @@ fn report<S: HasNic>(local: &mut Local<S>) {
     let (c, k, inbox) = (mine.net.connections(), mine.net.counters(), mine.net.inbox_stats(nic.fabric));
     let outbox = mine.outbox.map(|o| o.stats()).unwrap_or_default();
     info!(
-        "net-cpu: cpu{} accepted {} active {} closed {} reset {} misses {} inbox_in {} inbox_drops {} handoff_out {} handoff_drops {} resets_sent {} resets_unowned {} zero_window_acks {} duplicate_syns {}",
+        "net-cpu: cpu{} accepted {} active {} closed {} reset {} misses {} splits {} split_pieces {} inbox_in {} inbox_drops {} handoff_out {} handoff_drops {} resets_sent {} resets_unowned {} zero_window_acks {} duplicate_syns {}",
         cpu.index,
         c.accepted,
         c.active,
         c.closed,
         c.reset,
         k.misses,
+        k.splits,
+        k.split_pieces,
         k.inbox_in,
         inbox.dropped(),
         k.handoff_out,
@@ -725,14 +733,17 @@ pub fn count_queue_irq(q: usize) {
 
 /// What `GET /metrics` (port 9100) shows, one row per network vCPU; the
 /// values are published in this order by [`publish`].
-static SERIES: [Series; 27] = [
+static SERIES: [Series; 31] = [
     Series::counter("rx_packets", "Frames received on the vCPU's own receive queue."),
     Series::counter("rx_bytes", "Bytes received on the vCPU's own receive queue."),
     Series::counter("rx_kicks", "Receive queue notifications to the device."),
     Series::counter("rx_irqs", "Receive queue interrupts."),
-    Series::counter("rx_drops", "Received frames dropped (bad device input, too long)."),
+    Series::counter("rx_drops", "Received frames dropped (bad device input, too long, bad checksum)."),
+    Series::counter("rx_large", "Coalesced segments received (GUEST_TSO: up to 64 KiB each)."),
+    Series::counter("rx_csum_checked", "Received frames whose TCP/UDP checksum the driver checked itself."),
     Series::counter("tx_packets", "Frames queued on the transmit queue this vCPU owns."),
     Series::counter("tx_bytes", "Bytes queued on the transmit queue this vCPU owns."),
+    Series::counter("tx_large", "TCP segments of up to 64 KiB handed to the device to cut (HOST_TSO4)."),
     Series::counter("tx_kicks", "Transmit queue notifications to the device."),
     Series::counter("tx_irqs", "Transmit queue interrupts."),
     Series::counter("tx_full", "Frames dropped because the transmit ring was full."),
@@ -744,6 +755,7 @@ static SERIES: [Series; 27] = [
     Series::counter("tcp_closed", "TCP connections closed in order."),
     Series::counter("tcp_reset", "TCP connections reset or timed out."),
     Series::counter("steer_misses", "Frames of another vCPU's flow received here and handed to its inbox."),
+    Series::counter("steer_splits", "Coalesced segments of another vCPU's flow split to fit its inbox."),
     Series::counter("inbox_in", "Frames this vCPU took from its inbox."),
     Series::counter("inbox_drops", "Frames other vCPUs could not hand to this vCPU (inbox full)."),
     Series::counter("cpu_busy_ns", "Time the vCPU spent working."),
@@ -788,7 +800,7 @@ fn publish<S: HasNic>(local: &mut Local<S>) {
     let cpu = local.cpu;
     let Some(mine) = local.state.as_mut().as_mut() else { return };
     let irqs = |q: u16| cpu.stats.queue_irqs.get(q as usize).map_or(0, |a| a.load(Ordering::Relaxed));
-    let sum = |d: [(&'static str, u64); 5]| d.iter().map(|(_, n)| n).sum::<u64>();
+    let sum = |d: [(&'static str, u64); 7]| d.iter().map(|(_, n)| n).sum::<u64>();
     let (r, rxq) = match mine.rx.as_mut() {
         Some(rx) => (rx.stats(), Some(rx.index)),
         None => (QueueStats::default(), None),
@@ -805,8 +817,11 @@ fn publish<S: HasNic>(local: &mut Local<S>) {
         r.kicks,
         rxq.map_or(0, irqs),
         sum(drops(&r)),
+        r.large,
+        r.csum_checked,
         t.packets,
         t.bytes,
+        t.large,
         t.kicks,
         txq.map_or(0, irqs),
         t.full,
@@ -818,6 +833,7 @@ fn publish<S: HasNic>(local: &mut Local<S>) {
         c.closed,
         c.reset,
         k.misses,
+        k.splits,
         k.inbox_in,
         inbox.dropped(),
         clock.ticks_to_nanos(cpu.stats.busy_tsc.load(Ordering::Relaxed)),

@@ -293,12 +293,21 @@ fn bring_up(
     } else {
         vnet::WANTED & !vnet::feature::MQ
     };
-    // Transmit checksum offload, for the stacks (raw mode sends its frames
-    // as they are).
+    // Checksum offloads and large receive segments, for the stacks (raw
+    // mode forwards frames as they are).
     let opts = crate::boot_options();
-    let csum = if opts.tx_csum && opts.raw.mode.is_none() { vnet::WANTED_CSUM } else { 0 };
-    let features = t.negotiate(wanted | csum).map_err(|e| e.to_string())?;
+    let stacks = opts.raw.mode.is_none();
+    let choice = vnet::OffloadChoice {
+        tx_csum: stacks && opts.tx_csum,
+        tx_tso: opts.tx_tso,
+        rx_csum: stacks && opts.rx_csum,
+        rx_tso: opts.rx_tso,
+    };
+    let offloads = vnet::wanted_offloads(offered, choice);
+    let features = t.negotiate(wanted | offloads).map_err(|e| e.to_string())?;
     let tx_csum = features & vnet::feature::CSUM != 0;
+    let rx_offloads = vnet::rx_offloads(features);
+    let mut tx_tso = tx_csum && features & vnet::feature::HOST_TSO4 != 0;
     let event_idx = features & drivers::virtio::feature::EVENT_IDX != 0;
     let mergeable = features & vnet::feature::MRG_RXBUF != 0;
     let hdr_len = vnet::header_len(features);
@@ -362,10 +371,15 @@ fn bring_up(
                 n => Ok(prev_pow2(n)),
             }
         };
-        let rx =
+        let mut rx =
             RxQueue::with_header(&dma, rxq, size(rxq)?, event_idx, mergeable, hdr_len).ok_or("out of DMA memory")?;
         let mut tx = TxQueue::with_header(&dma, txq, size(txq)?, event_idx, hdr_len).ok_or("out of DMA memory")?;
         tx.set_csum_offload(tx_csum);
+        rx.set_offloads(rx_offloads);
+        if tx_tso && !tx.set_tso(&dma) {
+            warn!("virtio-net {}: no DMA memory for large transmit buffers: TSO off", f.bdf);
+            tx_tso = false;
+        }
         let (rv, tv) = plan.pairs[p as usize];
         for (queue, entry, addrs) in [(rxq, rv, rx.queue().addresses()), (txq, tv, tx.queue().addresses())] {
             if entry != NO_VECTOR {
@@ -445,7 +459,9 @@ fn bring_up(
         cpus as u16,
         outboxes,
     );
-    fabric.tx_csum_offload = tx_csum;
+    fabric.checksums = net::device::Checksums { tx: tx_csum, rx: rx_offloads.csum };
+    // Every queue has its large buffers (a failure turned TSO off for all).
+    fabric.tso = tx_tso && queues.iter().all(|(_, tx)| tx.tso());
     // RSS goes after VQ_PAIRS_SET: QEMU turns RSS off when it gets one.
     if rss {
         if let Some((c, off)) = ctrl.as_mut() {

@@ -247,6 +247,8 @@ fn report<S: HasRaw>(local: &mut Local<S>) {
             + r.drop_header
             + r.drop_merge
             + r.drop_too_long
+            + r.drop_offload
+            + r.drop_csum
             + t.drop_too_long
             + t.full,
         rx_kicks: r.kicks,

@@ -230,6 +230,7 @@ fn guest<'a>(setup: &'a Setup, config: VmConfig, extra: &str, budget: Duration) 
         memory_mib: Some(setup.memory_mib),
         rss: setup.rss,
         vhost: setup.vhost.on,
+        offloads: config.offloads,
         cmdline: format!("{key} {} {extra}", setup.cmdline),
         ready: SERVICES_LINE,
         ready_means: "listed its TCP services",

@@ -1,14 +1,17 @@
 //! What the iperf3 matrix measures, what one run of a point yields, and
 //! the medians the tables show. Pure: no processes, no files.
 
-use crate::cli::{BenchIperfArgs, DirectionArg, MsgLen, VmConfig};
+use crate::cli::{BenchIperfArgs, DirectionArg, MsgLen, OnOff, VmConfig};
 
 /// The configurations measured unless `--configs` names others.
-pub const DEFAULT_CONFIGS: [VmConfig; 3] =
-    [VmConfig { vcpus: 1, queues: 1 }, VmConfig { vcpus: 2, queues: 1 }, VmConfig { vcpus: 2, queues: 2 }];
+pub const DEFAULT_CONFIGS: [VmConfig; 3] = [
+    VmConfig { vcpus: 1, queues: 1, offloads: true },
+    VmConfig { vcpus: 2, queues: 1, offloads: true },
+    VmConfig { vcpus: 2, queues: 2, offloads: true },
+];
 /// `--quick`'s configuration unless `--configs` names others: the smallest
 /// that has more than one queue pair.
-pub const QUICK_CONFIG: VmConfig = VmConfig { vcpus: 2, queues: 2 };
+pub const QUICK_CONFIG: VmConfig = VmConfig { vcpus: 2, queues: 2, offloads: true };
 pub const QUICK_SESSIONS: [u32; 2] = [1, 2];
 pub const QUICK_SECONDS: u32 = 2;
 
@@ -47,6 +50,16 @@ impl Plan {
             (None, true) => vec![QUICK_CONFIG],
             (None, false) => DEFAULT_CONFIGS.to_vec(),
         };
+        // Each configuration with the offloads on, then off: side by side.
+        let offloads = match (&a.offloads, a.quick) {
+            (Some(o), _) => unique(o),
+            (None, true) => vec![OnOff::On],
+            (None, false) => vec![OnOff::On, OnOff::Off],
+        };
+        let configs = configs
+            .iter()
+            .flat_map(|c| offloads.iter().map(move |o| VmConfig { offloads: *o == OnOff::On, ..*c }))
+            .collect();
         let mut sessions = if a.quick { QUICK_SESSIONS.to_vec() } else { unique(&a.sessions) };
         sessions.sort_unstable();
         Plan {
@@ -330,7 +343,7 @@ mod tests {
     }
 
     fn cfg(vcpus: u16, queues: u16) -> VmConfig {
-        VmConfig { vcpus, queues }
+        VmConfig { vcpus, queues, offloads: true }
     }
 
     #[test]
@@ -343,14 +356,20 @@ mod tests {
         assert_eq!(median(vec![f64::NAN]), None);
     }
 
+    fn off(vcpus: u16, queues: u16) -> VmConfig {
+        VmConfig { vcpus, queues, offloads: false }
+    }
+
     #[test]
-    fn the_default_plan_is_the_classic_matrix() {
+    fn the_default_plan_is_the_classic_matrix_with_offloads_on_and_off() {
         let p = Plan::from_args(&args(&[]));
-        assert_eq!(p.configs, [cfg(1, 1), cfg(2, 1), cfg(2, 2)]);
+        assert_eq!(p.configs, [cfg(1, 1), off(1, 1), cfg(2, 1), off(2, 1), cfg(2, 2), off(2, 2)]);
         assert_eq!(p.sessions, [1, 2, 4, 8]);
         assert_eq!(p.lengths, [MsgLen(Some(512)), MsgLen(None)]);
         assert_eq!((p.repeat, p.seconds, p.omit), (3, 5, 1));
-        assert_eq!(p.total_runs(), 3 * 3 * 2 * 4 * 3);
+        assert_eq!(p.total_runs(), 6 * 3 * 2 * 4 * 3);
+        let p = Plan::from_args(&args(&["--offloads", "off"]));
+        assert_eq!(p.configs, [off(1, 1), off(2, 1), off(2, 2)]);
         let points = p.points(cfg(2, 2));
         assert_eq!(points.len(), 3 * 2 * 4);
         assert_eq!(
@@ -375,11 +394,22 @@ mod tests {
         assert_eq!(p.total_runs(), 3 * 2 * 2);
         let p = Plan::from_args(&args(&["--quick", "--configs", "1/1"]));
         assert_eq!(p.configs, [cfg(1, 1)]);
+        let p = Plan::from_args(&args(&["--quick", "--offloads", "on,off"]));
+        assert_eq!(p.configs, [cfg(2, 2), off(2, 2)]);
     }
 
     #[test]
     fn repeated_entries_are_measured_once_and_sessions_sorted() {
-        let p = Plan::from_args(&args(&["--configs", "2/2,1/1,2/2", "--sessions", "8,1,8", "--lengths", "512,512"]));
+        let p = Plan::from_args(&args(&[
+            "--configs",
+            "2/2,1/1,2/2",
+            "--sessions",
+            "8,1,8",
+            "--lengths",
+            "512,512",
+            "--offloads",
+            "on,on",
+        ]));
         assert_eq!(p.configs, [cfg(2, 2), cfg(1, 1)]);
         assert_eq!(p.sessions, [1, 8]);
         assert_eq!(p.lengths, [MsgLen(Some(512))]);

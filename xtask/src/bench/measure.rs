@@ -207,7 +207,12 @@ mod tests {
     const REFUSED: &str = include_str!("testdata/iperf3-refused.json");
 
     fn key(direction: DirectionArg, length: Option<u32>, sessions: u32) -> PointKey {
-        PointKey { config: VmConfig { vcpus: 2, queues: 2 }, direction, length: MsgLen(length), sessions }
+        PointKey {
+            config: VmConfig { vcpus: 2, queues: 2, offloads: true },
+            direction,
+            length: MsgLen(length),
+            sessions,
+        }
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct Guest<'a> {
     /// Offer virtio-net RSS and hash reports.
     pub rss: bool,
     pub vhost: bool,
+    /// The NIC offers its checksum and segmentation offloads (QEMU's
+    /// default; off: `boot::qemu::OFFLOADS_OFF`).
+    pub offloads: bool,
     /// Kernel boot options after the guest's `ip=` (white space folded).
     pub cmdline: String,
     /// The serial line the work waits for.
@@ -136,6 +139,7 @@ impl BenchBootArgs {
             memory_mib: Some(MEMORY_MIB),
             rss: self.rss,
             vhost: false,
+            offloads: true,
             cmdline: format!("{options} {}", self.cmdline),
             ready: crate::boot_tests::NET_READY,
             ready_means: "reported its stacks up",
@@ -178,6 +182,7 @@ fn configure(guest: &Guest, built: &kbuild::Built) -> Result<(TapNetwork, QemuCo
     }
     qemu.network = tap.network().with_rss(guest.rss);
     qemu.vhost = guest.vhost;
+    qemu.nic_offloads = guest.offloads;
     qemu.netns = Some(tap.netns.clone());
     qemu.validate()?;
     Ok((tap, qemu))

@@ -279,6 +279,7 @@ fn boot_once(
         memory_mib: None,
         rss: a.rss,
         vhost: false,
+        offloads: true,
         cmdline: format!("{cmdline} {}", a.cmdline),
         ready: kernel::raw::READY,
         ready_means: "reported raw mode up",

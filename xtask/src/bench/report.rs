@@ -142,12 +142,21 @@ impl MatrixRun {
     }
 
     /// (multiqueue, single-queue) pairs: every configuration with more than
-    /// one queue pair against the one with as many vCPUs and one pair.
+    /// one queue pair against the one with as many vCPUs, one pair and the
+    /// same offloads; then (offloads on, offloads off) pairs of the same
+    /// vCPUs and queue pairs.
     pub fn ratio_pairs(&self) -> Vec<(VmConfig, VmConfig)> {
+        let configs = &self.plan.configs;
         let mut out = Vec::new();
-        for mq in self.plan.configs.iter().filter(|c| c.queues > 1) {
-            if let Some(sq) = self.plan.configs.iter().find(|c| c.vcpus == mq.vcpus && c.queues == 1) {
+        for mq in configs.iter().filter(|c| c.queues > 1) {
+            if let Some(sq) = configs.iter().find(|c| c.vcpus == mq.vcpus && c.queues == 1 && c.offloads == mq.offloads)
+            {
                 out.push((*mq, *sq));
+            }
+        }
+        for on in configs.iter().filter(|c| c.offloads) {
+            if let Some(off) = configs.iter().find(|c| c.vcpus == on.vcpus && c.queues == on.queues && !c.offloads) {
+                out.push((*on, *off));
             }
         }
         out
@@ -506,6 +515,7 @@ pub fn json(run: &MatrixRun) -> Value {
             "config": c.config.to_string(),
             "vcpus": c.config.vcpus,
             "queues": c.config.queues,
+            "offloads": c.config.offloads,
             "qemu_command": c.qemu_command,
             "error": c.error,
             "guest_ports": c.guest_ports,
@@ -527,7 +537,7 @@ pub mod tests {
     use crate::bench::matrix::{GuestCounters, HostCpu};
 
     pub fn cfg(vcpus: u16, queues: u16) -> VmConfig {
-        VmConfig { vcpus, queues }
+        VmConfig { vcpus, queues, offloads: true }
     }
 
     fn sample(mbit_s: f64, cpu: f64) -> Sample {
@@ -678,6 +688,14 @@ pub mod tests {
         assert_eq!(run.ratio_pairs(), [(cfg(2, 2), cfg(2, 1))]);
         run.plan.configs = vec![cfg(1, 1), cfg(4, 1), cfg(4, 2), cfg(4, 4), cfg(8, 8)];
         assert_eq!(run.ratio_pairs(), [(cfg(4, 2), cfg(4, 1)), (cfg(4, 4), cfg(4, 1))], "8/8 has no 8/1");
+        // With the offloads on and off: each against its own single queue,
+        // then each configuration on against off.
+        let off = |v, q| VmConfig { offloads: false, ..cfg(v, q) };
+        run.plan.configs = vec![cfg(2, 1), off(2, 1), cfg(2, 2), off(2, 2), cfg(4, 4)];
+        assert_eq!(
+            run.ratio_pairs(),
+            [(cfg(2, 2), cfg(2, 1)), (off(2, 2), off(2, 1)), (cfg(2, 1), off(2, 1)), (cfg(2, 2), off(2, 2))]
+        );
         assert_eq!(ratio(Some(3.0), Some(0.0)), None);
         assert_eq!(ratio(Some(3.0), Some(1.5)), Some(2.0));
         assert_eq!(ratio(None, Some(1.5)), None);
