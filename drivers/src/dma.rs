@@ -204,13 +204,13 @@ impl BufferPool {
         self.count
     }
 
-    /// Start of `b` in the block. Tokens come only from this pool (checked:
-    /// honouring another pool's token could alias one of ours).
     /// Whether `b` is one of this pool's buffers.
     pub fn owns(&self, b: &Buffer) -> bool {
         b.pool == self.id
     }
 
+    /// Start of `b` in the block. Tokens come only from this pool (checked:
+    /// honouring another pool's token could alias one of ours).
     fn start(&self, b: &Buffer) -> usize {
         assert!(b.pool == self.id && b.index < self.count, "buffer token of another pool");
         b.index as usize * self.buf_size

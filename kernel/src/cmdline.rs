@@ -286,7 +286,6 @@ impl IperfMode {
     }
 }
 
-/// The client settings to change, made on first use.
 /// `on` or `off`.
 fn on_off(value: &str) -> Option<bool> {
     match value {
@@ -296,6 +295,7 @@ fn on_off(value: &str) -> Option<bool> {
     }
 }
 
+/// The client settings to change, made on first use.
 fn client(opts: &mut BootOptions) -> &mut IperfClient {
     opts.iperf_client.get_or_insert_with(IperfClient::default)
 }
@@ -592,7 +592,7 @@ mod tests {
     }
 
     #[test]
-    fn transmit_checksum_offload_is_on_unless_turned_off() {
+    fn offloads_are_on_unless_turned_off() {
         assert!(BootOptions::default().rx_csum && BootOptions::default().rx_tso && BootOptions::default().tx_tso);
         assert!(!parse("tx-tso=off").0.tx_tso && parse("tx-tso=off").0.tx_csum);
         assert!(!parse("rx-csum=off").0.rx_csum && parse("rx-csum=off").0.rx_tso);

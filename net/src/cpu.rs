@@ -150,6 +150,23 @@ impl Queues<'_> {
     }
 }
 
+/// Puts a frame of another vCPU's flow into that vCPU's inbox; a full
+/// inbox drops it and counts it (TCP retransmits it). A coalesced segment
+/// too long for a slot goes in pieces (see `segment`): returns how many.
+/// One that cannot be cut is refused, and counted, by the inbox.
+fn hand_over(inbox: &Inbox, frame: &[u8]) -> Option<usize> {
+    if frame.len() > SLOT_BYTES {
+        let mut piece = [0u8; SLOT_BYTES];
+        if let Ok(pieces) = split_tcp(frame, SLOT_BYTES, &mut piece, |p| {
+            let _ = inbox.push(p);
+        }) {
+            return Some(pieces);
+        }
+    }
+    let _ = inbox.push(frame);
+    None
+}
+
 /// Per-vCPU steering and handoff counters (the queues count their own).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuCounters {
@@ -233,6 +250,8 @@ impl CpuNet {
         let mut stack = {
             let (rx, tx) = queues.parts();
             let mut dev = NetDevice::new(rx, tx, bell, &mut scratch);
+            // smoltcp reads a device's capabilities once, here: the
+            // devices of later rounds need not say them again.
             dev.checksums = fabric.checksums;
             dev.tso = fabric.tso;
             Stack::new(&fabric.cfg, &mut dev, now, seed)
@@ -303,25 +322,9 @@ impl CpuNet {
                 Some(owner) if owner != me => {
                     misses += 1;
                     if let Some(inbox) = fabric.inboxes.get(owner as usize) {
-                        // A full inbox drops the frame and counts it; TCP
-                        // retransmits it. A coalesced segment that does
-                        // not fit a slot goes in pieces; one that cannot
-                        // be split is refused (and counted) by the inbox.
-                        if frame.len() > SLOT_BYTES {
-                            let mut piece = [0u8; SLOT_BYTES];
-                            match split_tcp(frame, SLOT_BYTES, &mut piece, |p| {
-                                let _ = inbox.push(p);
-                            }) {
-                                Ok(n) => {
-                                    splits += 1;
-                                    split_pieces += n as u64;
-                                }
-                                Err(_) => {
-                                    let _ = inbox.push(frame);
-                                }
-                            }
-                        } else {
-                            let _ = inbox.push(frame);
+                        if let Some(pieces) = hand_over(inbox, frame) {
+                            splits += 1;
+                            split_pieces += pieces as u64;
                         }
                         to_wake[owner as usize] = true;
                     }
@@ -337,8 +340,6 @@ impl CpuNet {
             dev.filter = Some(&mut filter);
             dev.resets.owner = Some((&fabric.steering, me));
             dev.zero_windows = Some(zero_windows);
-            dev.checksums = fabric.checksums;
-            dev.tso = fabric.tso;
             for _ in 0..BUDGET {
                 if stack.iface.poll_ingress_single(now, &mut dev, &mut stack.sockets) == PollIngressSingleResult::None {
                     break;
@@ -425,8 +426,6 @@ impl CpuNet {
         *neighbours_seen = fabric.neighbours.catch_up(*neighbours_seen, |binding| {
             let frame = arp_reply_frame(binding, &cfg);
             let mut dev = NetDevice::new(None, queues.tx(), bell, scratch);
-            dev.checksums = fabric.checksums;
-            dev.tso = fabric.tso;
             dev.injected = Some(&frame);
             stack.iface.poll_ingress_single(now, &mut dev, &mut stack.sockets);
         });

@@ -84,7 +84,9 @@ pub struct NetDevice<'a, B: Doorbell> {
     /// the inbox.
     pub received: usize,
     pub from_inbox: usize,
-    /// Which TCP/UDP checksums the stack leaves to the queues.
+    /// Which TCP/UDP checksums the stack leaves to the queues. Like `tso`,
+    /// only what [`phy::Device::capabilities`] says, which smoltcp reads
+    /// once, when the interface is made.
     pub checksums: Checksums,
     /// The transmit queue cuts TCP segments of up to 64 KiB itself
     /// (HOST_TSO4, `TxQueue::set_tso`); never through a handoff outbox,

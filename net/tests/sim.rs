@@ -34,7 +34,9 @@ use net::smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use net::smoltcp::phy::{self, DeviceCapabilities, Medium};
 use net::smoltcp::socket::{tcp, Socket};
 use net::smoltcp::time::{Duration, Instant};
-use net::smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, TcpControl, TcpSeqNumber};
+use net::smoltcp::wire::{
+    checksum, EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Address, TcpControl, TcpSeqNumber,
+};
 use net::stack::{NetConfig, Stack};
 use net::steer::{Flow, Proto, Steering, KEY_LEN};
 use net::zerowin::ZeroWindows;
@@ -353,22 +355,12 @@ fn coalesce(last: &mut Vec<u8>, next: &[u8]) -> bool {
 /// computed the rest), and for a frame longer than one segment, gso_type
 /// TCPV4 with `gso_size` and `hdr_len`. Other frames are left as they are.
 fn tap_offload_header(packet: &mut [u8], start: usize) {
-    const ETH: usize = 14;
     let frame = &packet[start..];
-    if frames::tcp_in(frame).is_none() {
-        return;
-    }
-    let ihl = usize::from(frame[ETH] & 0x0f) * 4;
-    let tcp_at = ETH + ihl;
+    let Some((src, dst, tcp)) = frames::tcp_in(frame) else { return };
+    let tcp_len = tcp.into_inner().len();
+    let tcp_at = frame.len() - tcp_len;
     let headers = tcp_at + usize::from(frame[tcp_at + 12] >> 4) * 4;
-    let tcp_len = frame.len() - tcp_at;
-    let mut sum = 6 + tcp_len as u32;
-    for at in (ETH + 12..ETH + 20).step_by(2) {
-        sum += u32::from(u16::from_be_bytes([frame[at], frame[at + 1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
+    let sum = checksum::pseudo_header_v4(&src, &dst, IpProtocol::Tcp, tcp_len as u32);
     let (mss, long) = (MAX_FRAME - headers, frame.len() > MAX_FRAME);
     let field = start + tcp_at + 16;
     packet[field..field + 2].copy_from_slice(&(sum as u16).to_be_bytes());
@@ -474,20 +466,11 @@ impl Pair {
             let mut frame = frame.to_vec();
             let le16 = |at: usize| usize::from(u16::from_le_bytes([header[at], header[at + 1]]));
             if header[0] & 1 != 0 {
+                // NEEDS_CSUM: the sum from csum_start to the end, the
+                // pseudo-header sum in the field included, complemented.
                 let (start, field) = (le16(6), le16(6) + le16(8));
-                frame[field..field + 2].fill(0);
-                let mut sum: u32 =
-                    frame[start..].chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0))).sum();
-                while sum > 0xffff {
-                    sum = (sum & 0xffff) + (sum >> 16);
-                }
-                // The field held the pseudo-header sum: added back in.
-                let partial = u16::from_be_bytes([bytes[self.hdr_len + field], bytes[self.hdr_len + field + 1]]);
-                let mut total = sum + u32::from(partial);
-                while total > 0xffff {
-                    total = (total & 0xffff) + (total >> 16);
-                }
-                frame[field..field + 2].copy_from_slice(&(!(total as u16)).to_be_bytes());
+                let sum = !checksum::data(&frame[start..]);
+                frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
             }
             match header[1] {
                 0 => out.push(frame),

@@ -1514,8 +1514,12 @@ fn series_by(scrape: &str, name: &str, label: &str) -> BTreeMap<String, u64> {
 /// streams of each run in [`IPERF_RUNS`], then the malformed exchange's one
 /// and the last run's two.
 pub fn iperf_connections() -> u64 {
-    let streams = |args: &[&str]| args.windows(2).find(|w| w[0] == "-P").and_then(|w| w[1].parse().ok()).unwrap_or(1);
-    IPERF_RUNS.iter().map(|(_, args)| 1 + streams(args)).sum::<u64>() + 1 + 2
+    IPERF_RUNS.iter().map(|(_, args)| 1 + iperf_streams(args) as u64).sum::<u64>() + 1 + 2
+}
+
+/// The data streams an iperf3 run with client arguments `args` opens (`-P`).
+fn iperf_streams(args: &[&str]) -> usize {
+    args.windows(2).find(|w| w[0] == "-P").and_then(|w| w[1].parse().ok()).unwrap_or(1)
 }
 
 /// The iperf3 steps: every run passes ([`check_iperf_run`]); the `-P 4`
@@ -1527,7 +1531,7 @@ fn check_iperf(out: &str, cpus: usize, offloads: bool) -> Result<(), String> {
     for (step, args) in IPERF_RUNS {
         let v = check_iperf_run(step, &find(step)?)?;
         let streams = v["end"]["streams"].as_array().map_or(0, Vec::len);
-        let want: usize = args.windows(2).find(|w| w[0] == "-P").and_then(|w| w[1].parse().ok()).unwrap_or(1);
+        let want = iperf_streams(args);
         if streams != want {
             return Err(format!("{step}: {streams} streams in the results, not {want}"));
         }

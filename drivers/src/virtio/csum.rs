@@ -77,11 +77,8 @@ pub enum Verdict {
 pub fn verify(frame: &[u8]) -> Verdict {
     let Some((start, end, proto, pseudo)) = transport_span(frame) else { return Verdict::NotChecked };
     let l4 = &frame[start..end];
-    let (min_header, field) = match proto {
-        PROTO_TCP => (20, usize::from(TCP_CSUM_OFFSET)),
-        PROTO_UDP => (8, usize::from(UDP_CSUM_OFFSET)),
-        _ => return Verdict::NotChecked,
-    };
+    let Some((min_header, field)) = l4_checksum(proto) else { return Verdict::NotChecked };
+    let field = usize::from(field);
     if l4.len() < min_header {
         return Verdict::NotChecked;
     }
@@ -129,14 +126,13 @@ fn transport_span(frame: &[u8]) -> Option<(usize, usize, u8, u64)> {
     }
 }
 
-/// The length of an Ethernet frame's headers up to the end of the TCP
-/// header that starts at `tcp_start` (its data offset read there), if that
-/// lies within the frame.
-pub fn tcp_header_len(frame: &[u8], tcp_start: u16) -> Option<u16> {
-    let start = usize::from(tcp_start);
+/// For a whole IPv4 or IPv6 TCP segment: the length of its headers
+/// (Ethernet, IP, TCP with options), if the TCP header fits the segment.
+pub fn tcp_headers_len(frame: &[u8]) -> Option<u16> {
+    let (start, end, proto, _) = transport_span(frame)?;
     let data_offset = usize::from(*frame.get(start + 12)? >> 4) * 4;
-    let end = start + data_offset;
-    (data_offset >= 20 && end <= frame.len()).then_some(end as u16)
+    let headers = start + data_offset;
+    (proto == PROTO_TCP && data_offset >= 20 && headers <= end).then_some(headers as u16)
 }
 
 /// Whether a NEEDS_CSUM request from the device makes sense for `frame`:
@@ -154,33 +150,28 @@ pub fn partial_in_bounds(frame: &[u8], csum_start: u16, csum_offset: u16) -> boo
 /// fragment (a UDP checksum covers the whole datagram), a header length or
 /// total length that does not fit the frame.
 pub fn prepare_partial(frame: &mut [u8]) -> Option<(u16, u16)> {
-    if frame.len() < ETH + 20 || be16(frame, 12) != ETHERTYPE_IPV4 || frame[ETH] >> 4 != 4 {
+    if be16(frame.get(..ETH)?, 12) != ETHERTYPE_IPV4 {
         return None;
     }
-    let ihl = usize::from(frame[ETH] & 0x0f) * 4;
-    let total = usize::from(be16(frame, ETH + 2));
-    // More-fragments flag or a fragment offset: not a whole datagram.
-    let fragment = be16(frame, ETH + 6) & 0x3fff != 0;
-    if ihl < 20 || total < ihl || ETH + total > frame.len() || fragment {
-        return None;
-    }
-    let (offset, min_header) = match frame[ETH + 9] {
-        PROTO_TCP => (TCP_CSUM_OFFSET, 20),
-        PROTO_UDP => (UDP_CSUM_OFFSET, 8),
-        _ => return None,
-    };
-    let l4_len = total - ihl;
+    let (start, end, proto, addresses) = transport_span(frame)?;
+    let (min_header, offset) = l4_checksum(proto)?;
+    let l4_len = end - start;
     if l4_len < min_header {
         return None;
     }
-    let mut sum = u32::from(frame[ETH + 9]) + l4_len as u32;
-    for at in (ETH + 12..ETH + 20).step_by(2) {
-        sum += u32::from(be16(frame, at));
-    }
-    let start = ETH + ihl;
     let field = start + usize::from(offset);
-    frame[field..field + 2].copy_from_slice(&fold(sum).to_be_bytes());
+    let sum = fold64(addresses + u64::from(proto) + l4_len as u64);
+    frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
     Some((start as u16, offset))
+}
+
+/// For TCP and UDP: the shortest header and where the checksum sits in it.
+fn l4_checksum(proto: u8) -> Option<(usize, u16)> {
+    match proto {
+        PROTO_TCP => Some((20, TCP_CSUM_OFFSET)),
+        PROTO_UDP => Some((8, UDP_CSUM_OFFSET)),
+        _ => None,
+    }
 }
 
 /// Test frames: IPv4 and IPv6 TCP/UDP datagrams in Ethernet, with their

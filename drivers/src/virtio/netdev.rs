@@ -85,10 +85,13 @@ mod hdr {
     pub const F_DATA_VALID: u8 = 2;
     pub const GSO_NONE: u8 = 0;
     pub const GSO_TCPV4: u8 = 1;
-    pub const GSO_UDP: u8 = 3;
     pub const GSO_TCPV6: u8 = 4;
-    /// Or-ed into a TCP type: the segments carry ECN bits (GUEST_ECN,
-    /// which this driver does not negotiate).
+    /// Types this driver never negotiates, refused as undefined ones are
+    /// (named for the tests): UDP (GUEST_UFO), and the ECN bit or-ed into a
+    /// TCP type (GUEST_ECN).
+    #[cfg(test)]
+    pub const GSO_UDP: u8 = 3;
+    #[cfg(test)]
     pub const GSO_ECN: u8 = 0x80;
 }
 
@@ -183,6 +186,18 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
+    /// Every frame or completion dropped, whatever the reason (`full`, a
+    /// transmit frame with no room, is counted apart).
+    pub fn dropped(&self) -> u64 {
+        self.drop_bad_len
+            + self.drop_bad_id
+            + self.drop_header
+            + self.drop_merge
+            + self.drop_too_long
+            + self.drop_offload
+            + self.drop_csum
+    }
+
     fn absorb(&mut self, e: &UsedErrors) {
         self.drop_bad_id = e.bad_id;
         self.drop_bad_len = e.bad_len;
@@ -242,8 +257,9 @@ struct RxHeader {
     num_buffers: u16,
     hash: Option<(u32, u16)>,
     flags: u8,
-    /// `gso_type` without the ECN bit; `gso_size`, `hdr_len`.
+    /// `gso_type` (NONE or a negotiated TCP type), `gso_size`, `hdr_len`.
     gso: (u8, u16, u16),
+    /// `csum_start`, `csum_offset`.
     csum: (u16, u16),
 }
 
@@ -446,9 +462,6 @@ impl RxQueue {
     /// GUEST_CSUM, the TCP/UDP checksum of a frame the device neither
     /// checked nor left partial.
     fn offloads_hold(&mut self, header: &RxHeader, held: &Held) -> bool {
-        if !self.offloads.csum {
-            return true;
-        }
         let frame = Self::bytes_of(&self.pool, &self.join, self.hdr_len, held);
         let (gso_type, gso_size, gso_hdr_len) = header.gso;
         if gso_type != hdr::GSO_NONE {
@@ -458,12 +471,13 @@ impl RxQueue {
             }
             self.stats.large += 1;
         }
+        // NEEDS_CSUM got here only with GUEST_CSUM (see `header`).
         if header.flags & hdr::F_NEEDS_CSUM != 0 {
             if !super::csum::partial_in_bounds(frame, header.csum.0, header.csum.1) {
                 self.stats.drop_offload += 1;
                 return false;
             }
-        } else if header.flags & hdr::F_DATA_VALID == 0 {
+        } else if self.offloads.csum && header.flags & hdr::F_DATA_VALID == 0 {
             self.stats.csum_checked += 1;
             if super::csum::verify(frame) == super::csum::Verdict::Bad {
                 self.stats.drop_csum += 1;
@@ -491,9 +505,8 @@ impl RxQueue {
             hdr::GSO_NONE => true,
             hdr::GSO_TCPV4 => o.tso4,
             hdr::GSO_TCPV6 => o.tso6,
-            // GUEST_UFO and GUEST_ECN are not negotiated.
-            hdr::GSO_UDP => false,
-            t if t & hdr::GSO_ECN != 0 => false,
+            // UDP (GUEST_UFO), the ECN bit (GUEST_ECN): never negotiated;
+            // anything else is undefined.
             _ => false,
         };
         let num_buffers = if self.mergeable { le16(header, hdr::NUM_BUFFERS) } else { 1 };
@@ -808,10 +821,15 @@ impl TxQueue {
         fill: impl FnOnce(&mut [u8]) -> R,
     ) -> Option<R> {
         let large = len > MAX_FRAME;
-        if large && (len > MAX_TSO_FRAME || self.tso.is_none() || mss.is_none_or(|m| m == 0) || !self.csum_offload) {
-            self.stats.drop_too_long += 1;
-            return None;
-        }
+        // A long frame needs a segment size, TSO and checksum offload.
+        let gso_size = match mss {
+            Some(m) if m > 0 && len <= MAX_TSO_FRAME && self.tso.is_some() && self.csum_offload => m,
+            _ if large => {
+                self.stats.drop_too_long += 1;
+                return None;
+            }
+            _ => 0,
+        };
         if !self.has_room(bell) {
             self.stats.full += 1;
             return None;
@@ -835,18 +853,16 @@ impl TxQueue {
             bytes[hdr::CSUM_OFFSET..hdr::CSUM_OFFSET + 2].copy_from_slice(&offset.to_le_bytes());
         }
         if large {
-            // Only a TCP segment (its checksum at offset 16) can be cut.
-            let headers = partial
-                .filter(|&(_, offset)| offset == 16)
-                .and_then(|(start, _)| super::csum::tcp_header_len(&bytes[hdr_len..], start));
-            let Some(headers) = headers else {
+            // Only an IPv4 TCP segment (whose checksum was just left
+            // partial) can be cut.
+            let Some(headers) = partial.and(super::csum::tcp_headers_len(&bytes[hdr_len..])) else {
                 free.push(buf);
                 self.stats.drop_too_long += 1;
                 return Some(r);
             };
             bytes[hdr::GSO_TYPE] = hdr::GSO_TCPV4;
             bytes[hdr::HDR_LEN..hdr::HDR_LEN + 2].copy_from_slice(&headers.to_le_bytes());
-            bytes[hdr::GSO_SIZE..hdr::GSO_SIZE + 2].copy_from_slice(&mss.unwrap_or(0).to_le_bytes());
+            bytes[hdr::GSO_SIZE..hdr::GSO_SIZE + 2].copy_from_slice(&gso_size.to_le_bytes());
         }
         let seg = Segment { phys: pool.phys(&buf), len: (hdr_len + len) as u32, writable: false };
         if let Err((_, buf)) = self.queue.add(&[seg], buf) {
@@ -1542,9 +1558,6 @@ mod tests {
         }
     }
 
-    /// Batched transmit: frames queued in a poll round reach the device
-    /// together, at the round's end, with one notification; a ring that
-    /// fills publishes by itself, so the device can free it.
     /// A transmit queue with checksum offload and TSO on, and its device end.
     fn tso_queue(dma: &TestDma) -> (TxQueue, FakeDeviceQueue<'_>) {
         let mut tx = TxQueue::new(dma, 1, 64, false).unwrap();
@@ -1687,6 +1700,9 @@ mod tests {
         }
     }
 
+    /// Batched transmit: frames queued in a poll round reach the device
+    /// together, at the round's end, with one notification; a ring that
+    /// fills publishes by itself, so the device can free it.
     #[test]
     fn batched_transmit_publishes_once_per_round() {
         let dma = TestDma::default();

@@ -800,7 +800,6 @@ fn publish<S: HasNic>(local: &mut Local<S>) {
     let cpu = local.cpu;
     let Some(mine) = local.state.as_mut().as_mut() else { return };
     let irqs = |q: u16| cpu.stats.queue_irqs.get(q as usize).map_or(0, |a| a.load(Ordering::Relaxed));
-    let sum = |d: [(&'static str, u64); 7]| d.iter().map(|(_, n)| n).sum::<u64>();
     let (r, rxq) = match mine.rx.as_mut() {
         Some(rx) => (rx.stats(), Some(rx.index)),
         None => (QueueStats::default(), None),
@@ -816,7 +815,7 @@ fn publish<S: HasNic>(local: &mut Local<S>) {
         r.bytes,
         r.kicks,
         rxq.map_or(0, irqs),
-        sum(drops(&r)),
+        r.dropped(),
         r.large,
         r.csum_checked,
         t.packets,
@@ -825,7 +824,8 @@ fn publish<S: HasNic>(local: &mut Local<S>) {
         t.kicks,
         txq.map_or(0, irqs),
         t.full,
-        t.drop_bad_len + t.drop_bad_id + t.drop_too_long,
+        // Only these three can happen on transmit.
+        t.dropped(),
         r.rescues + t.rescues,
         t.watchdog,
         c.accepted,

@@ -307,7 +307,7 @@ fn bring_up(
     let features = t.negotiate(wanted | offloads).map_err(|e| e.to_string())?;
     let tx_csum = features & vnet::feature::CSUM != 0;
     let rx_offloads = vnet::rx_offloads(features);
-    let mut tx_tso = tx_csum && features & vnet::feature::HOST_TSO4 != 0;
+    let tx_tso = tx_csum && features & vnet::feature::HOST_TSO4 != 0;
     let event_idx = features & drivers::virtio::feature::EVENT_IDX != 0;
     let mergeable = features & vnet::feature::MRG_RXBUF != 0;
     let hdr_len = vnet::header_len(features);
@@ -377,8 +377,7 @@ fn bring_up(
         tx.set_csum_offload(tx_csum);
         rx.set_offloads(rx_offloads);
         if tx_tso && !tx.set_tso(&dma) {
-            warn!("virtio-net {}: no DMA memory for large transmit buffers: TSO off", f.bdf);
-            tx_tso = false;
+            warn!("virtio-net {}: txq {txq}: no DMA memory for large transmit buffers: TSO off", f.bdf);
         }
         let (rv, tv) = plan.pairs[p as usize];
         for (queue, entry, addrs) in [(rxq, rv, rx.queue().addresses()), (txq, tv, tx.queue().addresses())] {
@@ -460,7 +459,7 @@ fn bring_up(
         outboxes,
     );
     fabric.checksums = net::device::Checksums { tx: tx_csum, rx: rx_offloads.csum };
-    // Every queue has its large buffers (a failure turned TSO off for all).
+    // Only if every queue got its large buffers.
     fabric.tso = tx_tso && queues.iter().all(|(_, tx)| tx.tso());
     // RSS goes after VQ_PAIRS_SET: QEMU turns RSS off when it gets one.
     if rss {

@@ -242,15 +242,7 @@ fn report<S: HasRaw>(local: &mut Local<S>) {
         rx_bytes: r.bytes,
         tx: t.packets,
         tx_bytes: t.bytes,
-        drops: r.drop_bad_len
-            + r.drop_bad_id
-            + r.drop_header
-            + r.drop_merge
-            + r.drop_too_long
-            + r.drop_offload
-            + r.drop_csum
-            + t.drop_too_long
-            + t.full,
+        drops: r.dropped() + t.drop_too_long + t.full,
         rx_kicks: r.kicks,
         tx_kicks: t.kicks,
         rx_irqs: irqs(me.rx.index),

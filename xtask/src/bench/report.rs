@@ -307,14 +307,14 @@ fn guest_table(run: &MatrixRun) -> String {
     );
     let [a, b, c, d, e, f, g, h, i, j, k, l, m] = GUEST_COLUMNS;
     out.push_str(&format!(
-        "{a:>6} {b:<16} {c:>8} {d:>8} {e:>7} {f:>8} {g:>9} {h:>8} {i:>8} {j:>8} {k:>8} {l:>8} {m:>5}\n"
+        "{a:>7} {b:<16} {c:>8} {d:>8} {e:>7} {f:>8} {g:>9} {h:>8} {i:>8} {j:>8} {k:>8} {l:>8} {m:>5}\n"
     ));
     let mut rows = 0;
     for p in run.points() {
         let Some(s) = p.summary() else { continue };
         rows += 1;
         out.push_str(&format!(
-            "{:>6} {:<16} {:>8} {:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5}\n",
+            "{:>7} {:<16} {:>8} {:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5}\n",
             p.key.config.to_string(),
             p.key.direction.id(),
             p.key.length.label(),
