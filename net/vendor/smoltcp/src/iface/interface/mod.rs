@@ -213,15 +213,20 @@ impl Interface {
         );
 
         #[cfg(feature = "segmentation-offload")]
-        // Segmentation offload requires checksum offload.
-        if [caps.segmentation.tcpv4, caps.segmentation.tcpv6]
-            .iter()
-            .any(Option::is_some)
         {
-            assert!(
-                !caps.checksum.tcp.tx(),
-                "Device capabilities are inconsistent."
-            )
+            // The capabilities exist only for the protocols compiled in.
+            let segments = false;
+            #[cfg(all(feature = "socket-tcp", feature = "proto-ipv4"))]
+            let segments = segments || caps.segmentation.tcpv4.is_some();
+            #[cfg(all(feature = "socket-tcp", feature = "proto-ipv6"))]
+            let segments = segments || caps.segmentation.tcpv6.is_some();
+            // Segmentation offload requires checksum offload.
+            if segments {
+                assert!(
+                    !caps.checksum.tcp.tx(),
+                    "Device capabilities are inconsistent."
+                )
+            }
         }
 
         let mut rand = Rand::new(config.random_seed);
@@ -1406,10 +1411,19 @@ impl InterfaceInner {
             #[cfg(feature = "proto-ipv6")]
             IpRepr::Ipv6(_) => {
                 // Check if we need to fragment it.
-                if total_ip_len > self.caps.ip_mtu() {
+                let should_fragment = total_ip_len > self.caps.ip_mtu();
+
+                // As for IPv4: a packet with a target segment size is cut by
+                // the device, so it may exceed the MTU here.
+                #[cfg(feature = "segmentation-offload")]
+                let should_fragment = should_fragment && meta.segmentation_offload_size.is_none();
+
+                if should_fragment {
                     net_debug!("IPv6 fragmentation support is unimplemented. Dropping.");
                     Ok(())
                 } else {
+                    tx_token.set_meta(meta);
+
                     tx_token.consume(total_len, |mut tx_buffer| {
                         #[cfg(feature = "medium-ethernet")]
                         if matches!(self.caps.medium, Medium::Ethernet) {

@@ -1866,3 +1866,148 @@ fn test_solicited_node_multicast_autojoin(#[case] medium: Medium) {
     assert!(!iface.has_multicast_group(addr1.solicited_node()));
     assert!(!iface.has_multicast_group(addr2.solicited_node()));
 }
+
+/// IPv6 packets that the device segments (`segmentation-offload`) may exceed
+/// the MTU, and carry their metadata to the device, as IPv4 packets do.
+#[cfg(all(feature = "segmentation-offload", feature = "socket-tcp"))]
+mod segmentation_offload {
+    use super::*;
+    use crate::tests::segmentation_offload::setup_segmenting;
+    use core::num::NonZeroU16;
+
+    /// A transmit token that keeps what it was given: the metadata and the
+    /// bytes of each packet.
+    struct Recorder<'a> {
+        sent: &'a mut Vec<(PacketMeta, Vec<u8>)>,
+        meta: PacketMeta,
+    }
+
+    impl TxToken for Recorder<'_> {
+        fn consume<R, F>(self, len: usize, f: F) -> R
+        where
+            F: FnOnce(&mut [u8]) -> R,
+        {
+            let mut buffer = vec![0; len];
+            let result = f(&mut buffer);
+            self.sent.push((self.meta, buffer));
+            result
+        }
+
+        fn set_meta(&mut self, meta: PacketMeta) {
+            self.meta = meta;
+        }
+    }
+
+    fn remote() -> Ipv6Address {
+        Ipv6Address::new(0xfdbe, 0, 0, 0, 0, 0, 0, 2)
+    }
+
+    fn tcp_packet(payload: &[u8]) -> Packet<'_> {
+        let tcp = TcpRepr {
+            src_port: 4000,
+            dst_port: 5000,
+            control: TcpControl::Psh,
+            seq_number: TcpSeqNumber(1),
+            ack_number: Some(TcpSeqNumber(1)),
+            window_len: 1024,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        Packet::new_ipv6(
+            Ipv6Repr {
+                src_addr: Ipv6Address::new(0xfdbe, 0, 0, 0, 0, 0, 0, 1),
+                dst_addr: remote(),
+                next_header: IpProtocol::Tcp,
+                payload_len: tcp.buffer_len(),
+                hop_limit: 64,
+            },
+            IpPayload::Tcp(tcp),
+        )
+    }
+
+    /// Dispatches a TCP packet with `payload` and `meta` on an interface
+    /// whose device segments; returns what reached the device.
+    fn dispatch(medium: Medium, payload: &[u8], meta: PacketMeta) -> Vec<(PacketMeta, Vec<u8>)> {
+        let (mut iface, _, _device) = setup_segmenting(medium);
+        #[cfg(feature = "medium-ethernet")]
+        if medium == Medium::Ethernet {
+            iface.inner.neighbor_cache.fill(
+                IpAddress::Ipv6(remote()),
+                HardwareAddress::Ethernet(EthernetAddress([0x02, 0, 0, 0, 0, 2])),
+                Instant::ZERO,
+            );
+        }
+        let mut sent = Vec::new();
+        let token = Recorder {
+            sent: &mut sent,
+            meta: PacketMeta::default(),
+        };
+        let result =
+            iface
+                .inner
+                .dispatch_ip(token, meta, tcp_packet(payload), &mut iface.fragmenter);
+        assert_eq!(result, Ok(()));
+        sent
+    }
+
+    fn with_segment_size(size: u16) -> PacketMeta {
+        PacketMeta {
+            segmentation_offload_size: NonZeroU16::new(size),
+            ..PacketMeta::default()
+        }
+    }
+
+    /// The TCP payload of a frame that reached the device.
+    fn tcp_payload(medium: Medium, frame: &[u8]) -> Vec<u8> {
+        let ip = match medium {
+            #[cfg(feature = "medium-ethernet")]
+            Medium::Ethernet => EthernetFrame::new_checked(frame).unwrap().payload(),
+            _ => frame,
+        };
+        let ipv6 = Ipv6Packet::new_checked(ip).unwrap();
+        assert_eq!(ipv6.next_header(), IpProtocol::Tcp);
+        TcpPacket::new_checked(ipv6.payload())
+            .unwrap()
+            .payload()
+            .to_vec()
+    }
+
+    #[rstest]
+    #[case::ip(Medium::Ip)]
+    #[cfg(feature = "medium-ip")]
+    #[case::ethernet(Medium::Ethernet)]
+    #[cfg(feature = "medium-ethernet")]
+    fn beyond_the_mtu_with_a_segment_size_reaches_the_device(#[case] medium: Medium) {
+        let payload: Vec<u8> = (0..5123).map(|i| i as u8).collect();
+        let sent = dispatch(medium, &payload, with_segment_size(1000));
+        assert_eq!(sent.len(), 1, "one packet, for the device to cut");
+        let (meta, frame) = &sent[0];
+        assert_eq!(*meta, with_segment_size(1000));
+        assert_eq!(tcp_payload(medium, frame), payload);
+    }
+
+    #[rstest]
+    #[case::ip(Medium::Ip)]
+    #[cfg(feature = "medium-ip")]
+    #[case::ethernet(Medium::Ethernet)]
+    #[cfg(feature = "medium-ethernet")]
+    fn beyond_the_mtu_without_a_segment_size_is_dropped(#[case] medium: Medium) {
+        assert!(dispatch(medium, &[0; 5123], PacketMeta::default()).is_empty());
+    }
+
+    #[rstest]
+    #[case::ip(Medium::Ip)]
+    #[cfg(feature = "medium-ip")]
+    #[case::ethernet(Medium::Ethernet)]
+    #[cfg(feature = "medium-ethernet")]
+    fn within_the_mtu_the_metadata_reaches_the_device(#[case] medium: Medium) {
+        let sent = dispatch(medium, &[7; 1200], with_segment_size(500));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, with_segment_size(500));
+        assert_eq!(tcp_payload(medium, &sent[0].1), [7; 1200]);
+    }
+}
