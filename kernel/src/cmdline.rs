@@ -96,8 +96,8 @@ pub struct BootOptions {
     /// (`tx-csum=on|off`; on by default).
     pub tx_csum: bool,
     /// Transmit segmentation offload (64 KiB TCP segments) when the device
-    /// offers HOST_TSO4 and transmit checksums are on (`tx-tso=on|off`; on
-    /// by default).
+    /// offers HOST_TSO4 (and HOST_TSO6, for IPv6) and transmit checksums are
+    /// on (`tx-tso=on|off`; on by default).
     pub tx_tso: bool,
     /// Receive checksum offload when the device offers GUEST_CSUM
     /// (`rx-csum=on|off`; on by default).

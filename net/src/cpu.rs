@@ -29,7 +29,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use drivers::virtio::netdev::{hash_report, RxQueue};
+use drivers::virtio::netdev::{hash_report, RxQueue, TxTso};
 use smoltcp::iface::{PollIngressSingleResult, PollResult, SocketHandle};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
@@ -70,10 +70,10 @@ pub struct Fabric {
     /// Which TCP/UDP checksums the queues take off the stacks' hands (see
     /// [`Checksums`]): the same for every vCPU.
     pub checksums: Checksums,
-    /// Every transmit queue cuts 64 KiB TCP segments (HOST_TSO4,
-    /// `TxQueue::set_tso`): the stacks of vCPUs that transmit on a queue
-    /// emit them (see `NetDevice::tso`).
-    pub tso: bool,
+    /// The IP versions whose 64 KiB TCP segments every transmit queue's
+    /// device cuts (HOST_TSO4/6, `TxQueue::set_tso`): the stacks of vCPUs
+    /// that transmit on a queue emit them (see `NetDevice::tso`).
+    pub tso: TxTso,
 }
 
 impl Fabric {
@@ -89,7 +89,7 @@ impl Fabric {
             neighbours: NeighbourBoard::new(),
             hash_reported: false,
             checksums: Checksums::default(),
-            tso: false,
+            tso: TxTso::NONE,
         }
     }
 }

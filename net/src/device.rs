@@ -11,7 +11,7 @@
 use core::num::NonZeroUsize;
 pub use drivers::virtio::netdev::Doorbell;
 
-use drivers::virtio::netdev::{RxQueue, TxQueue, MAX_FRAME, MAX_TSO_FRAME};
+use drivers::virtio::netdev::{RxQueue, TxQueue, TxTso, MAX_FRAME, MAX_TSO_FRAME};
 use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium, PacketMeta};
 use smoltcp::time::Instant;
 use spin::Mutex;
@@ -88,10 +88,10 @@ pub struct NetDevice<'a, B: Doorbell> {
     /// only what [`phy::Device::capabilities`] says, which smoltcp reads
     /// once, when the interface is made.
     pub checksums: Checksums,
-    /// The transmit queue cuts TCP segments of up to 64 KiB itself
-    /// (HOST_TSO4, `TxQueue::set_tso`); never through a handoff outbox,
-    /// whose slots hold ordinary frames.
-    pub tso: bool,
+    /// The IP versions whose TCP segments of up to 64 KiB the transmit
+    /// queue's device cuts (HOST_TSO4/6, `TxQueue::set_tso`); none through
+    /// a handoff outbox, whose slots hold ordinary frames.
+    pub tso: TxTso,
     pub resets: Resets<'a>,
     /// Flows we advertised a zero window to (see `zerowin`): their data
     /// segments reach the stack after a payload-less copy.
@@ -132,7 +132,7 @@ impl<'a, B: Doorbell> NetDevice<'a, B> {
             received: 0,
             from_inbox: 0,
             checksums: Checksums::default(),
-            tso: false,
+            tso: TxTso::NONE,
             resets: Resets::default(),
             zero_windows: None,
             strip_buf: [0; COPY_MAX],
@@ -357,8 +357,10 @@ impl<'a, B: Doorbell> phy::Device for NetDevice<'a, B> {
         // smoltcp emits TCP segments up to this long (Ethernet header
         // included) and passes the MSS to cut them to; it needs transmit
         // checksums off, which TSO on the queue implies.
-        if self.tso && self.checksums.tx && !matches!(self.tx, TxPath::Handoff(_)) {
-            caps.segmentation.tcpv4 = NonZeroUsize::new(MAX_TSO_FRAME);
+        if self.checksums.tx && !matches!(self.tx, TxPath::Handoff(_)) {
+            let tso = |on: bool| if on { NonZeroUsize::new(MAX_TSO_FRAME) } else { None };
+            caps.segmentation.tcpv4 = tso(self.tso.v4);
+            caps.segmentation.tcpv6 = tso(self.tso.v6);
         }
         caps
     }

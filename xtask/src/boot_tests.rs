@@ -327,13 +327,13 @@ fn flood_case(name: &'static str, cpus: u16) -> BootCase {
 /// spread (with 512 MiB it was 24, which about 1 boot in 30 would exceed).
 fn tcp_case(name: &'static str, queues: u16, rss: bool) -> BootCase {
     // The kernel names the vCPUs left without a queue pair of their own;
-    // checksum offload and large segments both ways (HOST_TSO4, GUEST_TSO)
+    // checksum offload and large segments both ways (HOST_TSO4/6, GUEST_TSO)
     // are negotiated, except transmit checksums (and so TSO) in the
     // one-pair case, which turns them off (`tx-csum=off`) so that the stacks' own
     // checksums go through the same loads (the host verifies those). That
     // case also cuts coalesced segments for the three vCPUs without a
     // queue into inbox-sized ones (`splits`, checked in `check_tcp`).
-    const ALL: &str = "negotiated CSUM GUEST_CSUM MAC GUEST_TSO4 GUEST_TSO6 HOST_TSO4 ";
+    const ALL: &str = "negotiated CSUM GUEST_CSUM MAC GUEST_TSO4 GUEST_TSO6 HOST_TSO4 HOST_TSO6 ";
     let also: &'static [&'static str] = match queues {
         1 => &["negotiated GUEST_CSUM MAC GUEST_TSO4 GUEST_TSO6 ", "cpus 1..3 have no queue pair of their own"],
         2 => &[ALL, "cpus 2..3 have no queue pair of their own"],
@@ -370,7 +370,7 @@ fn iperf_case(name: &'static str, offloads: bool) -> BootCase {
     BootCase {
         net: Some(NetCase { iperf: true, pings: 4, flows: 8, tcp: Some(IPERF_CASE_LOAD), offloads, ..NetCase::new(4) }),
         also: if offloads {
-            &["negotiated CSUM GUEST_CSUM MAC GUEST_TSO4 GUEST_TSO6 HOST_TSO4 "]
+            &["negotiated CSUM GUEST_CSUM MAC GUEST_TSO4 GUEST_TSO6 HOST_TSO4 HOST_TSO6 "]
         } else {
             &["negotiated MAC MRG_RXBUF STATUS "]
         },
@@ -1553,7 +1553,7 @@ fn check_iperf(out: &str, cpus: usize, offloads: bool) -> Result<(), String> {
     }
     // The host's sender hands the tap segments of up to 64 KiB when the
     // guest took GUEST_TSO4, and the guest's stacks hand the device such
-    // segments when it took HOST_TSO4; never without.
+    // segments when it took HOST_TSO4 (the loads are IPv4); never without.
     for (series, what) in [("mqnet_rx_large", "coalesced segment received"), ("mqnet_tx_large", "TSO segment sent")] {
         let total: u64 = delta(series, "rxq").iter().map(|(_, n)| n).sum();
         match (offloads, total) {

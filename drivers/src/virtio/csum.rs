@@ -128,11 +128,19 @@ fn transport_span(frame: &[u8]) -> Option<(usize, usize, u8, u64)> {
 
 /// For a whole IPv4 or IPv6 TCP segment: the length of its headers
 /// (Ethernet, IP, TCP with options), if the TCP header fits the segment.
-pub fn tcp_headers_len(frame: &[u8]) -> Option<u16> {
+pub fn tcp_headers_len(frame: &[u8]) -> Option<(u16, IpVersion)> {
     let (start, end, proto, _) = transport_span(frame)?;
     let data_offset = usize::from(*frame.get(start + 12)? >> 4) * 4;
     let headers = start + data_offset;
-    (proto == PROTO_TCP && data_offset >= 20 && headers <= end).then_some(headers as u16)
+    let version = if be16(frame, 12) == ETHERTYPE_IPV6 { IpVersion::V6 } else { IpVersion::V4 };
+    (proto == PROTO_TCP && data_offset >= 20 && headers <= end).then_some((headers as u16, version))
+}
+
+/// The IP version of a frame [`transport_span`] accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpVersion {
+    V4,
+    V6,
 }
 
 /// Whether a NEEDS_CSUM request from the device makes sense for `frame`:
@@ -143,16 +151,14 @@ pub fn partial_in_bounds(frame: &[u8], csum_start: u16, csum_offset: u16) -> boo
     start >= ETH && start + usize::from(csum_offset) + 2 <= frame.len()
 }
 
-/// Prepares an IPv4 TCP or UDP frame (Ethernet header first) for the device
-/// to finish its checksum: writes the pseudo-header sum into the checksum
-/// field and returns `(csum_start, csum_offset)` for the header. `None`
-/// (the frame untouched) for anything else: not IPv4, not TCP or UDP, an IP
-/// fragment (a UDP checksum covers the whole datagram), a header length or
-/// total length that does not fit the frame.
+/// Prepares an IPv4 or IPv6 TCP or UDP frame (Ethernet header first) for
+/// the device to finish its checksum: writes the pseudo-header sum into the
+/// checksum field and returns `(csum_start, csum_offset)` for the header.
+/// `None` (the frame untouched) for anything else: not IP, not TCP or UDP
+/// right after the IP header (an IPv6 extension header), an IP fragment (a
+/// UDP checksum covers the whole datagram), a header length or total length
+/// that does not fit the frame.
 pub fn prepare_partial(frame: &mut [u8]) -> Option<(u16, u16)> {
-    if be16(frame.get(..ETH)?, 12) != ETHERTYPE_IPV4 {
-        return None;
-    }
     let (start, end, proto, addresses) = transport_span(frame)?;
     let (min_header, offset) = l4_checksum(proto)?;
     let l4_len = end - start;
@@ -292,6 +298,22 @@ mod tests {
     }
 
     #[test]
+    fn over_ipv6_the_device_finishes_the_checksum_a_stack_would_have_computed() {
+        for (proto, offset) in [(PROTO_TCP, TCP_CSUM_OFFSET), (PROTO_UDP, UDP_CSUM_OFFSET)] {
+            for len in [20usize, 21, 1440, 65_475] {
+                let mut f = checksummed_v6(proto, &segment(len, len as u8));
+                let field = ETH + IPV6_HDR + usize::from(offset);
+                let want = be16(&f, field);
+                f[field..field + 2].fill(0);
+                let (start, off) = prepare_partial(&mut f).expect("an IPv6 TCP/UDP frame");
+                assert_eq!((usize::from(start), off), (ETH + IPV6_HDR, offset));
+                device_finishes(&mut f, start, off);
+                assert_eq!(be16(&f, field), want, "proto {proto}, {len} bytes");
+            }
+        }
+    }
+
+    #[test]
     fn padding_after_the_datagram_does_not_change_the_result() {
         let mut l4 = segment(40, 7);
         l4[16..18].fill(0);
@@ -335,6 +357,16 @@ mod tests {
         short_l4[ETH + 2..ETH + 4].copy_from_slice(&30u16.to_be_bytes());
         cases.push(("a TCP header cut short", short_l4));
         cases.push(("a runt", tcp()[..30].to_vec()));
+        let v6 = || checksummed_v6(PROTO_TCP, &segment(40, 3));
+        let mut extension = v6();
+        extension[ETH + 6] = 0; // a hop-by-hop options header first
+        cases.push(("an IPv6 extension header", extension));
+        let mut fragment = v6();
+        fragment[ETH + 6] = 44;
+        cases.push(("an IPv6 fragment", fragment));
+        let mut long6 = v6();
+        long6[ETH + 4..ETH + 6].copy_from_slice(&2000u16.to_be_bytes());
+        cases.push(("IPv6 payload length beyond the frame", long6));
         for (what, mut f) in cases {
             let before = f.clone();
             assert_eq!(prepare_partial(&mut f), None, "{what}");

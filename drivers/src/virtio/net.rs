@@ -61,20 +61,20 @@ pub struct OffloadChoice {
 
 /// The offload features to ask for on top of [`WANTED`], given what the
 /// device `offered` and what the user left on: CSUM (transmit checksums)
-/// and, on top of it, HOST_TSO4 (64 KiB TCP segments the device cuts);
+/// and, on top of it, HOST_TSO4 and HOST_TSO6 (64 KiB TCP segments the
+/// device cuts);
 /// GUEST_CSUM (receive checksums) and, on top of it, GUEST_TSO4 and
 /// GUEST_TSO6 (coalesced receive segments of up to 64 KiB). The spec makes
 /// each TSO depend on its checksum feature. Receive TSO is asked for only
 /// with MRG_RXBUF, since a 64 KiB segment must then span the queue's 2 KiB
-/// buffers (without it every buffer would have to hold 64 KiB). Not
-/// HOST_TSO6: the stacks run no IPv6.
+/// buffers (without it every buffer would have to hold 64 KiB).
 pub fn wanted_offloads(offered: u64, choice: OffloadChoice) -> u64 {
     let OffloadChoice { tx_csum, tx_tso, rx_csum, rx_tso } = choice;
     let mut wanted = 0;
     if tx_csum {
         wanted |= feature::CSUM;
         if tx_tso && offered & feature::CSUM != 0 {
-            wanted |= feature::HOST_TSO4;
+            wanted |= feature::HOST_TSO4 | feature::HOST_TSO6;
         }
     }
     if rx_csum {
@@ -84,6 +84,13 @@ pub fn wanted_offloads(offered: u64, choice: OffloadChoice) -> u64 {
         }
     }
     wanted & offered
+}
+
+/// Which TCP segments the transmit queues may leave to the device to cut
+/// under the negotiated `features` (each TSO needs CSUM).
+pub fn tx_tso(features: u64) -> netdev::TxTso {
+    let csum = features & feature::CSUM != 0;
+    netdev::TxTso { v4: csum && features & feature::HOST_TSO4 != 0, v6: csum && features & feature::HOST_TSO6 != 0 }
 }
 
 /// What received headers may ask for under the negotiated `features`.
@@ -291,20 +298,27 @@ mod tests {
             | HOST_TSO6
             | HOST_UFO
             | MRG_RXBUF;
-        let all = CSUM | HOST_TSO4 | GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6;
+        let host_tso = HOST_TSO4 | HOST_TSO6;
+        let all = CSUM | host_tso | GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6;
         let on = OffloadChoice { tx_csum: true, tx_tso: true, rx_csum: true, rx_tso: true };
-        assert_eq!(wanted_offloads(qemu, on), all, "never ECN, UFO or IPv6 transmit TSO");
-        assert_eq!(wanted_offloads(qemu, OffloadChoice { tx_csum: false, ..on }), all & !CSUM & !HOST_TSO4);
-        assert_eq!(wanted_offloads(qemu, OffloadChoice { tx_tso: false, ..on }), all & !HOST_TSO4);
+        assert_eq!(wanted_offloads(qemu, on), all, "never ECN or UFO");
+        assert_eq!(wanted_offloads(qemu, OffloadChoice { tx_csum: false, ..on }), all & !CSUM & !host_tso);
+        assert_eq!(wanted_offloads(qemu, OffloadChoice { tx_tso: false, ..on }), all & !host_tso);
         let rx_csum_off = OffloadChoice { rx_csum: false, ..on };
-        assert_eq!(wanted_offloads(qemu, rx_csum_off), CSUM | HOST_TSO4, "TSO needs GUEST_CSUM");
+        assert_eq!(wanted_offloads(qemu, rx_csum_off), CSUM | host_tso, "TSO needs GUEST_CSUM");
         assert_eq!(wanted_offloads(qemu, OffloadChoice { rx_tso: false, ..on }), all & !GUEST_TSO4 & !GUEST_TSO6);
         let no_mrg = wanted_offloads(qemu & !MRG_RXBUF, on);
-        assert_eq!(no_mrg, CSUM | HOST_TSO4 | GUEST_CSUM, "no 64 KiB buffers");
+        assert_eq!(no_mrg, CSUM | host_tso | GUEST_CSUM, "no 64 KiB buffers");
         let no_guest_csum = wanted_offloads(qemu & !GUEST_CSUM, on);
-        assert_eq!(no_guest_csum, CSUM | HOST_TSO4, "TSO without GUEST_CSUM is invalid");
-        assert_eq!(wanted_offloads(qemu & !CSUM, on), all & !CSUM & !HOST_TSO4, "HOST_TSO4 without CSUM is invalid");
+        assert_eq!(no_guest_csum, CSUM | host_tso, "TSO without GUEST_CSUM is invalid");
+        assert_eq!(wanted_offloads(qemu & !CSUM, on), all & !CSUM & !host_tso, "HOST_TSO without CSUM is invalid");
+        assert_eq!(wanted_offloads(qemu & !HOST_TSO6, on), all & !HOST_TSO6, "each TSO where offered");
         assert_eq!(wanted_offloads(0, on), 0);
+
+        use netdev::TxTso;
+        assert_eq!(tx_tso(all), TxTso { v4: true, v6: true });
+        assert_eq!(tx_tso(all & !HOST_TSO4), TxTso { v4: false, v6: true });
+        assert_eq!(tx_tso(host_tso), TxTso::NONE, "a device that broke the rules (no CSUM)");
 
         let on = rx_offloads(all | MRG_RXBUF);
         assert_eq!(on, RxOffloads { csum: true, tso4: true, tso6: true });

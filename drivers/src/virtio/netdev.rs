@@ -21,6 +21,7 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
+use super::csum::IpVersion;
 use super::queue::{BrokenRing, QueueError, RingState, Segment, SplitQueue, Used, UsedErrors};
 use super::transport::NO_VECTOR;
 use crate::dma::{Buffer, BufferPool, DmaAlloc, DmaBuf};
@@ -41,9 +42,9 @@ pub const MAX_FRAME: usize = 1514;
 /// Largest received frame accepted: a 64 KiB IP packet with its Ethernet
 /// and VLAN headers (what large receive offload will deliver).
 pub const MAX_RX_FRAME: usize = 65_535 + 18;
-/// Largest transmitted frame with HOST_TSO4 (see [`TxQueue::set_tso`]): a
+/// Largest transmitted frame with HOST_TSO4/6 (see [`TxQueue::set_tso`]): a
 /// 64 KiB IPv4 packet and its Ethernet header. A longer one would wrap the
-/// IPv4 total length.
+/// IPv4 total length (an IPv6 payload length leaves 40 bytes to spare).
 pub const MAX_TSO_FRAME: usize = 65_535 + 14;
 /// Large transmit buffers per queue with TSO on: frames up to
 /// [`MAX_TSO_FRAME`] that the device is still sending (a fast sender keeps
@@ -54,6 +55,22 @@ pub const TSO_BUFFERS: u32 = 32;
 const TSO_BUF_SIZE: usize = (HASH_HDR_LEN + MAX_TSO_FRAME).next_multiple_of(64);
 /// Ethernet header: shorter frames are malformed.
 const ETH_HDR: usize = 14;
+
+/// Which TCP segments the device cuts: those over IPv4 (HOST_TSO4) and over
+/// IPv6 (HOST_TSO6), as negotiated (see `net::tx_tso`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxTso {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl TxTso {
+    pub const NONE: TxTso = TxTso { v4: false, v6: false };
+
+    pub fn any(self) -> bool {
+        self.v4 || self.v6
+    }
+}
 
 // A header of either length and the largest transmitted (or unmerged
 // received) frame share one buffer.
@@ -661,11 +678,13 @@ pub struct TxQueue {
     batched: bool,
     /// Frames queued since the last publish.
     unpublished: u32,
-    /// CSUM negotiated and wanted: IPv4 TCP and UDP frames leave with
+    /// CSUM negotiated and wanted: TCP and UDP frames leave with
     /// NEEDS_CSUM and the device finishes their checksums.
     csum_offload: bool,
-    /// HOST_TSO4 (see [`Self::set_tso`]): the large buffers and those free.
+    /// HOST_TSO4/6 (see [`Self::set_tso`]): the large buffers and those
+    /// free, and which IP versions' segments the device cuts.
     tso: Option<(BufferPool, Vec<Buffer>)>,
+    tso_versions: TxTso,
 }
 
 impl TxQueue {
@@ -701,29 +720,32 @@ impl TxQueue {
             unpublished: 0,
             csum_offload: false,
             tso: None,
+            tso_versions: TxTso::NONE,
         })
     }
 
-    /// Transmit segmentation offload (HOST_TSO4 negotiated, with CSUM and
-    /// [`Self::set_csum_offload`] on): allocates [`TSO_BUFFERS`] buffers for
-    /// frames up to [`MAX_TSO_FRAME`], which [`Self::send_segmented`] hands
-    /// to the device with `gso_type` TCPV4 for it to cut into segments.
-    /// Returns `false` (TSO stays off) without the DMA memory.
-    pub fn set_tso(&mut self, dma: &dyn DmaAlloc) -> bool {
-        if self.tso.is_none() {
+    /// Transmit segmentation offload for the IP versions in `versions`
+    /// (HOST_TSO4/6 negotiated, with CSUM and [`Self::set_csum_offload`]
+    /// on): allocates [`TSO_BUFFERS`] buffers for frames up to
+    /// [`MAX_TSO_FRAME`], which [`Self::send_segmented`] hands to the device
+    /// with `gso_type` TCPV4 or TCPV6 for it to cut into segments. Returns
+    /// `false` (TSO stays off) without the DMA memory.
+    pub fn set_tso(&mut self, dma: &dyn DmaAlloc, versions: TxTso) -> bool {
+        if self.tso.is_none() && versions.any() {
             self.tso = BufferPool::new(dma, TSO_BUF_SIZE, TSO_BUFFERS);
         }
+        self.tso_versions = if self.tso.is_some() { versions } else { TxTso::NONE };
         self.tso.is_some()
     }
 
-    /// Whether large frames can be sent ([`Self::set_tso`]).
-    pub fn tso(&self) -> bool {
-        self.tso.is_some()
+    /// Which large frames can be sent ([`Self::set_tso`]).
+    pub fn tso(&self) -> TxTso {
+        self.tso_versions
     }
 
     /// Transmit checksum offload on or off (only with CSUM negotiated). On,
     /// the stack must leave TCP and UDP checksums to the device: each IPv4
-    /// TCP or UDP frame gets its pseudo-header sum and NEEDS_CSUM with
+    /// or IPv6 TCP or UDP frame gets its pseudo-header sum and NEEDS_CSUM with
     /// `csum_start`/`csum_offset` (see [`super::csum`]); other frames go as
     /// they are.
     pub fn set_csum_offload(&mut self, on: bool) {
@@ -807,10 +829,11 @@ impl TxQueue {
     }
 
     /// [`Self::send`] for a frame the device may have to cut into segments
-    /// of `mss` payload bytes: with TSO on ([`Self::set_tso`]), an IPv4 TCP
-    /// frame longer than [`MAX_FRAME`] (up to [`MAX_TSO_FRAME`]) goes in a
-    /// large buffer with `gso_type` TCPV4, `gso_size` `mss` and `hdr_len`
-    /// its headers' length, and its checksum left partial. A long frame
+    /// of `mss` payload bytes: with TSO on for its IP version
+    /// ([`Self::set_tso`]), a TCP frame longer than [`MAX_FRAME`] (up to
+    /// [`MAX_TSO_FRAME`]) goes in a large buffer with `gso_type` TCPV4 or
+    /// TCPV6, `gso_size` `mss` and `hdr_len` its headers' length, and its
+    /// checksum left partial. A long frame
     /// that is not such a segment, or comes without `mss`, is dropped
     /// (counted in `drop_too_long`).
     pub fn send_segmented<R>(
@@ -853,14 +876,22 @@ impl TxQueue {
             bytes[hdr::CSUM_OFFSET..hdr::CSUM_OFFSET + 2].copy_from_slice(&offset.to_le_bytes());
         }
         if large {
-            // Only an IPv4 TCP segment (whose checksum was just left
-            // partial) can be cut.
-            let Some(headers) = partial.and(super::csum::tcp_headers_len(&bytes[hdr_len..])) else {
+            // Only a TCP segment (whose checksum was just left partial) of
+            // an IP version the device cuts.
+            let cut =
+                partial.and(super::csum::tcp_headers_len(&bytes[hdr_len..])).and_then(
+                    |(headers, version)| match version {
+                        IpVersion::V4 if self.tso_versions.v4 => Some((headers, hdr::GSO_TCPV4)),
+                        IpVersion::V6 if self.tso_versions.v6 => Some((headers, hdr::GSO_TCPV6)),
+                        _ => None,
+                    },
+                );
+            let Some((headers, gso_type)) = cut else {
                 free.push(buf);
                 self.stats.drop_too_long += 1;
                 return Some(r);
             };
-            bytes[hdr::GSO_TYPE] = hdr::GSO_TCPV4;
+            bytes[hdr::GSO_TYPE] = gso_type;
             bytes[hdr::HDR_LEN..hdr::HDR_LEN + 2].copy_from_slice(&headers.to_le_bytes());
             bytes[hdr::GSO_SIZE..hdr::GSO_SIZE + 2].copy_from_slice(&gso_size.to_le_bytes());
         }
@@ -1562,39 +1593,55 @@ mod tests {
     fn tso_queue(dma: &TestDma) -> (TxQueue, FakeDeviceQueue<'_>) {
         let mut tx = TxQueue::new(dma, 1, 64, false).unwrap();
         tx.set_csum_offload(true);
-        assert!(tx.set_tso(dma));
+        assert!(tx.set_tso(dma, BOTH));
         let dev = FakeDeviceQueue::new(dma, tx.queue());
         (tx, dev)
     }
 
-    /// HOST_TSO4: a 64 KiB TCP segment leaves whole, in one large buffer,
-    /// with the header the device needs to cut it (gso_type, gso_size,
-    /// hdr_len) and its checksum left for the device to finish.
+    const BOTH: TxTso = TxTso { v4: true, v6: true };
+
+    /// HOST_TSO4 and HOST_TSO6: a 64 KiB TCP segment leaves whole, in one
+    /// large buffer, with the header the device needs to cut it (gso_type,
+    /// gso_size, hdr_len) and its checksum left for the device to finish.
     #[test]
     fn a_64_kib_tcp_segment_leaves_whole_for_the_device_to_cut() {
-        use super::super::csum::frames::{checksummed_v4, device_finishes, segment};
+        use super::super::csum::frames::{checksummed_v4, checksummed_v6, device_finishes, segment};
         let dma = TestDma::default();
         let bell = Bell::default();
         let (mut tx, mut dev) = tso_queue(&dma);
+        // (IP version, the frame, gso_type, headers' length)
         let mut l4 = segment(65_535 - 20, 3);
         l4[12] = 0x50; // a 20-byte TCP header
-        let want = checksummed_v4(6, &l4);
-        assert_eq!(want.len(), MAX_TSO_FRAME);
-        let mut stack_wrote = want.clone();
-        stack_wrote[50..52].fill(0); // a stack with TCP checksums offloaded
-        tx.send_segmented(want.len(), Some(1448), &bell, |b| b.copy_from_slice(&stack_wrote)).expect("sent");
-        let (_, segs) = dev.pop_avail().expect("a frame");
-        assert_eq!(segs.len(), 1, "one descriptor");
-        let mut bytes = dev.read(&segs);
-        let h = &bytes[..HDR_LEN];
-        assert_eq!((h[hdr::FLAGS], h[hdr::GSO_TYPE]), (hdr::F_NEEDS_CSUM, hdr::GSO_TCPV4));
-        assert_eq!((le16(h, hdr::HDR_LEN), le16(h, hdr::GSO_SIZE)), (54, 1448));
-        assert_eq!((le16(h, hdr::CSUM_START), le16(h, hdr::CSUM_OFFSET)), (34, 16));
-        let frame = &mut bytes[HDR_LEN..];
-        device_finishes(frame, 34, 16);
-        assert!(frame == want.as_slice(), "the device's checksum is the one a stack would have computed");
-        let s = tx.stats();
-        assert_eq!((s.large, s.packets, s.bytes, s.drop_too_long), (1, 1, MAX_TSO_FRAME as u64, 0));
+        let v4 = checksummed_v4(6, &l4);
+        assert_eq!(v4.len(), MAX_TSO_FRAME);
+        let mut l4 = segment(65_535 - 40, 4);
+        l4[12] = 0x80; // a 32-byte TCP header (timestamps)
+        let v6 = checksummed_v6(6, &l4);
+        assert_eq!(v6.len(), MAX_TSO_FRAME);
+        for (n, (version, want, gso_type, headers)) in
+            [(4, v4, hdr::GSO_TCPV4, 14 + 20 + 20), (6, v6, hdr::GSO_TCPV6, 14 + 40 + 32)].into_iter().enumerate()
+        {
+            let start = if version == 4 { 34 } else { 54 };
+            let mut stack_wrote = want.clone();
+            stack_wrote[start + 16..start + 18].fill(0); // a stack with TCP checksums offloaded
+            tx.send_segmented(want.len(), Some(1448), &bell, |b| b.copy_from_slice(&stack_wrote)).expect("sent");
+            let (_, segs) = dev.pop_avail().expect("a frame");
+            assert_eq!(segs.len(), 1, "IPv{version}: one descriptor");
+            let mut bytes = dev.read(&segs);
+            let h = &bytes[..HDR_LEN];
+            assert_eq!((h[hdr::FLAGS], h[hdr::GSO_TYPE]), (hdr::F_NEEDS_CSUM, gso_type), "IPv{version}");
+            assert_eq!((le16(h, hdr::HDR_LEN), le16(h, hdr::GSO_SIZE)), (headers, 1448), "IPv{version}");
+            assert_eq!((le16(h, hdr::CSUM_START), le16(h, hdr::CSUM_OFFSET)), (start as u16, 16), "IPv{version}");
+            let frame = &mut bytes[HDR_LEN..];
+            device_finishes(frame, start as u16, 16);
+            assert!(
+                frame == want.as_slice(),
+                "IPv{version}: the device's checksum is the one a stack would have computed"
+            );
+            let s = tx.stats();
+            let sent = n as u64 + 1;
+            assert_eq!((s.large, s.packets, s.bytes, s.drop_too_long), (sent, sent, sent * MAX_TSO_FRAME as u64, 0));
+        }
         // An ordinary frame still goes in an ordinary buffer, with no GSO.
         let small = checksummed_v4(6, &segment(100, 4));
         tx.send_segmented(small.len(), Some(1448), &bell, |b| b.copy_from_slice(&small)).expect("sent");
@@ -1640,7 +1687,7 @@ mod tests {
         let bell = Bell::default();
         let mut tx = TxQueue::new(&dma, 1, 8, false).unwrap();
         tx.set_csum_offload(true);
-        assert!(tx.set_tso(&dma));
+        assert!(tx.set_tso(&dma, TxTso { v4: true, v6: false }));
         let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
         let big = checksummed_v4(6, &segment(5000, 5));
         let small = checksummed_v4(6, &segment(100, 5));
@@ -1660,27 +1707,30 @@ mod tests {
     /// counted, and nothing reaches the ring.
     #[test]
     fn long_frames_that_cannot_be_cut_are_dropped() {
-        use super::super::csum::frames::{checksummed_v4, segment};
+        use super::super::csum::frames::{checksummed_v4, checksummed_v6, segment};
         let dma = TestDma::default();
         let bell = Bell::default();
         let tcp = checksummed_v4(6, &segment(3000, 1));
         let udp = checksummed_v4(17, &segment(3000, 1));
-        // (what, TSO on, MSS, frame, length: 0 for the frame's own, made ARP)
-        type Case<'a> = (&'static str, bool, Option<u16>, &'a [u8], usize);
-        let cases: [Case; 6] = [
-            ("TSO off", false, Some(1448), &tcp, tcp.len()),
-            ("no MSS", true, None, &tcp, tcp.len()),
-            ("MSS 0", true, Some(0), &tcp, tcp.len()),
-            ("UDP", true, Some(1448), &udp, udp.len()),
-            ("ARP-typed", true, Some(1448), &tcp[..], 0),
-            ("beyond 64 KiB", true, Some(1448), &tcp, MAX_TSO_FRAME + 1),
+        let tcp6 = checksummed_v6(6, &segment(3000, 1));
+        let (v4, v6) = (TxTso { v4: true, v6: false }, TxTso { v4: false, v6: true });
+        // (what, TSO, MSS, frame, length: 0 for the frame's own, made ARP)
+        type Case<'a> = (&'static str, TxTso, Option<u16>, &'a [u8], usize);
+        let cases: [Case; 8] = [
+            ("TSO off", TxTso::NONE, Some(1448), &tcp, tcp.len()),
+            ("no MSS", BOTH, None, &tcp, tcp.len()),
+            ("MSS 0", BOTH, Some(0), &tcp, tcp.len()),
+            ("UDP", BOTH, Some(1448), &udp, udp.len()),
+            ("ARP-typed", BOTH, Some(1448), &tcp[..], 0),
+            ("beyond 64 KiB", BOTH, Some(1448), &tcp, MAX_TSO_FRAME + 1),
+            ("IPv6 without HOST_TSO6", v4, Some(1448), &tcp6, tcp6.len()),
+            ("IPv4 without HOST_TSO4", v6, Some(1448), &tcp, tcp.len()),
         ];
         for (what, tso, mss, frame, len) in cases {
             let mut tx = TxQueue::new(&dma, 1, 8, false).unwrap();
             tx.set_csum_offload(true);
-            if tso {
-                tx.set_tso(&dma);
-            }
+            assert_eq!(tx.set_tso(&dma, tso), tso.any(), "{what}");
+            assert_eq!(tx.tso(), tso, "{what}");
             let mut dev = FakeDeviceQueue::new(&dma, tx.queue());
             let (len, arp) = if len == 0 { (frame.len(), true) } else { (len, false) };
             let sent = tx.send_segmented(len, mss, &bell, |b| {
@@ -1692,7 +1742,7 @@ mod tests {
             });
             // Refused before `fill` when the header says enough; after it
             // (what it wrote is no TCP segment), dropped all the same.
-            let after_fill = what == "UDP" || arp;
+            let after_fill = what == "UDP" || what.starts_with("IPv") || arp;
             assert_eq!(sent, after_fill.then_some(()), "{what}");
             assert_eq!((tx.stats().drop_too_long, tx.stats().packets), (1, 0), "{what}");
             assert!(dev.pop_avail().is_none(), "{what}");

@@ -743,7 +743,7 @@ static SERIES: [Series; 31] = [
     Series::counter("rx_csum_checked", "Received frames whose TCP/UDP checksum the driver checked itself."),
     Series::counter("tx_packets", "Frames queued on the transmit queue this vCPU owns."),
     Series::counter("tx_bytes", "Bytes queued on the transmit queue this vCPU owns."),
-    Series::counter("tx_large", "TCP segments of up to 64 KiB handed to the device to cut (HOST_TSO4)."),
+    Series::counter("tx_large", "TCP segments of up to 64 KiB handed to the device to cut (HOST_TSO4/6)."),
     Series::counter("tx_kicks", "Transmit queue notifications to the device."),
     Series::counter("tx_irqs", "Transmit queue interrupts."),
     Series::counter("tx_full", "Frames dropped because the transmit ring was full."),

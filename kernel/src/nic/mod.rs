@@ -27,7 +27,7 @@ use drivers::dma::{DmaAlloc, DmaBuf};
 use drivers::msix::{self, MsixCapability, MsixTable};
 use drivers::pci::{self, Bar, ConfigSpace, Function, CAP_MSIX};
 use drivers::virtio::net::{self as vnet, FeatureNames, NetConfig as DeviceConfig};
-use drivers::virtio::netdev::{plan_vectors, CtrlQueue, CtrlResult, PlanKind, RssConfig, RxQueue, TxQueue};
+use drivers::virtio::netdev::{plan_vectors, CtrlQueue, CtrlResult, PlanKind, RssConfig, RxQueue, TxQueue, TxTso};
 use drivers::virtio::queue::BrokenRing;
 use drivers::virtio::transport::{read_layout, Region, Transport, NO_VECTOR};
 use drivers::virtio::{pci_kind, PciKind, DEVICE_TYPE_NET};
@@ -307,7 +307,7 @@ fn bring_up(
     let features = t.negotiate(wanted | offloads).map_err(|e| e.to_string())?;
     let tx_csum = features & vnet::feature::CSUM != 0;
     let rx_offloads = vnet::rx_offloads(features);
-    let tx_tso = tx_csum && features & vnet::feature::HOST_TSO4 != 0;
+    let tx_tso = vnet::tx_tso(features);
     let event_idx = features & drivers::virtio::feature::EVENT_IDX != 0;
     let mergeable = features & vnet::feature::MRG_RXBUF != 0;
     let hdr_len = vnet::header_len(features);
@@ -376,7 +376,7 @@ fn bring_up(
         let mut tx = TxQueue::with_header(&dma, txq, size(txq)?, event_idx, hdr_len).ok_or("out of DMA memory")?;
         tx.set_csum_offload(tx_csum);
         rx.set_offloads(rx_offloads);
-        if tx_tso && !tx.set_tso(&dma) {
+        if tx_tso.any() && !tx.set_tso(&dma, tx_tso) {
             warn!("virtio-net {}: txq {txq}: no DMA memory for large transmit buffers: TSO off", f.bdf);
         }
         let (rv, tv) = plan.pairs[p as usize];
@@ -460,7 +460,7 @@ fn bring_up(
     );
     fabric.checksums = net::device::Checksums { tx: tx_csum, rx: rx_offloads.csum };
     // Only if every queue got its large buffers.
-    fabric.tso = tx_tso && queues.iter().all(|(_, tx)| tx.tso());
+    fabric.tso = if queues.iter().all(|(_, tx)| tx.tso() == tx_tso) { tx_tso } else { TxTso::NONE };
     // RSS goes after VQ_PAIRS_SET: QEMU turns RSS off when it gets one.
     if rss {
         if let Some((c, off)) = ctrl.as_mut() {
