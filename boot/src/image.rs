@@ -8,9 +8,11 @@ use std::time::SystemTime;
 use bootloader::{BootConfig, DiskImageBuilder};
 use bootloader_boot_config::LevelFilter;
 
-/// Which firmware the image boots with.
+/// How the kernel is booted: directly (PVH: QEMU loads the ELF, no disk
+/// image), or from a disk image by SeaBIOS or OVMF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Firmware {
+    Pvh,
     Bios,
     Uefi,
 }
@@ -18,8 +20,23 @@ pub enum Firmware {
 impl Firmware {
     pub const fn name(self) -> &'static str {
         match self {
+            Firmware::Pvh => "pvh",
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
+        }
+    }
+
+    /// Whether booting this way needs a disk image (the bootloader's).
+    pub const fn needs_image(self) -> bool {
+        !matches!(self, Firmware::Pvh)
+    }
+
+    /// What the kernel's banner says it was booted by.
+    pub const fn banner(self) -> &'static str {
+        match self {
+            Firmware::Pvh => "booted by PVH",
+            Firmware::Bios => "booted by bootloader 0.11 (BIOS)",
+            Firmware::Uefi => "booted by bootloader 0.11 (UEFI)",
         }
     }
 }
@@ -43,6 +60,9 @@ pub fn image_path(dir: &Path, firmware: Firmware) -> PathBuf {
 /// Writes the disk image for `firmware` from `kernel` into `dir`, unless an
 /// image newer than the kernel is already there. Returns its path.
 pub fn build(kernel: &Path, dir: &Path, firmware: Firmware) -> Result<PathBuf, String> {
+    if !firmware.needs_image() {
+        return Err(format!("{} boots the kernel ELF itself: no disk image", firmware.name()));
+    }
     let out = image_path(dir, firmware);
     let kernel_time = modified(kernel).map_err(|e| format!("kernel ELF {}: {e}", kernel.display()))?;
     if modified(&out).is_ok_and(|t| t >= kernel_time) {
@@ -54,6 +74,7 @@ pub fn build(kernel: &Path, dir: &Path, firmware: Firmware) -> Result<PathBuf, S
     let result = match firmware {
         Firmware::Bios => builder.create_bios_image(&out),
         Firmware::Uefi => builder.create_uefi_image(&out),
+        Firmware::Pvh => unreachable!("checked above"),
     };
     result.map_err(|e| format!("creating the {} image {}: {e:#}", firmware.name(), out.display()))?;
     Ok(out)

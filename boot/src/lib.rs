@@ -16,6 +16,7 @@ pub mod netns;
 pub mod outcome;
 pub mod prereq;
 pub mod procstat;
+pub mod pvh;
 pub mod qemu;
 pub mod runner;
 pub mod vhost;

@@ -99,6 +99,10 @@ pub struct BootOptions {
     /// offers HOST_TSO4 (and HOST_TSO6, for IPv6) and transmit checksums are
     /// on (`tx-tso=on|off`; on by default).
     pub tx_tso: bool,
+    /// Also count the TSC against the PIT when the CPU or hypervisor
+    /// stated its frequency, and log how far apart the two are
+    /// (`clock-check=on|off`; off by default: it costs 30 ms).
+    pub clock_check: bool,
     /// Receive checksum offload when the device offers GUEST_CSUM
     /// (`rx-csum=on|off`; on by default).
     pub rx_csum: bool,
@@ -392,6 +396,7 @@ impl Default for BootOptions {
             rx_coalesce: RxCoalesce::Auto,
             tx_csum: true,
             tx_tso: true,
+            clock_check: false,
             rx_csum: true,
             rx_tso: true,
             msix_per_pair: false,
@@ -486,6 +491,7 @@ impl BootOptions {
                 "rx-coalesce" => RxCoalesce::parse(value).map(|c| opts.rx_coalesce = c),
                 "tx-csum" => on_off(value).map(|on| opts.tx_csum = on),
                 "tx-tso" => on_off(value).map(|on| opts.tx_tso = on),
+                "clock-check" => on_off(value).map(|on| opts.clock_check = on),
                 "rx-csum" => on_off(value).map(|on| opts.rx_csum = on),
                 "rx-tso" => on_off(value).map(|on| opts.rx_tso = on),
                 "gw" => parse_ipv4(value).map(|a| opts.gateway = Some(a)),

@@ -20,6 +20,8 @@ pub mod frames;
 pub mod fwcfg;
 pub mod logfmt;
 pub mod madt;
+pub mod phases;
+pub mod pvh;
 pub mod raw;
 pub mod time;
 pub mod timers;

@@ -32,6 +32,8 @@ mod serial;
 
 #[cfg(target_os = "none")]
 pub use boot::options as boot_options;
+#[cfg(target_os = "none")]
+pub use boot::phases;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
@@ -44,12 +46,15 @@ mod boot {
     use core::sync::atomic::{AtomicBool, Ordering};
 
     use bootloader_api::config::{BootloaderConfig, Mapping};
-    use bootloader_api::info::Optional;
+    use bootloader_api::info::{MemoryRegionKind, Optional};
     use bootloader_api::{entry_point, BootInfo};
     use kernel::abi;
     use kernel::cmdline::{AfterBoot, BootOptions};
+    use kernel::frames::PhysRange;
     use kernel::madt::{CpuPlan, Skip};
-    use kernel::time::{BootTimes, Instant, Millis};
+    use kernel::phases::{Phase, Phases};
+    use kernel::pvh::StartInfo;
+    use kernel::time::{BootTimes, Instant, Millis, TscSource};
     use log::{error, info, warn};
     use spin::Once;
 
@@ -124,38 +129,160 @@ mod boot {
     }
 
     static CONFIG: Once<Config> = Once::new();
+    /// Where boot time goes (printed once the boot is over).
+    static PHASES: Phases = Phases::new();
+
+    /// Marks the end of a boot phase, now.
+    pub fn phases(phase: Phase) {
+        PHASES.mark(phase, arch::time::rdtsc());
+    }
+
+    /// The boot's last phase is over: marks it and prints the breakdown.
+    pub fn boot_over(last: Phase) {
+        phases(last);
+        let mut line = alloc::string::String::new();
+        let _ = PHASES.write(arch::time::clock(), &mut line);
+        info!("{line}");
+    }
     /// Set once booting is over: every CPU that could start is online and
     /// the NIC is up.
     static BOOT_DONE: AtomicBool = AtomicBool::new(false);
     /// Set when a `fault=` that did not stop the kernel has been provoked.
     static FAULT_OVER: AtomicBool = AtomicBool::new(false);
 
+    /// How the kernel was started, and what its loader told it.
+    struct Loaded<'a> {
+        /// For the banner: "bootloader 0.11 (BIOS)", "PVH (start_info v1)".
+        loader: &'a str,
+        entry_tsc: u64,
+        /// `arch::time::init`'s result.
+        calibration: Result<(u64, TscSource), u64>,
+        usable: &'a mut dyn Iterator<Item = PhysRange>,
+        /// The end of the physical memory the direct map covers.
+        phys_end: u64,
+        direct_map_offset: u64,
+        rsdp: Option<u64>,
+        /// The loader's command line (PVH: `-append`), after fw_cfg's.
+        cmdline: &'a str,
+    }
+
+    /// The bootloader's entry (BIOS and UEFI disk images).
     fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         let entry_tsc = arch::time::rdtsc();
+        let Optional::Some(offset) = boot_info.physical_memory_offset else {
+            panic!("the bootloader did not map physical memory (BootloaderConfig::mappings.physical_memory)");
+        };
+        let calibration = early_init(entry_tsc, &|virt| arch::paging::translate_early(offset, virt));
+        let regions = &boot_info.memory_regions;
+        let uefi = regions.iter().any(|r| matches!(r.kind, MemoryRegionKind::UnknownUefi(_)));
+        // The direct map covers every region of the map, usable or not.
+        let phys_end = regions.iter().map(|r| r.end).max().unwrap_or(0);
+        let mut usable =
+            regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| PhysRange::new(r.start, r.end));
+        start(Loaded {
+            loader: if uefi { "bootloader 0.11 (UEFI)" } else { "bootloader 0.11 (BIOS)" },
+            entry_tsc,
+            calibration,
+            usable: &mut usable,
+            phys_end,
+            direct_map_offset: offset,
+            rsdp: boot_info.rsdp_addr.into_option(),
+            cmdline: "",
+        })
+    }
+
+    /// The direct-boot entry (`arch::pvh`), with the physical address of
+    /// the loader's start_info.
+    fn pvh_main(start_info: u32) -> ! {
+        let entry_tsc = arch::pvh::entry_tsc();
+        // The kernel runs where it was loaded, KERNEL_VIRT higher.
+        let calibration = early_init(entry_tsc, &|virt| virt.checked_sub(arch::pvh::KERNEL_VIRT));
+        let info = match StartInfo::parse(u64::from(start_info), &mut arch::pvh::read_identity) {
+            Ok(info) => info,
+            Err(e) => {
+                error!("pvh: {e}: cannot boot");
+                arch::qemu::exit(arch::qemu::ExitCode::Failure)
+            }
+        };
+        if let Some(e) = info.cmdline_error {
+            warn!("pvh: {e}: command line ignored");
+        }
+        let ram_end = info.ram_end();
+        let mapped = arch::pvh::switch_to_direct_map(ram_end);
+        if mapped < ram_end {
+            warn!("pvh: RAM ends at {} MiB; only the first {} MiB are used", ram_end >> 20, mapped >> 20);
+        }
+        let mut ranges = [PhysRange::new(0, 0); 64];
+        let n = kernel::pvh::usable_ranges(info.memory_map(), &[arch::pvh::kernel_image()], &mut ranges);
+        let mut usable =
+            ranges[..n].iter().map(|r| PhysRange::new(r.start, r.end.min(mapped))).filter(|r| !r.is_empty());
+        // (No heap yet: nothing here may allocate.)
+        info!(
+            "pvh: start_info v{}: {} memory map entries, RAM up to {} MiB, command line {} bytes, RSDP at {:#x}",
+            info.version,
+            info.memory_map().len(),
+            ram_end >> 20,
+            info.cmdline().len(),
+            info.rsdp.unwrap_or(0),
+        );
+        start(Loaded {
+            loader: "PVH",
+            entry_tsc,
+            calibration,
+            usable: &mut usable,
+            phys_end: mapped,
+            direct_map_offset: arch::pvh::DIRECT_MAP,
+            rsdp: info.rsdp,
+            cmdline: info.cmdline(),
+        })
+    }
+
+    /// Where `arch::pvh`'s entry code calls Rust, on the kernel's stack.
+    #[unsafe(no_mangle)]
+    extern "C" fn mqnet_pvh_entry(start_info: u32) -> ! {
+        pvh_main(start_info)
+    }
+
+    /// Serial, the legacy PICs masked, the clock, the logger: what every
+    /// entry does first. Returns the clock's calibration.
+    fn early_init(entry_tsc: u64, to_phys: &dyn Fn(u64) -> Option<u64>) -> Result<(u64, TscSource), u64> {
+        PHASES.mark(Phase::Firmware, entry_tsc);
         serial::init();
         arch::pic::mask_legacy_pics();
-        let calibration = arch::time::init(entry_tsc);
+        let calibration = arch::time::init(entry_tsc, to_phys);
         serial::init_logger();
+        phases(Phase::Clock);
+        calibration
+    }
 
-        let mut cmdline_buf = [0u8; 1024];
-        let cmdline = arch::fwcfg::read_file(abi::FW_CFG_CMDLINE, &mut cmdline_buf)
-            .map(|n| core::str::from_utf8(&cmdline_buf[..n]).unwrap_or("").trim_end_matches('\0'))
+    /// Everything after the entry, the same however the kernel was loaded.
+    fn start(boot: Loaded<'_>) -> ! {
+        let Loaded { loader, entry_tsc, calibration, usable, phys_end, direct_map_offset, rsdp, cmdline: appended } =
+            boot;
+        // Boot options: fw_cfg's file, then the loader's command line (a
+        // later option overrides an earlier one).
+        let mut fw_cfg_buf = [0u8; 1024];
+        let from_fw_cfg = arch::fwcfg::read_file(abi::FW_CFG_CMDLINE, &mut fw_cfg_buf)
+            .map(|n| core::str::from_utf8(&fw_cfg_buf[..n]).unwrap_or("").trim_end_matches('\0').trim())
             .unwrap_or("");
+        let mut joined = [0u8; 1024 + 1 + kernel::pvh::MAX_CMDLINE];
+        let cmdline = join_options(from_fw_cfg, appended, &mut joined);
         let options = BootOptions::parse(cmdline, |problem| warn!("{problem}"));
         log::set_max_level(options.log_level);
 
-        let mem = memory::init(boot_info);
+        let mem = memory::init(usable, phys_end, direct_map_offset);
         arch::paging::init(mem.direct_map_offset);
         arch::gdt::init();
         arch::idt::init_this_cpu();
+        phases(Phase::Memory);
 
         let clock = arch::time::clock();
         info!(
-            "{} v{} ({} build), x86_64, booted by bootloader 0.11 ({})",
+            "{} v{} ({} build), x86_64, booted by {}",
             abi::BANNER,
             env!("CARGO_PKG_VERSION"),
             if cfg!(debug_assertions) { "debug" } else { "release" },
-            if mem.uefi { "UEFI" } else { "BIOS" },
+            loader,
         );
         if cmdline.trim().is_empty() {
             info!("boot options: none");
@@ -171,19 +298,28 @@ mod boot {
             mem.frames_free >> 20,
         );
         match calibration {
-            Ok(hz) => info!(
-                "clock: TSC at {}.{:03} GHz, calibrated against the PIT",
-                hz / 1_000_000_000,
-                hz / 1_000_000 % 1000
-            ),
+            Ok((hz, source)) => {
+                info!("clock: TSC at {}.{:06} GHz, from {}", hz / 1_000_000_000, hz / 1_000 % 1_000_000, source.name());
+                if options.clock_check && source != TscSource::Pit {
+                    match arch::time::pit_hz() {
+                        Some(pit) => info!(
+                            "clock: checked against the PIT: {}.{:06} GHz, {} ppm apart",
+                            pit / 1_000_000_000,
+                            pit / 1_000 % 1_000_000,
+                            kernel::time::ppm_apart(hz, pit)
+                        ),
+                        None => warn!("clock: checked against the PIT: the PIT does not count"),
+                    }
+                }
+            }
             Err(hz) => {
                 warn!("clock: TSC calibration failed, assuming {} MHz: timestamps are approximate", hz / 1_000_000)
             }
         }
 
         // Processors, from the MADT.
-        let madt = match boot_info.rsdp_addr {
-            Optional::Some(rsdp) => match arch::acpi::init(rsdp, memory::direct_map()) {
+        let madt = match rsdp {
+            Some(rsdp) => match arch::acpi::init(rsdp, memory::direct_map()) {
                 Ok(acpi) => {
                     for r in &acpi.ecam {
                         info!(
@@ -198,11 +334,12 @@ mod boot {
                     None
                 }
             },
-            Optional::None => {
-                warn!("acpi: the bootloader found no RSDP: running on the boot CPU only");
+            None => {
+                warn!("acpi: the loader found no RSDP: running on the boot CPU only");
                 None
             }
         };
+        phases(Phase::Acpi);
         let apic_base = madt.map_or(0xfee0_0000, |m| m.local_apic_address);
         let (mode, tsc_deadline) = match apic::init_global(apic_base) {
             Ok(m) => m,
@@ -226,7 +363,8 @@ mod boot {
         let timer = if tsc_deadline {
             TimerKind::TscDeadline
         } else {
-            match apic::calibrate_timer(clock.nanos_to_ticks(10_000_000), tsc_hz) {
+            // 2 ms: some 125,000 counts of QEMU's 62.5 MHz APIC timer.
+            match apic::calibrate_timer(clock.nanos_to_ticks(2_000_000), tsc_hz) {
                 Some(hz) => TimerKind::OneShot { hz },
                 None => panic!("the local APIC timer does not count"),
             }
@@ -240,6 +378,7 @@ mod boot {
             }
         );
         CONFIG.call_once(|| Config { options, timer, tsc_hz });
+        phases(Phase::Apic);
 
         match arch::smp::start_aps(cpus, ap_main, mem.direct_map_offset) {
             Ok(started) => {
@@ -258,11 +397,16 @@ mod boot {
             }
             Err(e) => error!("smp: cannot start application processors: {e}; running on the boot CPU only"),
         }
+        phases(Phase::Cpus);
         let online = percpu::online().count();
         crate::nic::init(online, options.max_queue_pairs);
+        phases(Phase::Nic);
 
         let times = BootTimes::measure(clock, entry_tsc, arch::time::rdtsc());
         info!("{} {times}", abi::READY);
+        if !crate::nic::serving() {
+            boot_over(Phase::Nic);
+        }
         BOOT_DONE.store(true, Ordering::Release);
         // APs that polled before this saw "not yet": let them look again.
         for cpu in percpu::online().skip(1) {
@@ -297,6 +441,22 @@ mod boot {
         if plan.bsp_missing_from_table && listed > 0 {
             warn!("cpus: the boot CPU's APIC id is not in the MADT");
         }
+    }
+
+    /// `first` and `second` joined by a space (either may be empty), in `buf`.
+    fn join_options<'b>(first: &str, second: &str, buf: &'b mut [u8]) -> &'b str {
+        let mut len = 0;
+        for part in [first, second].into_iter().filter(|p| !p.is_empty()) {
+            let sep = usize::from(len > 0);
+            if len + sep + part.len() > buf.len() {
+                warn!("boot options: too long; ignoring {part:?}");
+                continue;
+            }
+            buf[len..len + sep].fill(b' ');
+            buf[len + sep..len + sep + part.len()].copy_from_slice(part.as_bytes());
+            len += sep + part.len();
+        }
+        core::str::from_utf8(&buf[..len]).unwrap_or("")
     }
 
     /// Work every CPU runs, and the self-test timer when enabled.

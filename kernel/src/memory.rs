@@ -1,12 +1,10 @@
 //! Physical memory and the heap.
 //!
-//! The frame allocator is built from the bootloader's memory map. The heap is
-//! one physically contiguous run of frames, used through the bootloader's
-//! direct map of physical memory, so heap buffers can be handed to devices:
+//! The frame allocator is built from the loader's memory map. The heap is
+//! one physically contiguous run of frames, used through the direct map of
+//! physical memory (the bootloader's, or the one `arch::pvh` builds), so heap buffers can be handed to devices:
 //! [`virt_to_phys`] turns a heap pointer into the address a device needs.
 
-use bootloader_api::info::{MemoryRegionKind, Optional};
-use bootloader_api::BootInfo;
 use kernel::directmap::{self, DirectMap};
 use kernel::frames::{FrameAllocator, MemoryStats, PhysRange, FRAME_SIZE};
 use spin::{Mutex, Once};
@@ -29,7 +27,6 @@ pub struct MemorySummary {
     pub heap_bytes: u64,
     pub frames_free: u64,
     pub direct_map_offset: u64,
-    pub uefi: bool,
 }
 
 static HEAP_BYTES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -39,20 +36,12 @@ pub fn heap_bytes() -> u64 {
     HEAP_BYTES.load(core::sync::atomic::Ordering::Relaxed)
 }
 
-pub fn init(boot_info: &BootInfo) -> MemorySummary {
-    let Optional::Some(offset) = boot_info.physical_memory_offset else {
-        panic!("the bootloader did not map physical memory (BootloaderConfig::mappings.physical_memory)");
-    };
-    let usable = boot_info
-        .memory_regions
-        .iter()
-        .filter(|r| r.kind == MemoryRegionKind::Usable)
-        .map(|r| PhysRange::new(r.start, r.end));
+/// Builds the frame allocator from the `usable` RAM the loader left and
+/// carves the heap out of it. Physical memory `0..phys_end` is mapped at
+/// `offset` (the bootloader's map, or `arch::pvh`'s).
+pub fn init(usable: &mut dyn Iterator<Item = PhysRange>, phys_end: u64, offset: u64) -> MemorySummary {
     let mut frames = FrameAllocator::<MAX_REGIONS>::new(usable);
     let stats = frames.stats();
-    let uefi = boot_info.memory_regions.iter().any(|r| matches!(r.kind, MemoryRegionKind::UnknownUefi(_)));
-    // The direct map covers every region of the map, usable or not.
-    let phys_end = boot_info.memory_regions.iter().map(|r| r.end).max().unwrap_or(0);
     let map = DirectMap::new(offset, phys_end).expect("direct map wraps the address space");
     DIRECT_MAP.call_once(|| map);
 
@@ -62,7 +51,8 @@ pub fn init(boot_info: &BootInfo) -> MemorySummary {
         .unwrap_or_else(|e| panic!("no {} MiB run for the heap: {e:?} ({stats})", heap_bytes >> 20));
     let heap_virt = map.phys_to_virt(heap_phys).expect("heap frames are direct-mapped");
     // SAFETY: the frames were just taken from the allocator, so nothing else
-    // uses them, and the bootloader maps them read-write at `heap_virt`.
+    // uses them, and the loader's direct map has them read-write at
+    // `heap_virt`.
     let claimed = unsafe { HEAP.lock().claim(heap_virt as *mut u8, heap_bytes as usize) };
     if claimed.is_none() {
         panic!("the allocator refused a {} MiB heap", heap_bytes >> 20);
@@ -70,7 +60,7 @@ pub fn init(boot_info: &BootInfo) -> MemorySummary {
     let frames_free = frames.free_bytes();
     *FRAMES.lock() = Some(frames);
     HEAP_BYTES.store(heap_bytes, core::sync::atomic::Ordering::Relaxed);
-    MemorySummary { stats, heap_phys, heap_bytes, frames_free, direct_map_offset: offset, uefi }
+    MemorySummary { stats, heap_phys, heap_bytes, frames_free, direct_map_offset: offset }
 }
 
 /// Physical address of `len` bytes at `ptr`, for DMA. `None` unless the

@@ -13,6 +13,64 @@ pub fn tsc_hz_from_pit(tsc_ticks: u64, pit_ticks: u64) -> Option<u64> {
     u64::try_from(tsc_ticks as u128 * PIT_HZ as u128 / pit_ticks as u128).ok()
 }
 
+/// Where the TSC's frequency came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TscSource {
+    /// CPUID leaf 0x15: the TSC/crystal ratio and the crystal's frequency.
+    Cpuid15,
+    /// The hypervisor's timing leaf 0x40000010 (TSC kHz).
+    HypervisorLeaf,
+    /// KVM's paravirtual clock: the multiplier it converts TSC ticks with.
+    Kvmclock,
+    /// CPUID leaf 0x16: the processor's base frequency (which an invariant
+    /// TSC runs at), when leaf 0x15 gives no crystal frequency.
+    Cpuid16,
+    /// Counted against the 8254 PIT.
+    Pit,
+}
+
+impl TscSource {
+    pub const fn name(self) -> &'static str {
+        match self {
+            TscSource::Cpuid15 => "CPUID leaf 0x15",
+            TscSource::HypervisorLeaf => "the hypervisor's leaf 0x40000010",
+            TscSource::Kvmclock => "kvmclock",
+            TscSource::Cpuid16 => "CPUID leaf 0x16",
+            TscSource::Pit => "the PIT",
+        }
+    }
+}
+
+/// TSC Hz from CPUID leaf 0x15: `ebx / eax` TSC ticks per crystal tick
+/// of `ecx` Hz. `None` when a field is 0 (not enumerated).
+pub fn tsc_hz_from_cpuid15(eax: u32, ebx: u32, ecx: u32) -> Option<u64> {
+    if eax == 0 || ebx == 0 || ecx == 0 {
+        return None;
+    }
+    Some(u64::from(ecx) * u64::from(ebx) / u64::from(eax))
+}
+
+/// TSC Hz from a pvclock (kvmclock) page's conversion: nanoseconds =
+/// ((ticks shifted left by `shift`, right when negative) · `mul`) >> 32.
+/// `None` for a multiplier of 0 or a shift beyond ±31.
+pub fn tsc_hz_from_pvclock(mul: u32, shift: i8) -> Option<u64> {
+    if mul == 0 || !(-31..=31).contains(&shift) {
+        return None;
+    }
+    // Hz = 10^9 · 2^32 / (mul · 2^shift).
+    let num = 1_000_000_000u128 << 32;
+    let hz = if shift >= 0 { num / (u128::from(mul) << shift) } else { (num << -shift) / u128::from(mul) };
+    u64::try_from(hz).ok().filter(|&hz| hz > 0)
+}
+
+/// How far apart two frequencies are, in parts per million of `reference`.
+pub fn ppm_apart(hz: u64, reference: u64) -> u64 {
+    if reference == 0 {
+        return u64::MAX;
+    }
+    (u128::from(hz.abs_diff(reference)) * 1_000_000 / u128::from(reference)) as u64
+}
+
 /// The median of a few calibration runs, so one run disturbed by the host
 /// (a preempted vCPU) does not skew the clock. Sorts `samples` in place.
 pub fn median(samples: &mut [u64]) -> Option<u64> {
@@ -205,6 +263,31 @@ mod tests {
             assert!(now.0 >= last.0 && now.1 >= last.1, "at {t}");
             last = now;
         }
+    }
+
+    #[test]
+    fn frequencies_the_cpu_or_hypervisor_states() {
+        // An Intel part: 25 MHz crystal, TSC at 88/2 of it.
+        assert_eq!(tsc_hz_from_cpuid15(2, 88, 25_000_000), Some(1_100_000_000));
+        assert_eq!(tsc_hz_from_cpuid15(2, 216, 24_000_000), Some(2_592_000_000));
+        for (eax, ebx, ecx) in [(0, 88, 25_000_000), (2, 0, 25_000_000), (2, 88, 0)] {
+            assert_eq!(tsc_hz_from_cpuid15(eax, ebx, ecx), None, "{eax} {ebx} {ecx}");
+        }
+        // kvmclock for a 2.6 GHz TSC: Linux's pvclock picks the shift that
+        // keeps the multiplier in 32 bits; both round trips agree within
+        // the multiplier's resolution.
+        for hz in [2_600_000_000u64, 1_000_000_000, 3_999_999_000, 100_000_000] {
+            for shift in -3i8..=2 {
+                let scaled = if shift >= 0 { (hz as u128) << shift } else { (hz as u128) >> -shift };
+                let mul = ((1_000_000_000u128 << 32) / scaled) as u64;
+                let Ok(mul) = u32::try_from(mul) else { continue };
+                let got = tsc_hz_from_pvclock(mul, shift).unwrap();
+                assert!(ppm_apart(got, hz) < 10, "{hz} Hz, shift {shift}: {got}");
+            }
+        }
+        assert_eq!(tsc_hz_from_pvclock(0, 0), None);
+        assert_eq!(tsc_hz_from_pvclock(1 << 31, 40), None);
+        assert_eq!((ppm_apart(1_000_100, 1_000_000), ppm_apart(999_900, 1_000_000)), (100, 100));
     }
 
     #[test]

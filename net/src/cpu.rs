@@ -359,6 +359,12 @@ impl CpuNet {
             if dev.has_pending() {
                 stack.iface.poll_ingress_single(now, &mut dev, &mut stack.sockets);
             }
+            // Idle: the listeners a new stack has yet to make (see
+            // `Services::listen`), a few per round.
+            if !busy && services.needs_listeners(&stack.sockets) {
+                services.listen(&mut stack.sockets);
+                busy = true;
+            }
             let ingress = cycles().wrapping_sub(start);
             busy |= services.run(&mut stack.sockets, now);
             busy |= stack.iface.poll_egress(now, &mut dev, &mut stack.sockets) != PollResult::None;

@@ -32,6 +32,10 @@ pub enum Expect {
     /// A failure report containing every one of these lines (substrings, in
     /// order) and the failure status.
     Failure(&'static [&'static str]),
+    /// The kernel refuses to boot, before its banner: these lines in order
+    /// and the failure status (never a triple fault, which QEMU would
+    /// report as a reset).
+    Refused(&'static [&'static str]),
     /// Raw driver mode on `pairs` queue pairs: see `boot_raw::check`.
     Raw { pairs: u16 },
     /// The kernel gives up on its network (a device fault it was told to
@@ -56,6 +60,40 @@ pub struct BootCase {
     pub net: Option<NetCase>,
     /// A transitional virtio-net on QEMU user networking instead.
     pub transitional_nic: bool,
+    /// Direct boot only: the kernel's command line in the start_info
+    /// (`-append`), after the fw_cfg one (`cmdline`).
+    pub append: &'static str,
+    /// Direct boot only: the kernel gets a start_info of the test's making
+    /// (through `boot::pvh::shim`) instead of QEMU's.
+    pub start_info: Option<BadStartInfo>,
+    /// Boot under KVM (skipped where /dev/kvm cannot be used), whatever the
+    /// other cases use: what only a hypervisor provides (kvmclock).
+    pub kvm: bool,
+}
+
+/// A start_info with something wrong in it, for the kernel to report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadStartInfo {
+    /// No memory map (`memmap_entries` 0): the kernel cannot boot.
+    NoMemoryMap,
+    /// A command line of 5000 bytes without a terminator, beside a good
+    /// memory map: the kernel boots without it.
+    UnterminatedCmdline,
+}
+
+impl BadStartInfo {
+    /// The start_info itself, for a guest of `memory_mib`.
+    pub fn start_info(self, memory_mib: u32) -> boot::pvh::StartInfo {
+        match self {
+            BadStartInfo::NoMemoryMap => {
+                boot::pvh::StartInfo { memory_map: vec![], cmdline: Some(b"exit=after-boot\0".to_vec()) }
+            }
+            BadStartInfo::UnterminatedCmdline => boot::pvh::StartInfo {
+                memory_map: boot::pvh::StartInfo::qemu_map(memory_mib),
+                cmdline: Some(vec![b'a'; 5000]),
+            },
+        }
+    }
 }
 
 /// How the queues' interrupts are expected to be routed.
@@ -412,15 +450,83 @@ const fn case(
         also: &[],
         net: None,
         transitional_nic: false,
+        append: "",
+        start_info: None,
+        kvm: false,
     }
 }
 
 pub fn cases() -> Vec<BootCase> {
-    use Firmware::{Bios, Uefi};
+    use Firmware::{Bios, Pvh, Uefi};
     const EXIT: &str = "exit=after-boot";
     const SELFTEST: &str = "selftest=smp exit=after-boot";
     const NET: &str = "net-stats=400";
     vec![
+        // Direct boot (the default of run and bench).
+        BootCase {
+            also: &["pvh: start_info v1: ", "booted by PVH"],
+            ..case("pvh-smp1", Pvh, 1, 256, EXIT, Expect::CleanExit)
+        },
+        case("pvh-smp2-selftest", Pvh, 2, 512, SELFTEST, Expect::SmpSelftest { cpus: 2 }),
+        case("pvh-smp4-selftest", Pvh, 4, 1024, SELFTEST, Expect::SmpSelftest { cpus: 4 }),
+        BootCase {
+            // The memory map and the command line from QEMU's start_info:
+            // `-append` comes after fw_cfg's options, and its `cpus=1`
+            // limits the two vCPUs to one.
+            append: "cpus=1 log=info",
+            also: &[
+                "pvh: start_info v1: 9 memory map entries, RAM up to 767 MiB, command line 15 bytes",
+                "boot options: selftest=smp exit=after-boot cpus=1 log=info",
+                "cpus: 1 enabled processors not used: limited to 1 by cpus=1",
+            ],
+            ..case("pvh-command-line-and-memory-map-from-start-info", Pvh, 2, 768, SELFTEST, Expect::SmpSelftest {
+                cpus: 1,
+            })
+        },
+        BootCase {
+            start_info: Some(BadStartInfo::NoMemoryMap),
+            ..case(
+                "pvh-start-info-without-memory-map-is-refused",
+                Pvh,
+                1,
+                256,
+                EXIT,
+                Expect::Refused(&["ERROR pvh: start_info has no memory map: cannot boot"]),
+            )
+        },
+        BootCase {
+            start_info: Some(BadStartInfo::UnterminatedCmdline),
+            also: &[
+                "WARN  pvh: the command line has no terminator within 4095 bytes: command line ignored",
+                "command line 0 bytes",
+                "boot options: exit=after-boot",
+            ],
+            ..case("pvh-start-info-command-line-unterminated-is-ignored", Pvh, 1, 256, EXIT, Expect::CleanExit)
+        },
+        BootCase {
+            kvm: true,
+            also: &["GHz, from kvmclock", "clock: checked against the PIT: "],
+            ..case("pvh-kvm-clock-from-kvmclock-checked-against-the-pit", Pvh, 1, 256, "exit=after-boot clock-check=on", Expect::CleanExit)
+        },
+        BootCase {
+            net: Some(NetCase { tcp: Some(TCP_LOAD), arp_probe: true, metrics: true, ..NetCase::new(4) }),
+            ..case(
+                "net-pvh-smp4-queues4",
+                Pvh,
+                4,
+                1024,
+                concat!("net-stats=1000 steer-key=", test_steer_key!()),
+                Expect::Network { pairs: 4, vectors: Vectors::PerQueue },
+            )
+        },
+        BootCase {
+            net: Some(NetCase::new(2)),
+            ..case("net-pvh-smp2-queues2", Pvh, 2, 256, NET, Expect::Network { pairs: 2, vectors: Vectors::PerQueue })
+        },
+        BootCase {
+            net: Some(NetCase { metrics: true, ..NetCase::new(1) }),
+            ..case("net-pvh-smp1-queues1", Pvh, 1, 256, NET, Expect::Network { pairs: 1, vectors: Vectors::PerQueue })
+        },
         case("bios-smp1", Bios, 1, 256, EXIT, Expect::CleanExit),
         case("bios-smp2", Bios, 2, 1024, EXIT, Expect::CleanExit),
         case("uefi-smp1", Uefi, 1, 256, EXIT, Expect::CleanExit),
@@ -753,6 +859,17 @@ pub fn idle_window(accel: Accel) -> Duration {
 
 /// Checks a finished run against the case; `Err` says what was wrong.
 pub fn check(case: &BootCase, report: &RunReport) -> Result<(), String> {
+    if let Expect::Refused(lines) = &case.expect {
+        let mut from = 0;
+        for needle in *lines {
+            let at = report.lines[from..]
+                .iter()
+                .position(|l| l.text.contains(needle))
+                .ok_or_else(|| format!("no line containing `{needle}` (in order)"))?;
+            from += at + 1;
+        }
+        return expect_outcome(report, Outcome::KernelFailure);
+    }
     let banner = format!("{} v{}", abi::BANNER, env!("CARGO_PKG_VERSION"));
     let must_see = |needle: &str| -> Result<usize, String> {
         report
@@ -762,10 +879,7 @@ pub fn check(case: &BootCase, report: &RunReport) -> Result<(), String> {
             .ok_or_else(|| format!("no line containing `{needle}`"))
     };
     let banner_at = must_see(&banner)?;
-    let firmware = match case.firmware {
-        Firmware::Bios => "(BIOS)",
-        Firmware::Uefi => "(UEFI)",
-    };
+    let firmware = case.firmware.banner();
     if !report.lines[banner_at].text.contains(firmware) {
         return Err(format!("banner does not say {firmware}: {}", report.lines[banner_at].text));
     }
@@ -774,6 +888,8 @@ pub fn check(case: &BootCase, report: &RunReport) -> Result<(), String> {
     if ready_at < banner_at || !report.lines[ready_at].text.contains("ms in the kernel") {
         return Err(format!("bad boot-complete line: {}", report.lines[ready_at].text));
     }
+    check_phases(case, report)?;
+    check_clock_agreement(report)?;
     let mut after = 0;
     for needle in case.also {
         // In the order listed.
@@ -840,6 +956,7 @@ pub fn check(case: &BootCase, report: &RunReport) -> Result<(), String> {
             }
             expect_outcome(report, Outcome::KernelFailure)?;
         }
+        Expect::Refused(_) => unreachable!("checked first"),
     }
     Ok(())
 }
@@ -1620,6 +1737,64 @@ fn expect_outcome(report: &RunReport, want: Outcome) -> Result<(), String> {
 
 /// The kernel's `memory: N MiB usable` must match what QEMU was given: at
 /// most the configured size, and no more than 10% lost to firmware.
+/// The boot-time breakdown (`kernel::phases`): present, parseable, its
+/// phases in boot order, ending with the stacks' services for a network
+/// case and with the NIC otherwise. No time is judged.
+fn check_phases(case: &BootCase, report: &RunReport) -> Result<(), String> {
+    use kernel::phases::{parse, Phase, LINE};
+    let line = report.find(LINE).ok_or("no boot-phases line")?;
+    let (phases, _) = parse(&line.text).ok_or_else(|| format!("cannot parse: {}", line.text))?;
+    let order: Vec<&str> = Phase::ALL.iter().map(|p| p.name()).collect();
+    let mut next = 0;
+    for (name, ms) in &phases {
+        let at = order[next..]
+            .iter()
+            .position(|o| o == name)
+            .ok_or_else(|| format!("phase `{name}` out of order: {}", line.text))?;
+        next += at + 1;
+        if !ms.is_finite() || *ms < 0.0 {
+            return Err(format!("phase `{name}` took {ms} ms: {}", line.text));
+        }
+    }
+    // A NIC the kernel gives up on (`NetworkStopped`) may do so before or
+    // after the stacks are up.
+    let lasts: &[&str] = match (case.net, &case.expect) {
+        (Some(_), Expect::NetworkStopped(_)) => &["nic", "services"],
+        (Some(n), _) if n.raw.is_none() => &["services"],
+        _ => &["nic"],
+    };
+    // No firmware phase when the TSC did not start at power-on (kvm_pvm).
+    let ends = phases.last().is_some_and(|p| lasts.contains(&p.0));
+    if !ends || !matches!(phases.first().map(|p| p.0), Some("firmware" | "clock")) {
+        return Err(format!(
+            "boot phases from firmware (or the clock) to {} expected: {}",
+            lasts.join(" or "),
+            line.text
+        ));
+    }
+    Ok(())
+}
+
+/// Most the stated TSC frequency and the PIT's count may differ
+/// (`clock-check=on`): 1 %; measured, they are some 800 ppm apart under
+/// kvm_pvm, whose PIT is emulated in a nested hypervisor.
+const CLOCK_AGREEMENT_PPM: u64 = 10_000;
+
+/// With `clock-check=on`, the two frequencies agree.
+fn check_clock_agreement(report: &RunReport) -> Result<(), String> {
+    let Some(line) = report.find("clock: checked against the PIT: ") else { return Ok(()) };
+    let ppm: u64 = line
+        .text
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" ppm apart"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("cannot read: {}", line.text))?;
+    if ppm > CLOCK_AGREEMENT_PPM {
+        return Err(format!("the stated TSC frequency and the PIT's are {ppm} ppm apart: {}", line.text));
+    }
+    Ok(())
+}
+
 fn check_memory(report: &RunReport, configured_mib: u32) -> Result<(), String> {
     let line = report.find("memory: ").ok_or("no memory line")?;
     let mib = parse_usable_mib(&line.text).ok_or_else(|| format!("cannot read memory line: {}", line.text))?;
@@ -1640,15 +1815,78 @@ mod tests {
     use super::*;
     use boot::runner::Line;
 
+    /// A run's report of `lines`; unless they have their own, with the
+    /// boot-phases line a good boot prints (ending with the stacks'
+    /// services when the lines show a NIC): `check_phases` has tests of its
+    /// own.
     fn report(outcome: Outcome, lines: &[&str]) -> RunReport {
+        let mut lines: Vec<Line> = lines.iter().map(|t| Line { at: Duration::ZERO, text: t.to_string() }).collect();
+        if !lines.iter().any(|l| l.text.contains(kernel::phases::LINE)) {
+            let nic = lines.iter().any(|l| l.text.contains("virtio-net"));
+            lines.push(Line { at: Duration::ZERO, text: phases_line(nic) });
+        }
         RunReport {
             outcome,
-            lines: lines.iter().map(|t| Line { at: Duration::ZERO, text: t.to_string() }).collect(),
+            lines,
             stderr: String::new(),
             elapsed: Duration::from_secs(1),
             cpu_sample: None,
             action: None,
         }
+    }
+
+    fn phases_line(services: bool) -> String {
+        let tail = if services { ", services 3.1 ms; services ready 149.0 ms" } else { "; nic done 145.9 ms" };
+        format!(
+            "[ 0.1] cpu0 INFO  boot phases: firmware 42.5 ms, clock 30.8 ms, memory 4.3 ms, acpi 2.6 ms, apic 12.0 ms, \
+             cpus 12.0 ms, nic 12.1 ms{tail} after power-on"
+        )
+    }
+
+    #[test]
+    fn the_boot_phases_must_be_there_in_order() {
+        let clean = bios256();
+        let with = |line: &str| {
+            let mut l = good_boot();
+            l.push(line.to_string());
+            check(&clean, &report(Outcome::Success, &lines(&l)))
+        };
+        assert_eq!(with(&phases_line(false)), Ok(()));
+        // Without the firmware phase (a TSC that did not start at power-on).
+        assert_eq!(with("boot phases: clock 7.0 ms, nic 25.6 ms; nic done 216.2 ms after kernel entry"), Ok(()));
+        let bad = [
+            ("boot phases: firmware 1.0 ms, clock 2.0 ms; clock done 3.0 ms after power-on", "to nic expected"),
+            (
+                "boot phases: firmware 1.0 ms, nic 2.0 ms, clock 2.0 ms; clock done 5.0 ms after power-on",
+                "out of order",
+            ),
+            ("boot phases: firmware 1.0 ms, nic 2.0 ms, services 1.0 ms; services ready 4 ms", "to nic expected"),
+            ("boot phases: firmware 1 s, nic 2 ms; x", "cannot parse"),
+            ("boot phases: memory 1.0 ms, nic 2.0 ms; nic done 3.0 ms after kernel entry", "expected"),
+        ];
+        for (line, why) in bad {
+            let err = with(line).unwrap_err();
+            assert!(err.contains(why), "{line}: {err}");
+        }
+        // A network case ends with the services.
+        let net = smp4_queues4();
+        let err = check_phases(&net, &report(Outcome::Success, &[phases_line(false).as_str()])).unwrap_err();
+        assert!(err.contains("to services expected"), "{err}");
+        let stopped = cases().into_iter().find(|c| matches!(c.expect, Expect::NetworkStopped(_))).unwrap();
+        for services in [false, true] {
+            assert_eq!(check_phases(&stopped, &report(Outcome::Success, &[phases_line(services).as_str()])), Ok(()));
+        }
+        assert_eq!(check_phases(&net, &report(Outcome::Success, &[phases_line(true).as_str()])), Ok(()));
+    }
+
+    #[test]
+    fn the_stated_clock_must_agree_with_the_pit() {
+        let r = |ppm: u32| {
+            report(Outcome::Success, &[&format!("clock: checked against the PIT: 2.598179 GHz, {ppm} ppm apart")])
+        };
+        assert_eq!(check_clock_agreement(&r(783)), Ok(()));
+        assert!(check_clock_agreement(&r(10_001)).unwrap_err().contains("10001 ppm apart"));
+        assert_eq!(check_clock_agreement(&report(Outcome::Success, &[])), Ok(()), "no check asked for");
     }
 
     fn good_boot() -> Vec<String> {
@@ -2393,11 +2631,14 @@ mod tests {
         let loads: Vec<_> = iperf.iter().map(|c| (c.net.unwrap().tcp, c.net.unwrap().offloads)).collect();
         assert_eq!(loads, [(Some(IPERF_CASE_LOAD), true), (Some(IPERF_CASE_LOAD), false)]);
         assert_eq!(iperf_connections(), 2 + 2 + 5 + 5 + 2 + 2 + 1 + 2, "each flow may miss until learned");
+        // So has the direct-boot network case with four vCPUs.
+        let pvh = cases().into_iter().find(|c| c.name == "net-pvh-smp4-queues4").unwrap();
+        assert_eq!((pvh.firmware, pvh.net.unwrap().tcp), (Firmware::Pvh, Some(TCP_LOAD)));
         // The other network cases have no TCP load and no RSS, and keep the
         // device's offloads.
         assert!(cases()
             .iter()
-            .filter(|c| !c.name.starts_with("net-tcp-") && !c.net.is_some_and(|n| n.iperf))
+            .filter(|c| !c.name.starts_with("net-tcp-") && !c.net.is_some_and(|n| n.iperf) && c.name != pvh.name)
             .all(|c| c.net.is_none_or(|n| n.tcp.is_none() && !n.rss && n.offloads)));
     }
 

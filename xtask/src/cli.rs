@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use boot::accel::AccelRequest;
+use boot::image::Firmware;
 use boot::netns::MAX_QUEUES;
 use boot::qemu::Machine;
 use clap::error::ErrorKind;
@@ -71,11 +72,15 @@ pub struct RunArgs {
     /// the command line names.
     #[arg(long)]
     pub print_qemu: bool,
-    /// Boot with SeaBIOS (the default).
-    #[arg(long, conflicts_with = "uefi")]
+    /// How to boot: pvh (QEMU loads the kernel ELF itself, the fastest),
+    /// or the bootloader's disk image under SeaBIOS (bios) or OVMF (uefi).
+    #[arg(long, value_enum, default_value_t = BootArg::Pvh)]
+    pub boot: BootArg,
+    /// Short for --boot bios.
+    #[arg(long, conflicts_with_all = ["uefi", "boot"])]
     pub bios: bool,
-    /// Boot with OVMF (UEFI).
-    #[arg(long)]
+    /// Short for --boot uefi.
+    #[arg(long, conflicts_with = "boot")]
     pub uefi: bool,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=255))]
@@ -186,6 +191,9 @@ pub struct BenchBootArgs {
     /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     pub accel: AccelArg,
+    /// How every guest is booted (see `run --boot`).
+    #[arg(long, value_enum, default_value_t = BootArg::Pvh)]
+    pub boot: BootArg,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -271,6 +279,9 @@ pub struct BenchIperfArgs {
     /// Accelerator: hardware KVM when kvm_intel/kvm_amd is loaded (auto), or forced.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     pub accel: AccelArg,
+    /// How every guest is booted (see `run --boot`).
+    #[arg(long, value_enum, default_value_t = BootArg::Pvh)]
+    pub boot: BootArg,
     /// Guest memory of every boot: MiB, or with a unit (512M, 2G).
     #[arg(long, default_value = "512M", value_parser = parse_memory)]
     pub memory: u32,
@@ -470,6 +481,35 @@ pub struct TestArgs {
     pub repeat: u32,
 }
 
+/// `--boot`: how the guest is booted.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootArg {
+    Pvh,
+    Bios,
+    Uefi,
+}
+
+impl From<BootArg> for Firmware {
+    fn from(b: BootArg) -> Self {
+        match b {
+            BootArg::Pvh => Firmware::Pvh,
+            BootArg::Bios => Firmware::Bios,
+            BootArg::Uefi => Firmware::Uefi,
+        }
+    }
+}
+
+impl RunArgs {
+    /// `--boot`, or what `--bios`/`--uefi` say.
+    pub fn firmware(&self) -> Firmware {
+        match (self.bios, self.uefi) {
+            (true, _) => Firmware::Bios,
+            (_, true) => Firmware::Uefi,
+            _ => self.boot.into(),
+        }
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccelArg {
     Auto,
@@ -560,6 +600,16 @@ mod tests {
     fn run_defaults() {
         let Cmd::Run(r) = parse(&["run"]).unwrap().command else { panic!() };
         assert!(!r.bios && !r.uefi && r.release() && !r.print_qemu);
+        assert_eq!(r.firmware(), Firmware::Pvh, "direct boot by default");
+        let firmware = |args: &[&str]| match parse(args).unwrap().command {
+            Cmd::Run(r) => r.firmware(),
+            _ => panic!(),
+        };
+        assert_eq!(firmware(&["run", "--bios"]), Firmware::Bios);
+        assert_eq!(firmware(&["run", "--uefi"]), Firmware::Uefi);
+        assert_eq!(firmware(&["run", "--boot", "uefi"]), Firmware::Uefi);
+        assert_eq!(firmware(&["run", "--boot", "bios"]), Firmware::Bios);
+        assert!(parse(&["run", "--boot", "pvh", "--bios"]).is_err(), "two answers to one question");
         assert_eq!((r.smp, r.memory, r.accel, r.timeout), (2, 512, AccelArg::Auto, None));
         assert_eq!((r.net, r.queues, r.netns.as_deref(), r.rss), (NetArg::Auto, None, None, false));
         assert!(r.check().is_ok());

@@ -55,7 +55,7 @@ pub fn build(release: bool, firmwares: &[Firmware]) -> Result<Built, String> {
     }
     let kernel = kernel.ok_or("cargo reported no kernel executable")?;
     let images_dir = kernel.parent().expect("the ELF is in a directory").join("images");
-    for &fw in firmwares {
+    for &fw in firmwares.iter().filter(|f| f.needs_image()) {
         let path = image::build(&kernel, &images_dir, fw)?;
         eprintln!("{} image: {}", fw.name(), path.display());
     }

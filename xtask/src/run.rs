@@ -54,12 +54,29 @@ pub fn prepare(firmware: Firmware, request: accel::AccelRequest) -> Result<accel
 pub fn boot_for(firmware: Firmware, built: &kbuild::Built) -> Result<Boot, String> {
     let image = built.image(firmware);
     Ok(match firmware {
+        Firmware::Pvh => Boot::Pvh { kernel: built.kernel.clone(), append: String::new() },
         Firmware::Bios => Boot::Bios { image },
         Firmware::Uefi => Boot::Uefi {
             ovmf: prereq::find_ovmf().ok_or("OVMF firmware not found (set MQNET_OVMF to its path)")?,
             image,
         },
     })
+}
+
+/// When the boot was over, from QEMU's start (the host's clock, when the
+/// line arrived), and the kernel's own breakdown of it (`kernel::phases`):
+/// the part before the VM's power-on is QEMU setting itself up.
+pub fn boot_summary(report: &runner::RunReport) -> Option<String> {
+    let Some(phases) = report.find(kernel::phases::LINE) else {
+        let ready = report.find(boot::abi::READY)?;
+        return Some(format!("the kernel finished booting {:.3} s after QEMU started", ready.at.as_secs_f64()));
+    };
+    let (list, after_power_on) = kernel::phases::parse(&phases.text)?;
+    let what = if phases.text.contains("services ready") { "services ready" } else { "booted" };
+    let at = phases.at.as_secs_f64();
+    let qemu = (at - after_power_on / 1000.0).max(0.0);
+    let parts: Vec<String> = list.iter().map(|(name, ms)| format!("{name} {ms:.1}")).collect();
+    Some(format!("{what} {at:.3} s after QEMU started: QEMU {:.1}, {} (ms)", qemu * 1000.0, parts.join(", ")))
 }
 
 /// What `--net auto` means here: a tap when root (and `ip` is there or can
@@ -128,7 +145,7 @@ fn how_to_reach(tap: Option<&TapNetwork>, net: NetArg) -> Vec<String> {
 }
 
 pub fn run(args: RunArgs) -> Result<i32, String> {
-    let firmware = if args.uefi { Firmware::Uefi } else { Firmware::Bios };
+    let firmware = args.firmware();
     let net = resolve_net(args.net);
     if args.net == NetArg::Auto {
         say!(
@@ -252,8 +269,8 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     if !stderr.is_empty() {
         say!("QEMU said:\n{}", stderr.join("\n"));
     }
-    if let Some(ready) = report.find(boot::abi::READY) {
-        say!("the kernel finished booting {:.2} s after QEMU started", ready.at.as_secs_f64());
+    if let Some(line) = boot_summary(&report) {
+        say!("{line}");
     }
     say!("{} after {:.1} s", report.outcome, report.elapsed.as_secs_f64());
     // A namespace left behind is a failure of the run, whatever the VM did.

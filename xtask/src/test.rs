@@ -9,7 +9,7 @@ use std::time::Instant;
 use boot::image::Firmware;
 use boot::netns::{NetnsGuard, TapNetwork};
 use boot::prereq::Tool;
-use boot::qemu::{Network, QemuConfig};
+use boot::qemu::{Boot, Network, QemuConfig};
 use boot::runner::{self, During, RunOptions};
 use std::time::Duration;
 
@@ -231,8 +231,21 @@ fn boot_tests(args: &TestArgs, tally: &mut Tally) {
             (_, Ok(netns)) => netns.as_str(),
             (None, Err(_)) => "",
         };
+        // A case that needs KVM gets it wherever /dev/kvm can be used.
+        let accel = if case.kvm {
+            match boot::accel::choose(boot::accel::AccelRequest::Kvm, boot::accel::HostFacts::probe(), false) {
+                Ok(kvm) => kvm.accel,
+                Err(why) => {
+                    println!("SKIP {name}: needs KVM: {why}");
+                    tally.skipped.push((name, format!("needs KVM: {why}")));
+                    continue;
+                }
+            }
+        } else {
+            choice.accel
+        };
         let started = Instant::now();
-        let result = run_case(case, netns, choice.accel, &built, &stop);
+        let result = run_case(case, netns, accel, &built, &stop);
         let secs = started.elapsed().as_secs_f64();
         match result {
             Ok(note) => {
@@ -312,7 +325,18 @@ fn run_case(
     built: &kbuild::Built,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<String, (String, Vec<String>)> {
-    let boot = crate::run::boot_for(case.firmware, built).map_err(|e| (e, vec![]))?;
+    let boot = match (crate::run::boot_for(case.firmware, built).map_err(|e| (e, vec![]))?, case.start_info) {
+        (Boot::Pvh { kernel, .. }, Some(bad)) => {
+            let elf = std::fs::read(&kernel).map_err(|e| (format!("{}: {e}", kernel.display()), vec![]))?;
+            let entry = boot::pvh::entry_of(&elf).ok_or(("the kernel ELF has no PVH note".to_string(), vec![]))?;
+            let via = std::env::temp_dir().join(format!("mqnet-pvh-shim-{}.elf", std::process::id()));
+            std::fs::write(&via, boot::pvh::shim(entry, &bad.start_info(case.memory_mib)))
+                .map_err(|e| (format!("{}: {e}", via.display()), vec![]))?;
+            Boot::PvhVia { via, kernel }
+        }
+        (Boot::Pvh { kernel, .. }, None) => Boot::Pvh { kernel, append: case.append.into() },
+        (other, _) => other,
+    };
     let mut config = QemuConfig::new(accel, boot).with_kernel_cmdline(case.cmdline);
     config.cpus = case.cpus;
     config.max_cpus = case.max_cpus;

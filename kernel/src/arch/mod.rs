@@ -11,6 +11,7 @@ pub mod paging;
 pub mod pci;
 pub mod percpu;
 pub mod pic;
+pub mod pvh;
 pub mod qemu;
 pub mod random;
 pub mod smp;

@@ -103,6 +103,20 @@ pub fn map_mmio(phys: u64, len: u64) -> Result<u64, &'static str> {
     })
 }
 
+/// The physical address of kernel virtual address `virt` in the active
+/// page tables, which map all physical memory at `phys_offset` (the
+/// bootloader's tables, before [`init`]).
+pub fn translate_early(phys_offset: u64, virt: u64) -> Option<u64> {
+    let (frame, _) = Cr3::read();
+    let pml4 = (phys_offset + frame.start_address().as_u64()) as *mut PageTable;
+    // SAFETY: all physical memory is mapped at `phys_offset`, so the PML4
+    // is there; the table is only read (through an OffsetPageTable, which
+    // wants a mutable reference), on the boot CPU alone, before anything
+    // takes the tables over.
+    let table = unsafe { OffsetPageTable::new(&mut *pml4, VirtAddr::new(phys_offset)) };
+    table.translate_addr(VirtAddr::try_new(virt).ok()?).map(|p| p.as_u64())
+}
+
 /// The active PML4's physical address (for the AP trampoline).
 pub fn pml4_phys() -> u64 {
     Cr3::read().0.start_address().as_u64()

@@ -1,8 +1,15 @@
-//! The clock: the TSC, calibrated once at boot against the 8254 PIT.
+//! The clock: the TSC, its frequency taken once at boot from what the CPU
+//! or the hypervisor states (CPUID leaf 0x15, the hypervisor's timing leaf
+//! 0x40000010, kvmclock, CPUID leaf 0x16), or else counted against the
+//! 8254 PIT (three 10 ms windows: 30 ms, the boot's longest wait under
+//! TCG, whose CPUs state nothing).
 
-use kernel::time::{self, Instant, TscClock, PIT_HZ};
+use core::arch::x86_64::__cpuid_count;
+
+use kernel::time::{self, Instant, TscClock, TscSource, PIT_HZ};
 use spin::Once;
 use x86_64::instructions::port::Port;
+use x86_64::registers::model_specific::Msr;
 
 static CLOCK: Once<TscClock> = Once::new();
 /// TSC at kernel entry: log timestamps count from here.
@@ -29,11 +36,21 @@ pub fn now() -> Instant {
     Instant::from_tsc(rdtsc())
 }
 
-/// Calibrates the TSC; `entry_tsc` (read first thing at kernel entry) becomes
-/// time zero. `Ok(hz)` when calibrated, `Err(fallback_hz)` when the PIT did
-/// not behave and the fallback is in use.
-pub fn init(entry_tsc: u64) -> Result<u64, u64> {
+/// Sets up the clock; `entry_tsc` (read first thing at kernel entry)
+/// becomes time zero. `to_phys` turns a kernel virtual address into a
+/// physical one (for kvmclock's page). `Ok` with the frequency and its
+/// source, or `Err(fallback_hz)` when no source worked.
+pub fn init(entry_tsc: u64, to_phys: &dyn Fn(u64) -> Option<u64>) -> Result<(u64, TscSource), u64> {
     ENTRY_TSC.call_once(|| entry_tsc);
+    let result = stated_hz(to_phys).or_else(|| pit_hz().map(|hz| (hz, TscSource::Pit))).ok_or(FALLBACK_HZ);
+    let hz = result.map_or_else(|fallback| fallback, |(hz, _)| hz);
+    CLOCK.call_once(|| TscClock::new(hz));
+    result
+}
+
+/// The TSC frequency counted against the PIT: the median of three
+/// windows. `None` when the PIT does not count.
+pub fn pit_hz() -> Option<u64> {
     let mut samples = [0u64; RUNS];
     let mut n = 0;
     for _ in 0..RUNS {
@@ -42,10 +59,113 @@ pub fn init(entry_tsc: u64) -> Result<u64, u64> {
             n += 1;
         }
     }
-    let result = time::median(&mut samples[..n]).ok_or(FALLBACK_HZ);
-    let hz = result.unwrap_or_else(|fallback| fallback);
-    CLOCK.call_once(|| TscClock::new(hz));
-    result
+    time::median(&mut samples[..n])
+}
+
+/// CPUID (safe: it only reads identification data; an unsupported leaf
+/// returns zeros or the highest leaf's data, which the callers check the
+/// maximum leaf against).
+fn cpuid(leaf: u32) -> (u32, u32, u32, u32) {
+    let r = __cpuid_count(leaf, 0);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// Whether the CPU says it is virtual (CPUID.1:ECX bit 31).
+pub fn hypervisor() -> bool {
+    cpuid(1).2 & (1 << 31) != 0
+}
+
+/// The frequency the CPU or hypervisor states, by the first source that
+/// has one.
+fn stated_hz(to_phys: &dyn Fn(u64) -> Option<u64>) -> Option<(u64, TscSource)> {
+    let max_leaf = cpuid(0).0;
+    let leaf15 = (max_leaf >= 0x15).then(|| cpuid(0x15));
+    if let Some(hz) = leaf15.and_then(|(a, b, c, _)| time::tsc_hz_from_cpuid15(a, b, c)) {
+        return Some((hz, TscSource::Cpuid15));
+    }
+    if hypervisor() {
+        let (max_hv, b, c, d) = cpuid(0x4000_0000);
+        if max_hv >= 0x4000_0010 {
+            let khz = u64::from(cpuid(0x4000_0010).0);
+            if khz > 0 {
+                return Some((khz * 1000, TscSource::HypervisorLeaf));
+            }
+        }
+        // "KVMKVMKVM\0\0\0" (no heap yet to compare it as a string).
+        let kvm = [b, c, d] == [*b"KVMK", *b"VMKV", *b"M\0\0\0"].map(u32::from_le_bytes);
+        // KVM_FEATURE_CLOCKSOURCE2: the MSRs at 0x4b564d00.
+        if kvm && max_hv >= 0x4000_0001 && cpuid(0x4000_0001).0 & (1 << 3) != 0 {
+            if let Some(hz) = kvmclock_hz(to_phys) {
+                return Some((hz, TscSource::Kvmclock));
+            }
+        }
+    }
+    // Leaf 0x15 with a ratio but no crystal: the base frequency.
+    let base_mhz = if max_leaf >= 0x16 { cpuid(0x16).0 & 0xffff } else { 0 };
+    (leaf15.is_some_and(|(a, b, _, _)| a != 0 && b != 0) && base_mhz > 0)
+        .then(|| (u64::from(base_mhz) * 1_000_000, TscSource::Cpuid16))
+}
+
+/// kvmclock's `pvclock_vcpu_time_info`.
+#[repr(C, align(32))]
+struct PvClock {
+    version: u32,
+    pad0: u32,
+    tsc_timestamp: u64,
+    system_time: u64,
+    tsc_to_system_mul: u32,
+    tsc_shift: i8,
+    flags: u8,
+    pad: [u8; 2],
+}
+
+static mut PVCLOCK: PvClock = PvClock {
+    version: 0,
+    pad0: 0,
+    tsc_timestamp: 0,
+    system_time: 0,
+    tsc_to_system_mul: 0,
+    tsc_shift: 0,
+    flags: 0,
+    pad: [0; 2],
+};
+
+/// MSR_KVM_SYSTEM_TIME_NEW.
+const KVM_SYSTEM_TIME: u32 = 0x4b56_4d01;
+
+/// Asks KVM for the boot CPU's pvclock page once, takes the TSC frequency
+/// from its multiplier, and turns the page off again.
+fn kvmclock_hz(to_phys: &dyn Fn(u64) -> Option<u64>) -> Option<u64> {
+    let virt = core::ptr::addr_of!(PVCLOCK) as u64;
+    let phys = to_phys(virt)?;
+    let mut msr = Msr::new(KVM_SYSTEM_TIME);
+    // SAFETY: the MSR exists (KVM_FEATURE_CLOCKSOURCE2 was checked); KVM
+    // writes the 32-byte structure at `phys`, which is PVCLOCK's frame (the
+    // caller translated its address) and nothing else's; it is turned off
+    // again below, before anything else could read the static. Only the
+    // boot CPU runs.
+    unsafe { msr.write(phys | 1) };
+    let mut hz = None;
+    for _ in 0..100 {
+        // SAFETY: as above; volatile reads of what the hypervisor writes.
+        let (v1, mul, shift, v2) = unsafe {
+            let p = core::ptr::addr_of!(PVCLOCK);
+            let v1 = core::ptr::addr_of!((*p).version).read_volatile();
+            let mul = core::ptr::addr_of!((*p).tsc_to_system_mul).read_volatile();
+            let shift = core::ptr::addr_of!((*p).tsc_shift).read_volatile();
+            let v2 = core::ptr::addr_of!((*p).version).read_volatile();
+            (v1, mul, shift, v2)
+        };
+        // An odd version: KVM is updating it.
+        if v1 == v2 && v1 % 2 == 0 && mul != 0 {
+            hz = time::tsc_hz_from_pvclock(mul, shift);
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    // SAFETY: bit 0 clear turns the page off; KVM stops writing it.
+    unsafe { msr.write(0) };
+    hz
 }
 
 /// The calibrated clock (or a 1 GHz guess before calibration).

@@ -390,6 +390,9 @@ pub fn claim<S: HasNic>(local: &mut Local<S>) -> Poll {
         egress_cycles: 0,
     });
     local.add_work(poll);
+    if nic.claimed.fetch_add(1, Ordering::AcqRel) + 1 == nic.cpus.len() {
+        crate::boot::boot_over(kernel::phases::Phase::Services);
+    }
     if local.cpu.index == nic.cpus[0] {
         local.add_work(watch_link);
         let cfg = nic.fabric.cfg;

@@ -123,6 +123,15 @@ struct Nic {
     /// Set (once) when a queue broke the ring protocol and the device was
     /// reset: every CPU drops its queues.
     failed: AtomicBool,
+    /// Network vCPUs whose stack is up (the last one ends the boot's
+    /// services phase).
+    claimed: core::sync::atomic::AtomicUsize,
+}
+
+/// Whether the NIC is up for the stacks, so that the boot's last phase is
+/// their services listening (else the boot ends with the NIC's phase).
+pub fn serving() -> bool {
+    NIC.get().is_some_and(|n| !n.failed.load(Ordering::Acquire)) && crate::boot_options().raw.mode.is_none()
 }
 
 /// Set by the configuration-change interrupt (on the boot CPU).
@@ -531,6 +540,7 @@ fn bring_up(
         features,
         link_up: AtomicBool::new(dev.link_up),
         failed: AtomicBool::new(false),
+        claimed: core::sync::atomic::AtomicUsize::new(0),
     })
 }
 

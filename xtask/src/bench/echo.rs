@@ -256,7 +256,7 @@ fn boot_once(
 }
 
 pub fn run(a: BenchEchoArgs) -> Result<i32, String> {
-    let (choice, built) = prepare("bench echo", &a.netns, a.boot.accel)?;
+    let (choice, built) = prepare("bench echo", &a.netns, a.boot.accel, a.boot.boot.into())?;
     let stop = stop_flag();
     say!(
         "echo benchmark: {} vCPUs, queues {:?}, connections {:?}, {} per load{}",

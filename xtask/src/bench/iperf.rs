@@ -64,6 +64,7 @@ const SCRAPES: Duration = Duration::from_secs(12);
 pub struct Setup {
     pub netns: String,
     pub accel: Accel,
+    pub boot: Firmware,
     pub accel_reason: String,
     pub vhost: VhostChoice,
     pub rss: bool,
@@ -90,13 +91,15 @@ pub fn main(a: BenchIperfArgs) -> Result<i32, String> {
     let vhost = vhost::choose(a.vhost.into(), vhost::probe(), a.rss)?;
     prereq::ensure(&[Tool::Iproute2, Tool::Iperf3, Tool::Python3], &mut |m| say!("{m}"))?;
     netns::check_absent(&a.netns)?;
-    let choice = crate::run::prepare(Firmware::Bios, a.accel.into())?;
+    let boot = Firmware::from(a.boot);
+    let choice = crate::run::prepare(boot, a.accel.into())?;
     say!("accelerator: {} ({})", choice.accel, choice.reason);
     say!("vhost-net: {} ({})", if vhost.on { "on" } else { "off" }, vhost.reason);
-    let built = kbuild::build(true, &[Firmware::Bios])?;
+    let built = kbuild::build(true, &[boot])?;
     let setup = Setup {
         netns: a.netns.clone(),
         accel: choice.accel,
+        boot,
         accel_reason: choice.reason,
         vhost,
         rss: a.rss,
@@ -225,6 +228,7 @@ fn guest<'a>(setup: &'a Setup, config: VmConfig, extra: &str, budget: Duration) 
     Guest {
         netns: &setup.netns,
         accel: setup.accel,
+        boot: setup.boot,
         vcpus: config.vcpus,
         queues: config.queues,
         memory_mib: Some(setup.memory_mib),
@@ -638,11 +642,13 @@ pub fn smoke(netns: &str, accel: boot::accel::AccelRequest, stop: &Arc<AtomicBoo
     netns::check_absent(netns)?;
     let args = BenchIperfArgs::quick(netns)?;
     let plan = Plan::from_args(&args);
-    let choice = crate::run::prepare(Firmware::Bios, accel)?;
-    let built = kbuild::build(true, &[Firmware::Bios])?;
+    let boot = Firmware::from(args.boot);
+    let choice = crate::run::prepare(boot, accel)?;
+    let built = kbuild::build(true, &[boot])?;
     let setup = Setup {
         netns: netns.into(),
         accel: choice.accel,
+        boot,
         accel_reason: choice.reason,
         vhost: vhost::choose(args.vhost.into(), vhost::probe(), args.rss)?,
         rss: args.rss,

@@ -68,14 +68,14 @@ fn require_root(what: &str) -> Result<(), String> {
 /// (slow) kernel build: the namespace name, root, `ip`, that no namespace
 /// of that name is left over, QEMU and the accelerator. `what` names the
 /// command for the root hint.
-fn prepare(what: &str, netns: &str, accel: AccelArg) -> Result<(AccelChoice, kbuild::Built), String> {
+fn prepare(what: &str, netns: &str, accel: AccelArg, boot: Firmware) -> Result<(AccelChoice, kbuild::Built), String> {
     TapNetwork::new(netns, 1)?;
     require_root(what)?;
     prereq::ensure(&[Tool::Iproute2], &mut |m| say!("{m}"))?;
     boot::netns::check_absent(netns)?;
-    let choice = crate::run::prepare(Firmware::Bios, accel.into())?;
-    say!("accelerator: {} ({})", choice.accel, choice.reason);
-    let built = kbuild::build(true, &[Firmware::Bios])?;
+    let choice = crate::run::prepare(boot, accel.into())?;
+    say!("accelerator: {} ({}); boot: {}", choice.accel, choice.reason, boot.name());
+    let built = kbuild::build(true, &[boot])?;
     Ok((choice, built))
 }
 
@@ -86,6 +86,8 @@ pub struct Guest<'a> {
     /// The namespace created for this boot alone (and deleted after it).
     pub netns: &'a str,
     pub accel: Accel,
+    /// How it is booted (`--boot`).
+    pub boot: Firmware,
     pub vcpus: u16,
     /// Queue pairs of the NIC and its tap.
     pub queues: u16,
@@ -134,6 +136,7 @@ impl BenchBootArgs {
         Guest {
             netns,
             accel,
+            boot: self.boot.into(),
             vcpus: self.smp,
             queues,
             memory_mib: Some(MEMORY_MIB),
@@ -174,7 +177,7 @@ fn boot_budget(accel: Accel) -> Duration {
 fn configure(guest: &Guest, built: &kbuild::Built) -> Result<(TapNetwork, QemuConfig), String> {
     let tap = TapNetwork::new(guest.netns, guest.queues)?;
     let cmdline = format!("ip={}/{} {}", tap.guest_addr, tap.prefix_len, guest.cmdline);
-    let mut qemu = QemuConfig::new(guest.accel, crate::run::boot_for(Firmware::Bios, built)?)
+    let mut qemu = QemuConfig::new(guest.accel, crate::run::boot_for(guest.boot, built)?)
         .with_kernel_cmdline(&cmdline.split_whitespace().collect::<Vec<_>>().join(" "));
     qemu.cpus = guest.vcpus;
     if let Some(mib) = guest.memory_mib {
@@ -334,7 +337,7 @@ mod tests {
         let built = kbuild::Built { kernel: "/w/k".into(), images_dir: "/w/images".into() };
         let tap = TapNetwork::new("mqnet-bench", 2).unwrap();
         let want = |cmdline: &str, cpus, memory_mib| {
-            let mut q = QemuConfig::new(Accel::Tcg, crate::run::boot_for(Firmware::Bios, &built).unwrap())
+            let mut q = QemuConfig::new(Accel::Tcg, crate::run::boot_for(Firmware::Pvh, &built).unwrap())
                 .with_kernel_cmdline(cmdline);
             (q.cpus, q.memory_mib, q.network, q.netns) =
                 (cpus, memory_mib, tap.network().with_rss(true), Some(tap.netns.clone()));
@@ -347,6 +350,7 @@ mod tests {
         let (_, qemu) = configure(&echo, &built).unwrap();
         assert_eq!(qemu, want("ip=10.99.0.2/24 net-stats=500 log=debug", 4, 512));
         assert_eq!((echo.label.as_str(), echo.ready), ("queues 2", crate::boot_tests::NET_READY));
+        assert_eq!(echo.boot, Firmware::Pvh, "direct boot unless --boot says otherwise");
         // Without options the boot options end at `ip=`; without a memory
         // size the guest gets QEMU's configuration default (`bench raw`).
         let bare = Guest { cmdline: " ".into(), memory_mib: None, ..echo };

@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 use super::{with_guest, Guest, Up};
 use crate::boot_raw::raw_reports;
-use crate::cli::{parse_netns, parse_timeout, AccelArg};
+use crate::cli::{parse_netns, parse_timeout, AccelArg, BootArg};
 use crate::kbuild;
 use crate::rawload::{field, run_in, TapCounters};
 use crate::run::{say, stop_flag};
@@ -74,6 +74,9 @@ pub struct BenchRawArgs {
     pub cmdline: String,
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     pub accel: AccelArg,
+    /// How every guest is booted (see `run --boot`).
+    #[arg(long, value_enum, default_value_t = BootArg::Pvh)]
+    pub boot: BootArg,
     /// Network namespace to create (and delete) for the boots.
     #[arg(long, default_value = "mqraw", value_parser = parse_netns)]
     pub netns: String,
@@ -274,6 +277,7 @@ fn boot_once(
     let guest = Guest {
         netns: &a.netns,
         accel,
+        boot: a.boot.into(),
         vcpus: a.smp,
         queues,
         memory_mib: None,
@@ -348,7 +352,7 @@ fn plan(a: &BenchRawArgs) -> Vec<(RawMode, u16, Vec<u16>)> {
 }
 
 pub fn raw(a: BenchRawArgs) -> Result<i32, String> {
-    let (choice, built) = super::prepare("bench raw", &a.netns, a.accel)?;
+    let (choice, built) = super::prepare("bench raw", &a.netns, a.accel, a.boot.into())?;
     let stop = stop_flag();
     let (rows, boots) = super::each_boot(
         plan(&a),

@@ -131,7 +131,7 @@ fn rr_boot(
 
 /// `cargo xtask bench rr`.
 pub fn rr(a: BenchRrArgs) -> Result<i32, String> {
-    let (choice, built) = prepare("bench rr", &a.netns, a.boot.accel)?;
+    let (choice, built) = prepare("bench rr", &a.netns, a.boot.accel, a.boot.boot.into())?;
     let stop = stop_flag();
     let what = format!(
         "{} vCPUs, {} B requests, {} responses, {:.1} s per load{}",
