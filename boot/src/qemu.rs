@@ -46,18 +46,17 @@ impl Machine {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Boot {
     /// Direct boot: QEMU loads the kernel ELF itself (`-kernel`, which
-    /// needs its PVH ELF note; QEMU 4.0 and later) and SeaBIOS starts it
-    /// through QEMU's PVH option ROM with a start_info. `append` is the
-    /// command line the kernel reads there (`-append`; boot options from
-    /// fw_cfg come first). (qboot, which QEMU also ships, would start it
-    /// some 55 ms sooner under TCG, but assigns no address to the NIC's
-    /// 64-bit BAR, which this kernel does not do itself.)
-    Pvh { kernel: PathBuf, append: String },
-    /// Direct boot of `kernel` through another PVH ELF, `via`, which QEMU
-    /// starts instead (the kernel is only copied into memory, with
+    /// needs its PVH ELF note; QEMU 4.0 and later) and the firmware starts
+    /// it with a start_info: `firmware` (`-bios`; qboot, see
+    /// [`crate::prereq::find_qboot`]) when given, else SeaBIOS through
+    /// QEMU's PVH option ROM. `append` is the command line the kernel reads
+    /// there (`-append`; boot options from fw_cfg come first).
+    Pvh { kernel: PathBuf, append: String, firmware: Option<PathBuf> },
+    /// Direct boot of `kernel` through another PVH ELF, `via`, which the
+    /// firmware starts instead (the kernel is only copied into memory, with
     /// `-device loader`): for tests that hand the kernel a start_info of
     /// their own making (`crate::pvh::shim`).
-    PvhVia { via: PathBuf, kernel: PathBuf },
+    PvhVia { via: PathBuf, kernel: PathBuf, firmware: Option<PathBuf> },
     /// SeaBIOS (QEMU's default) and a BIOS disk image.
     Bios { image: PathBuf },
     /// OVMF firmware at `ovmf` and a UEFI disk image.
@@ -234,13 +233,19 @@ impl QemuConfig {
         }
         a.pair("-m", format!("{}M", self.memory_mib));
         match &self.boot {
-            Boot::Pvh { kernel, append } => {
+            Boot::Pvh { kernel, append, firmware } => {
+                if let Some(rom) = firmware {
+                    a.pair("-bios", rom.clone().into_os_string());
+                }
                 a.pair("-kernel", kernel.clone().into_os_string());
                 if !append.trim().is_empty() {
                     a.pair("-append", append.trim());
                 }
             }
-            Boot::PvhVia { via, kernel } => {
+            Boot::PvhVia { via, kernel, firmware } => {
+                if let Some(rom) = firmware {
+                    a.pair("-bios", rom.clone().into_os_string());
+                }
                 a.pair("-kernel", via.clone().into_os_string());
                 a.pair("-device", join("loader,file=", &escape_os(kernel.as_os_str())));
             }
@@ -455,7 +460,7 @@ mod tests {
 
     #[test]
     fn direct_boot_loads_the_kernel_itself() {
-        let boot = Boot::Pvh { kernel: "/k/kernel".into(), append: " cpus=2 ".into() };
+        let boot = Boot::Pvh { kernel: "/k/kernel".into(), append: " cpus=2 ".into(), firmware: None };
         let a = strings(&QemuConfig::new(Accel::Tcg, boot).with_kernel_cmdline("exit=after-boot"));
         assert_eq!(value_of(&a, "-kernel"), ["/k/kernel"]);
         assert_eq!(value_of(&a, "-append"), ["cpus=2"]);
@@ -463,12 +468,14 @@ mod tests {
         assert!(value_of(&a, "-drive").is_empty() && value_of(&a, "-bios").is_empty());
         assert!(a.contains(&"-nodefaults".to_string()), "a minimal machine");
         assert_eq!(value_of(&a, "-machine"), ["q35,smbus=off,sata=off"]);
-        let a = strings(&QemuConfig::new(Accel::Tcg, Boot::Pvh { kernel: "/k".into(), append: String::new() }));
+        let boot = Boot::Pvh { kernel: "/k".into(), append: String::new(), firmware: Some("/q/qboot.rom".into()) };
+        let a = strings(&QemuConfig::new(Accel::Tcg, boot));
         assert!(value_of(&a, "-append").is_empty(), "no empty -append");
+        assert_eq!(value_of(&a, "-bios"), ["/q/qboot.rom"]);
         let a = strings(&QemuConfig::new(Accel::Tcg, bios()));
         assert!(!a.contains(&"-nodefaults".to_string()), "the bootloader's BIOS stage wants its VGA");
         assert_eq!(value_of(&a, "-machine"), ["q35"]);
-        let boot = Boot::PvhVia { via: "/t/shim.elf".into(), kernel: "/k,1/kernel".into() };
+        let boot = Boot::PvhVia { via: "/t/shim.elf".into(), kernel: "/k,1/kernel".into(), firmware: None };
         let a = strings(&QemuConfig::new(Accel::Tcg, boot));
         assert_eq!(value_of(&a, "-kernel"), ["/t/shim.elf"]);
         assert!(value_of(&a, "-device").contains(&"loader,file=/k,,1/kernel".to_string()));

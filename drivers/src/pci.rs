@@ -244,6 +244,67 @@ pub fn read_bar(cfg: &dyn ConfigSpace, bdf: Bdf, index: u8) -> Option<Bar> {
     bar
 }
 
+/// The memory window below 4 GiB that QEMU's PC machines leave to PCI
+/// devices: above the low RAM (at most 3 GiB on i440FX) and the Q35 ECAM
+/// (256 MiB from 2.75 GiB), below the I/O APIC.
+pub const MMIO_WINDOW_32: (u64, u64) = (0xc000_0000, 0xfec0_0000);
+
+/// Gives each memory BAR of `bdf` that the firmware left unassigned
+/// (address 0; qboot assigns no 64-bit BARs) an address in `window`,
+/// aligned to its size and clear of every memory BAR of `functions` that
+/// has one. Returns the BARs placed (index, address); an error when one
+/// does not fit. (A full OS reassigns the whole bus from the bridges'
+/// windows; one device's BARs in a known hole is all this kernel needs.)
+pub fn assign_memory_bars(
+    cfg: &dyn ConfigSpace,
+    functions: &[Function],
+    bdf: Bdf,
+    window: (u64, u64),
+) -> Result<Vec<(u8, u64)>, &'static str> {
+    let bars = |f: Bdf| {
+        let mut out = Vec::new();
+        let mut index = 0;
+        while index < 6 {
+            let bar = read_bar(cfg, f, index);
+            if let Some(Bar::Memory { address, size, is_64bit, .. }) = bar {
+                out.push((index, address, size));
+                index += u8::from(is_64bit);
+            }
+            index += 1;
+        }
+        out
+    };
+    let mut used: Vec<(u64, u64)> = functions
+        .iter()
+        .filter(|f| f.header_type & 0x7f == 0)
+        .flat_map(|f| bars(f.bdf))
+        .filter(|&(_, address, size)| address != 0 && size != 0)
+        .map(|(_, address, size)| (address, address.saturating_add(size)))
+        .collect();
+    let mut placed = Vec::new();
+    for (index, address, size) in bars(bdf) {
+        if address != 0 || size == 0 {
+            continue;
+        }
+        let align = size.max(4096);
+        let mut at = window.0.next_multiple_of(align);
+        while let Some(&(_, end)) = used.iter().find(|&&(start, end)| at < end && start < at.saturating_add(size)) {
+            at = end.next_multiple_of(align);
+        }
+        if at.saturating_add(size) > window.1 {
+            return Err("no room for a BAR in the PCI memory window");
+        }
+        let off = BAR0 + 4 * u16::from(index);
+        cfg.write32(bdf, off, at as u32);
+        if matches!(read_bar(cfg, bdf, index), Some(Bar::Memory { is_64bit: true, .. })) {
+            cfg.write32(bdf, off + 4, (at >> 32) as u32);
+        }
+        used.push((at, at + size));
+        placed.push((index, at));
+    }
+    Ok(placed)
+}
+
 /// Turns on memory decoding and bus mastering (DMA), and turns off legacy
 /// INTx (the device will use MSI-X).
 pub fn enable_memory_and_dma(cfg: &dyn ConfigSpace, bdf: Bdf) {
@@ -357,6 +418,37 @@ pub mod fake {
 mod tests {
     use super::fake::*;
     use super::*;
+
+    /// qboot's way: the other device's BAR assigned, the NIC's 32-bit and
+    /// 64-bit BARs left at 0. They are placed in the window, aligned, clear
+    /// of the assigned one and of each other; assigned BARs stay.
+    #[test]
+    fn bars_the_firmware_left_unassigned_get_an_address() {
+        let cfg = FakeConfig::default();
+        let mut vga = FakeFunction::new(0x1234, 0x1111, 3, 0);
+        vga.mem_bar(0, 0xc000_0000, 0x4000, false);
+        cfg.add(Bdf::new(0, 1, 0), vga);
+        let mut nic = FakeFunction::new(0x1af4, 0x1041, 2, 0);
+        nic.mem_bar(1, 0, 0x1000, false);
+        nic.mem_bar(2, 0xc100_0000, 0x1000, false);
+        nic.mem_bar(4, 0, 0x4000, true);
+        let nic_bdf = Bdf::new(0, 2, 0);
+        cfg.add(nic_bdf, nic);
+        let functions = enumerate(&cfg);
+        let placed = assign_memory_bars(&cfg, &functions, nic_bdf, MMIO_WINDOW_32).unwrap();
+        assert_eq!(placed, [(1, 0xc000_4000), (4, 0xc000_8000)]);
+        let addr = |i| read_bar(&cfg, nic_bdf, i).and_then(|b| b.memory()).unwrap();
+        assert_eq!([addr(1), addr(2), addr(4)], [(0xc000_4000, 0x1000), (0xc100_0000, 0x1000), (0xc000_8000, 0x4000)]);
+        // Nothing left to place the second time.
+        assert_eq!(assign_memory_bars(&cfg, &functions, nic_bdf, MMIO_WINDOW_32), Ok(vec![]));
+        // A window too small is an error, not an overlap.
+        let cfg2 = FakeConfig::default();
+        let mut nic = FakeFunction::new(0x1af4, 0x1041, 2, 0);
+        nic.mem_bar(4, 0, 0x4000, true);
+        cfg2.add(nic_bdf, nic);
+        let f2 = enumerate(&cfg2);
+        assert!(assign_memory_bars(&cfg2, &f2, nic_bdf, (0xc000_0000, 0xc000_2000)).is_err());
+    }
 
     fn bus_with_devices() -> FakeConfig {
         let cfg = FakeConfig::default();

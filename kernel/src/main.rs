@@ -208,7 +208,7 @@ mod boot {
             warn!("pvh: {e}: command line ignored");
         }
         let ram_end = info.ram_end();
-        let mapped = arch::pvh::switch_to_direct_map(ram_end);
+        let mapped = arch::pvh::switch_to_direct_map(info.mapped_end());
         if mapped < ram_end {
             warn!("pvh: RAM ends at {} MiB; only the first {} MiB are used", ram_end >> 20, mapped >> 20);
         }

@@ -27,8 +27,11 @@ pub const MAGIC: u32 = 0x336e_c578;
 pub const START_INFO_LEN: usize = 56;
 /// One `hvm_memmap_table_entry`: addr, size, type, reserved.
 pub const MEMMAP_ENTRY_LEN: usize = 24;
-/// `hvm_memmap_table_entry.type` of RAM (the E820 numbering).
+/// `hvm_memmap_table_entry.type` of RAM, ACPI tables and ACPI NVS (the
+/// E820 numbering).
 pub const MEMMAP_RAM: u32 = 1;
+pub const MEMMAP_ACPI: u32 = 3;
+pub const MEMMAP_ACPI_NVS: u32 = 4;
 /// Memory map entries kept; a longer map is an error.
 pub const MAX_MEMMAP: usize = 128;
 /// Longest command line accepted, terminator excluded.
@@ -172,6 +175,14 @@ impl StartInfo {
     pub fn ram_end(&self) -> u64 {
         self.memory_map().iter().filter(|e| e.kind == MEMMAP_RAM).map(MemEntry::end).max().unwrap_or(0)
     }
+
+    /// The end of the highest entry the kernel reads through its direct
+    /// map: RAM, and the ACPI tables (E820 types 3 and 4), wherever the
+    /// firmware put them.
+    pub fn mapped_end(&self) -> u64 {
+        let read = |e: &&MemEntry| matches!(e.kind, MEMMAP_RAM | MEMMAP_ACPI | MEMMAP_ACPI_NVS);
+        self.memory_map().iter().filter(read).map(MemEntry::end).max().unwrap_or(0)
+    }
 }
 
 /// Reads a NUL-terminated string at `addr` into `buf`, a byte at a time
@@ -309,7 +320,12 @@ mod tests {
         assert_eq!(info.memory_map(), qemu_map().as_slice());
         assert_eq!(info.cmdline(), "net-stats=1000 cpus=2");
         assert_eq!((info.rsdp, info.cmdline_error), (Some(0xf5a40), None));
-        assert_eq!(info.ram_end(), 0x1000_0000);
+        assert_eq!((info.ram_end(), info.mapped_end()), (0x1000_0000, 0x1000_0000));
+        let mut acpi_high = qemu_map();
+        acpi_high.push(MemEntry { addr: 0x1000_0000, size: 0x2_0000, kind: MEMMAP_ACPI });
+        let m = Memory(vec![(INFO, start_info(1, 0, MEMMAP, 6)), (MEMMAP, memmap_bytes(&acpi_high))]);
+        let info = m.parse(INFO).unwrap();
+        assert_eq!((info.ram_end(), info.mapped_end()), (0x1000_0000, 0x1002_0000), "ACPI tables above RAM");
     }
 
     #[test]

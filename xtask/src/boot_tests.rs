@@ -69,6 +69,9 @@ pub struct BootCase {
     /// Boot under KVM (skipped where /dev/kvm cannot be used), whatever the
     /// other cases use: what only a hypervisor provides (kvmclock).
     pub kvm: bool,
+    /// Direct boot through SeaBIOS and QEMU's PVH option ROM even where
+    /// qboot is installed (the default then).
+    pub seabios: bool,
 }
 
 /// A start_info with something wrong in it, for the kernel to report.
@@ -453,6 +456,7 @@ const fn case(
         append: "",
         start_info: None,
         kvm: false,
+        seabios: false,
     }
 }
 
@@ -468,6 +472,19 @@ pub fn cases() -> Vec<BootCase> {
             ..case("pvh-smp1", Pvh, 1, 256, EXIT, Expect::CleanExit)
         },
         case("pvh-smp2-selftest", Pvh, 2, 512, SELFTEST, Expect::SmpSelftest { cpus: 2 }),
+        BootCase {
+            // The other firmware of direct boot (when qboot is the default).
+            seabios: true,
+            net: Some(NetCase::new(2)),
+            ..case(
+                "net-pvh-seabios-smp2-queues2",
+                Pvh,
+                2,
+                256,
+                NET,
+                Expect::Network { pairs: 2, vectors: Vectors::PerQueue },
+            )
+        },
         case("pvh-smp4-selftest", Pvh, 4, 1024, SELFTEST, Expect::SmpSelftest { cpus: 4 }),
         BootCase {
             // The memory map and the command line from QEMU's start_info:
@@ -475,7 +492,9 @@ pub fn cases() -> Vec<BootCase> {
             // limits the two vCPUs to one.
             append: "cpus=1 log=info",
             also: &[
-                "pvh: start_info v1: 9 memory map entries, RAM up to 767 MiB, command line 15 bytes",
+                // (RAM up to 767 MiB with SeaBIOS, 768 with qboot; the
+                // memory line is checked against the 768 MiB configured.)
+                "MiB, command line 15 bytes",
                 "boot options: selftest=smp exit=after-boot cpus=1 log=info",
                 "cpus: 1 enabled processors not used: limited to 1 by cpus=1",
             ],

@@ -54,7 +54,9 @@ pub fn prepare(firmware: Firmware, request: accel::AccelRequest) -> Result<accel
 pub fn boot_for(firmware: Firmware, built: &kbuild::Built) -> Result<Boot, String> {
     let image = built.image(firmware);
     Ok(match firmware {
-        Firmware::Pvh => Boot::Pvh { kernel: built.kernel.clone(), append: String::new() },
+        Firmware::Pvh => {
+            Boot::Pvh { kernel: built.kernel.clone(), append: String::new(), firmware: prereq::find_qboot() }
+        }
         Firmware::Bios => Boot::Bios { image },
         Firmware::Uefi => Boot::Uefi {
             ovmf: prereq::find_ovmf().ok_or("OVMF firmware not found (set MQNET_OVMF to its path)")?,

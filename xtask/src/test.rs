@@ -326,15 +326,17 @@ fn run_case(
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<String, (String, Vec<String>)> {
     let boot = match (crate::run::boot_for(case.firmware, built).map_err(|e| (e, vec![]))?, case.start_info) {
-        (Boot::Pvh { kernel, .. }, Some(bad)) => {
+        (Boot::Pvh { kernel, firmware, .. }, Some(bad)) => {
             let elf = std::fs::read(&kernel).map_err(|e| (format!("{}: {e}", kernel.display()), vec![]))?;
             let entry = boot::pvh::entry_of(&elf).ok_or(("the kernel ELF has no PVH note".to_string(), vec![]))?;
             let via = std::env::temp_dir().join(format!("mqnet-pvh-shim-{}.elf", std::process::id()));
             std::fs::write(&via, boot::pvh::shim(entry, &bad.start_info(case.memory_mib)))
                 .map_err(|e| (format!("{}: {e}", via.display()), vec![]))?;
-            Boot::PvhVia { via, kernel }
+            Boot::PvhVia { via, kernel, firmware }
         }
-        (Boot::Pvh { kernel, .. }, None) => Boot::Pvh { kernel, append: case.append.into() },
+        (Boot::Pvh { kernel, firmware, .. }, None) => {
+            Boot::Pvh { kernel, append: case.append.into(), firmware: firmware.filter(|_| !case.seabios) }
+        }
         (other, _) => other,
     };
     let mut config = QemuConfig::new(accel, boot).with_kernel_cmdline(case.cmdline);

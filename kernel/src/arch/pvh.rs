@@ -202,12 +202,12 @@ pub fn kernel_image() -> PhysRange {
     PhysRange::new(start, end)
 }
 
-/// Maps physical memory `0..ram_end` (rounded up to 2 MiB, at most
+/// Maps physical memory `0..end` (rounded up to 2 MiB, at most
 /// [`DIRECT_MAP_GIB`] GiB) at [`DIRECT_MAP`], not executable, and removes
 /// the identity mapping of the entry. Returns how much is mapped.
-pub fn switch_to_direct_map(ram_end: u64) -> u64 {
+pub fn switch_to_direct_map(end: u64) -> u64 {
     const GIB: u64 = 1 << 30;
-    let mapped = ram_end.next_multiple_of(2 << 20).min(DIRECT_MAP_GIB as u64 * GIB);
+    let mapped = end.next_multiple_of(2 << 20).min(DIRECT_MAP_GIB as u64 * GIB);
     let phys = |virt: u64| virt - KERNEL_VIRT;
     // SAFETY: only the boot CPU runs, once, before anything else reads
     // these tables; the tables are the kernel's own statics, and their

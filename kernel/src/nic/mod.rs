@@ -215,6 +215,15 @@ pub fn init(cpus: usize, max_pairs: Option<u16>) {
             f.bdf, f.device
         ),
         Some(f) => {
+            // Minimal firmware (qboot) leaves 64-bit BARs unassigned.
+            match pci::assign_memory_bars(cfg, &functions, f.bdf, pci::MMIO_WINDOW_32) {
+                Ok(placed) => {
+                    for (bar, at) in placed {
+                        info!("pci: {} BAR {bar} left unassigned by the firmware: placed at {at:#x}", f.bdf);
+                    }
+                }
+                Err(e) => warn!("pci: {}: {e}", f.bdf),
+            }
             let result = match bring_up(cfg, f, cpus, max_pairs, true) {
                 Err(BringUpError::RetryWithoutMq(why)) => {
                     warn!("virtio-net {}: {why}; the device was reset: setting it up again with one queue pair", f.bdf);
