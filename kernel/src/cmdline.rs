@@ -530,9 +530,44 @@ impl BootOptions {
     }
 }
 
+/// The boot options of several sources (fw_cfg's file, then a loader's
+/// command line) as one line, joined by spaces in `buf`, in order, so that
+/// a later source's option overrides an earlier one's. Empty sources are
+/// left out; a source that no longer fits is left out too and handed to
+/// `dropped`.
+pub fn join<'b>(parts: &[&str], buf: &'b mut [u8], mut dropped: impl FnMut(&str)) -> &'b str {
+    let mut len = 0;
+    for part in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let sep = usize::from(len > 0);
+        if len + sep + part.len() > buf.len() {
+            dropped(part);
+            continue;
+        }
+        buf[len..len + sep].fill(b' ');
+        buf[len + sep..len + sep + part.len()].copy_from_slice(part.as_bytes());
+        len += sep + part.len();
+    }
+    // Whole UTF-8 strings and ASCII spaces: always UTF-8.
+    core::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_joined_in_order_and_the_later_one_wins() {
+        let mut buf = [0u8; 64];
+        let mut dropped = Vec::new();
+        let line = join(&[" exit=after-boot ", "", "cpus=1 exit=never"], &mut buf, |p| dropped.push(p.to_string()));
+        assert_eq!(line, "exit=after-boot cpus=1 exit=never");
+        assert!(dropped.is_empty());
+        assert_eq!(BootOptions::parse(line, |_| {}).after_boot, AfterBoot::Idle, "the later exit= stands");
+        let mut small = [0u8; 20];
+        let line = join(&["log=debug", "this one is too long", "cpus=2"], &mut small, |p| dropped.push(p.to_string()));
+        assert_eq!((line, dropped.as_slice()), ("log=debug cpus=2", &["this one is too long".to_string()][..]));
+        assert_eq!(join(&["", "  "], &mut small, |_| {}), "");
+    }
 
     fn parse(text: &str) -> (BootOptions, Vec<String>) {
         let mut problems = Vec::new();

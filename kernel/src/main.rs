@@ -32,8 +32,6 @@ mod serial;
 
 #[cfg(target_os = "none")]
 pub use boot::options as boot_options;
-#[cfg(target_os = "none")]
-pub use boot::phases;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
@@ -133,7 +131,7 @@ mod boot {
     static PHASES: Phases = Phases::new();
 
     /// Marks the end of a boot phase, now.
-    pub fn phases(phase: Phase) {
+    fn phases(phase: Phase) {
         PHASES.mark(phase, arch::time::rdtsc());
     }
 
@@ -152,7 +150,7 @@ mod boot {
 
     /// How the kernel was started, and what its loader told it.
     struct Loaded<'a> {
-        /// For the banner: "bootloader 0.11 (BIOS)", "PVH (start_info v1)".
+        /// For the banner: "bootloader 0.11 (BIOS)", "PVH".
         loader: &'a str,
         entry_tsc: u64,
         /// `arch::time::init`'s result.
@@ -266,7 +264,9 @@ mod boot {
             .map(|n| core::str::from_utf8(&fw_cfg_buf[..n]).unwrap_or("").trim_end_matches('\0').trim())
             .unwrap_or("");
         let mut joined = [0u8; 1024 + 1 + kernel::pvh::MAX_CMDLINE];
-        let cmdline = join_options(from_fw_cfg, appended, &mut joined);
+        let cmdline = kernel::cmdline::join(&[from_fw_cfg, appended], &mut joined, |part| {
+            warn!("boot options: too long; ignoring {part:?}")
+        });
         let options = BootOptions::parse(cmdline, |problem| warn!("{problem}"));
         log::set_max_level(options.log_level);
 
@@ -441,22 +441,6 @@ mod boot {
         if plan.bsp_missing_from_table && listed > 0 {
             warn!("cpus: the boot CPU's APIC id is not in the MADT");
         }
-    }
-
-    /// `first` and `second` joined by a space (either may be empty), in `buf`.
-    fn join_options<'b>(first: &str, second: &str, buf: &'b mut [u8]) -> &'b str {
-        let mut len = 0;
-        for part in [first, second].into_iter().filter(|p| !p.is_empty()) {
-            let sep = usize::from(len > 0);
-            if len + sep + part.len() > buf.len() {
-                warn!("boot options: too long; ignoring {part:?}");
-                continue;
-            }
-            buf[len..len + sep].fill(b' ');
-            buf[len + sep..len + sep + part.len()].copy_from_slice(part.as_bytes());
-            len += sep + part.len();
-        }
-        core::str::from_utf8(&buf[..len]).unwrap_or("")
     }
 
     /// Work every CPU runs, and the self-test timer when enabled.

@@ -329,6 +329,7 @@ fn run_case(
         (Boot::Pvh { kernel, firmware, .. }, Some(bad)) => {
             let elf = std::fs::read(&kernel).map_err(|e| (format!("{}: {e}", kernel.display()), vec![]))?;
             let entry = boot::pvh::entry_of(&elf).ok_or(("the kernel ELF has no PVH note".to_string(), vec![]))?;
+            // (Removed once QEMU is done: see below.)
             let via = std::env::temp_dir().join(format!("mqnet-pvh-shim-{}.elf", std::process::id()));
             std::fs::write(&via, boot::pvh::shim(entry, &bad.start_info(case.memory_mib)))
                 .map_err(|e| (format!("{}: {e}", via.display()), vec![]))?;
@@ -391,7 +392,11 @@ fn run_case(
         }
         None => None,
     };
-    let report = runner::run(&config, &mut opts).map_err(|e| (e, vec![]))?;
+    let report = runner::run(&config, &mut opts);
+    if let Boot::PvhVia { via, .. } = &config.boot {
+        let _ = std::fs::remove_file(via);
+    }
+    let report = report.map_err(|e| (e, vec![]))?;
     match boot_tests::check(case, &report) {
         Ok(()) => {
             let ready = report.find(boot::abi::READY).map(|l| l.at.as_secs_f64()).unwrap_or_default();
