@@ -390,11 +390,13 @@ pub fn claim<S: HasNic>(local: &mut Local<S>) -> Poll {
         egress_cycles: 0,
     });
     local.add_work(poll);
-    if nic.claimed.fetch_add(1, Ordering::AcqRel) + 1 == nic.cpus.len() {
-        crate::boot::boot_over(kernel::phases::Phase::Services);
-    }
     if local.cpu.index == nic.cpus[0] {
         local.add_work(watch_link);
+    }
+    // The last vCPU to make its stack says they are up (the host's tools
+    // start their traffic on these lines), and the boot is over.
+    if nic.claimed.fetch_add(1, Ordering::AcqRel) + 1 == nic.cpus.len() {
+        crate::boot::boot_over(kernel::phases::Phase::Services);
         let cfg = nic.fabric.cfg;
         info!(
             "net: {} stacks up, on {} queue pairs, {}.{}.{}.{}/{}; flows steered by Toeplitz hash over all \
