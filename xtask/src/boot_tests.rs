@@ -817,6 +817,16 @@ pub fn cases() -> Vec<BootCase> {
             ]),
         ),
         case(
+            // The boot CPU's stack in .bss under direct boot: its guard
+            // page must be unmapped for the overflow to be caught.
+            "pvh-exception-double-fault-on-ist-stack",
+            Pvh,
+            1,
+            256,
+            "exit=after-boot fault=stack-overflow",
+            Expect::Failure(&["CPU EXCEPTION #DF double fault (vector 8) on cpu0", "error code 0x0"]),
+        ),
+        case(
             "exception-double-fault-on-ist-stack",
             Bios,
             1,

@@ -131,7 +131,7 @@ mqnet_pvh_gdt_ptr:
 
     .section .bss.pvh, "aw", @nobits
     .balign 4096
-    .global mqnet_pvh_pml4, mqnet_pvh_entry_tsc
+    .global mqnet_pvh_pml4, mqnet_pvh_pd, mqnet_pvh_guard, mqnet_pvh_entry_tsc
 mqnet_pvh_pml4:
     .skip 4096
 mqnet_pvh_pdpt_low:
@@ -140,6 +140,9 @@ mqnet_pvh_pdpt_high:
     .skip 4096
 mqnet_pvh_pd:
     .skip 4 * 4096
+    /* Unmapped once in long mode: an overflow of the stack faults here. */
+mqnet_pvh_guard:
+    .skip 4096
 mqnet_pvh_stack:
     .skip {stack}
 mqnet_pvh_stack_top:
@@ -153,8 +156,19 @@ mqnet_pvh_entry_tsc:
 
 unsafe extern "C" {
     static mut mqnet_pvh_pml4: [u64; 512];
+    /// The first GiB's 2 MiB pages (the kernel's, at KERNEL_VIRT), then
+    /// the identity map's other three.
+    static mut mqnet_pvh_pd: [[u64; 512]; 4];
+    static mqnet_pvh_guard: u8;
     static mqnet_pvh_entry_tsc: u64;
 }
+
+/// The 4 KiB pages of the 2 MiB page that holds the boot stack's guard
+/// page, which this table leaves unmapped.
+#[repr(C, align(4096))]
+struct GuardTable([u64; 512]);
+
+static mut GUARD_TABLE: GuardTable = GuardTable([0; 512]);
 
 /// Page tables of the direct map: one PDPT (512 GiB) and a PD per GiB.
 #[repr(C, align(4096))]
@@ -203,8 +217,12 @@ pub fn kernel_image() -> PhysRange {
 }
 
 /// Maps physical memory `0..end` (rounded up to 2 MiB, at most
-/// [`DIRECT_MAP_GIB`] GiB) at [`DIRECT_MAP`], not executable, and removes
-/// the identity mapping of the entry. Returns how much is mapped.
+/// [`DIRECT_MAP_GIB`] GiB) at [`DIRECT_MAP`], not executable, removes the
+/// identity mapping of the entry, and unmaps the page below the boot
+/// stack (a 2 MiB page cannot leave a hole, so the one holding it becomes
+/// 512 pages of 4 KiB): an overflow then raises a page fault, which the
+/// CPU cannot deliver on the broken stack, so a double fault on its own
+/// stack reports it. Returns how much is mapped.
 pub fn switch_to_direct_map(end: u64) -> u64 {
     const GIB: u64 = 1 << 30;
     let mapped = end.next_multiple_of(2 << 20).min(DIRECT_MAP_GIB as u64 * GIB);
@@ -215,7 +233,9 @@ pub fn switch_to_direct_map(end: u64) -> u64 {
     // kernel was loaded at its physical addresses). The PML4 is the one
     // in CR3: slot 256 is empty until now, slot 0 is the entry's identity
     // map, which nothing uses after this (the code, stack and statics are
-    // at KERNEL_VIRT, and the caller is done reading loader memory).
+    // at KERNEL_VIRT, and the caller is done reading loader memory). The
+    // guard table maps the same pages as the 2 MiB entry it replaces, less
+    // the guard page, which nothing uses (it lies below the stack's end).
     unsafe {
         let tables = &mut *core::ptr::addr_of_mut!(DIRECT_TABLES);
         for (gib, pd) in tables.pd.iter_mut().enumerate() {
@@ -232,6 +252,18 @@ pub fn switch_to_direct_map(end: u64) -> u64 {
         let pml4 = &mut *core::ptr::addr_of_mut!(mqnet_pvh_pml4);
         pml4[256] = phys(tables.pdpt.as_ptr() as u64) | PRESENT_WRITABLE;
         pml4[0] = 0;
+        // The guard page: in the kernel's first GiB (linker.ld), mapped
+        // through the first PD, as everything else there, writable and
+        // executable.
+        let guard = phys(core::ptr::addr_of!(mqnet_pvh_guard) as u64);
+        let big = guard & !((2 << 20) - 1);
+        let table = &mut (*core::ptr::addr_of_mut!(GUARD_TABLE)).0;
+        for (i, entry) in table.iter_mut().enumerate() {
+            let page = big + i as u64 * 4096;
+            *entry = if page == guard { 0 } else { page | PRESENT_WRITABLE };
+        }
+        let pd = &mut (*core::ptr::addr_of_mut!(mqnet_pvh_pd))[0];
+        pd[(big >> 21) as usize] = phys(table.as_ptr() as u64) | PRESENT_WRITABLE;
         let frame = PhysFrame::containing_address(PhysAddr::new(phys(pml4.as_ptr() as u64)));
         // Reloading CR3 drops every cached translation, the identity ones too.
         Cr3::write(frame, Cr3Flags::empty());
