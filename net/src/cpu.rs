@@ -301,7 +301,7 @@ impl CpuNet {
         let me = self.cpu;
         let cfg = fabric.cfg;
         let now_ms = now.total_millis().max(0) as u64;
-        let CpuNet { stack, services, counters, scratch, inbox_buf, to_wake, zero_windows, .. } = self;
+        let CpuNet { stack, services, counters, scratch, inbox_buf, to_wake, zero_windows, neighbours_seen, .. } = self;
         let (mut misses, mut splits, mut split_pieces) = (0u64, 0u64, 0u64);
         let mut filter = |frame: &[u8], hash: Option<(u32, u16)>| -> bool {
             if is_arp(frame) {
@@ -341,11 +341,19 @@ impl CpuNet {
             dev.resets.owner = Some((&fabric.steering, me));
             dev.zero_windows = Some(zero_windows);
             for _ in 0..BUDGET {
+                // A binding another vCPU learned meanwhile (its stack
+                // answered the host's ARP request, so the host may be
+                // pinging this one already): the next round takes it in
+                // before the next frame, which could need it for its answer.
+                if fabric.neighbours.generation() != *neighbours_seen {
+                    busy = true;
+                    break;
+                }
                 if stack.iface.poll_ingress_single(now, &mut dev, &mut stack.sockets) == PollIngressSingleResult::None {
                     break;
                 }
                 busy = true;
-                if services.needs_listeners(&stack.sockets) {
+                if services.listener_taken(&stack.sockets) {
                     services.listen(&mut stack.sockets);
                 }
                 if dev.received.is_multiple_of(REFILL_EVERY) {

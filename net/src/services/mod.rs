@@ -9,11 +9,14 @@
 //! The vCPU loop drives it like this:
 //!
 //! * [`Services::listen`] once at start;
-//! * after every received packet, [`Services::needs_listeners`] (a few
+//! * after every received packet, [`Services::listener_taken`] (a few
 //!   handle look-ups) and, when it says so, [`Services::listen`] again, so a
 //!   burst of SYNs finds a fresh listener for each of them: smoltcp hands a
 //!   SYN to the first socket listening on the port and answers it with an
 //!   RST when there is none;
+//! * when a round received nothing, [`Services::needs_listeners`] and
+//!   [`Services::listen`]: the backlog is filled up a listener per port at
+//!   a time, off the packet path;
 //! * after each batch of packets, [`Services::run`], and poll the interface
 //!   again while it reports progress (what the services wrote goes out).
 //!
@@ -363,24 +366,30 @@ impl Services {
     /// port per call: each listener's buffers are zeroed when it is made
     /// (512 KiB by default, some 2.5 ms under TCG), so a stack starts with
     /// one per port, listening at once, and its vCPU makes the rest when
-    /// idle. Call it at start, whenever [`Services::needs_listeners`] says
+    /// idle. Call it at start, whenever [`Services::listener_taken`] says
     /// so after a received packet (a SYN that took a listener gets its
-    /// replacement before the next packet), and when idle.
+    /// replacement before the next packet), and when idle and
+    /// [`Services::needs_listeners`] says so.
     pub fn listen(&mut self, sockets: &mut SocketSet<'static>) {
         self.collect_handshakes(sockets);
         self.refill(sockets);
     }
 
     /// Whether [`Services::listen`] has anything to do: a listener has been
-    /// taken by a SYN, or there are fewer than `backlog` and room for more.
-    /// Looks at the listeners' handles only: cheap enough for after every
-    /// received packet.
+    /// taken by a SYN, or there are fewer than `backlog` and room for more
+    /// (what an idle vCPU makes).
     pub fn needs_listeners(&self, sockets: &SocketSet<'static>) -> bool {
         let room = self.has_room();
-        self.ports.iter().any(|p| {
-            (room && p.listeners.len() < self.cfg.backlog)
-                || p.listeners.iter().any(|&h| !sockets.get::<tcp::Socket>(h).is_listening())
-        })
+        self.listener_taken(sockets) || (room && self.ports.iter().any(|p| p.listeners.len() < self.cfg.backlog))
+    }
+
+    /// Whether a SYN has taken a listener since the last [`Services::listen`]:
+    /// then it must be replaced before the next packet. Looks at the
+    /// listeners' handles only: cheap enough for after every received
+    /// packet (a backlog still filling up is not, each listener's buffers
+    /// being zeroed when it is made).
+    pub fn listener_taken(&self, sockets: &SocketSet<'static>) -> bool {
+        self.ports.iter().any(|p| p.listeners.iter().any(|&h| !sockets.get::<tcp::Socket>(h).is_listening()))
     }
 
     /// One round: notices connections whose handshake completed (counting

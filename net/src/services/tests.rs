@@ -6,8 +6,9 @@
 //!
 //! The guest is driven the way a vCPU loop drives it: packets are taken in
 //! one at a time, with listeners replaced between them when
-//! `needs_listeners` says so; then the services run, then everything queued
-//! goes out.
+//! `listener_taken` says so; then the services run, then everything queued
+//! goes out; an idle round makes the listeners still missing
+//! (`needs_listeners`).
 
 use std::collections::VecDeque;
 
@@ -215,9 +216,13 @@ impl World {
             let mut round = false;
             while guest.iface.poll_ingress_single(*now, &mut nic, &mut guest.sockets) != PollIngressSingleResult::None {
                 round = true;
-                if *relisten_per_packet && services.needs_listeners(&guest.sockets) {
+                if *relisten_per_packet && services.listener_taken(&guest.sockets) {
                     services.listen(&mut guest.sockets);
                 }
+            }
+            if !round && services.needs_listeners(&guest.sockets) {
+                services.listen(&mut guest.sockets);
+                round = true;
             }
             round |= services.run(&mut guest.sockets, *now);
             while guest.iface.poll_egress(*now, &mut nic, &mut guest.sockets) == PollResult::SocketStateChanged {
