@@ -261,31 +261,36 @@ pub fn assign_memory_bars(
     bdf: Bdf,
     window: (u64, u64),
 ) -> Result<Vec<(u8, u64)>, &'static str> {
+    // (index, address, size, 64-bit) of each memory BAR.
     let bars = |f: Bdf| {
         let mut out = Vec::new();
         let mut index = 0;
         while index < 6 {
-            let bar = read_bar(cfg, f, index);
-            if let Some(Bar::Memory { address, size, is_64bit, .. }) = bar {
-                out.push((index, address, size));
+            if let Some(Bar::Memory { address, size, is_64bit, .. }) = read_bar(cfg, f, index) {
+                out.push((index, address, size, is_64bit));
                 index += u8::from(is_64bit);
             }
             index += 1;
         }
         out
     };
+    let mine = bars(bdf);
+    let missing: Vec<_> = mine.iter().filter(|&&(_, address, size, _)| address == 0 && size != 0).collect();
+    if missing.is_empty() {
+        // Firmware that assigns everything (SeaBIOS): no other device's
+        // BARs need probing.
+        return Ok(Vec::new());
+    }
     let mut used: Vec<(u64, u64)> = functions
         .iter()
-        .filter(|f| f.header_type & 0x7f == 0)
+        .filter(|f| f.header_type & 0x7f == 0 && f.bdf != bdf)
         .flat_map(|f| bars(f.bdf))
-        .filter(|&(_, address, size)| address != 0 && size != 0)
-        .map(|(_, address, size)| (address, address.saturating_add(size)))
+        .chain(mine.iter().copied())
+        .filter(|&(_, address, size, _)| address != 0 && size != 0)
+        .map(|(_, address, size, _)| (address, address.saturating_add(size)))
         .collect();
     let mut placed = Vec::new();
-    for (index, address, size) in bars(bdf) {
-        if address != 0 || size == 0 {
-            continue;
-        }
+    for &&(index, _, size, is_64bit) in &missing {
         let align = size.max(4096);
         let mut at = window.0.next_multiple_of(align);
         while let Some(&(_, end)) = used.iter().find(|&&(start, end)| at < end && start < at.saturating_add(size)) {
@@ -296,7 +301,7 @@ pub fn assign_memory_bars(
         }
         let off = BAR0 + 4 * u16::from(index);
         cfg.write32(bdf, off, at as u32);
-        if matches!(read_bar(cfg, bdf, index), Some(Bar::Memory { is_64bit: true, .. })) {
+        if is_64bit {
             cfg.write32(bdf, off + 4, (at >> 32) as u32);
         }
         used.push((at, at + size));

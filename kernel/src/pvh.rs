@@ -212,17 +212,13 @@ fn read_cmdline(
 
 /// The RAM of `memmap` that the kernel may use: RAM entries, page-aligned
 /// inwards, without the first page (the real-mode interrupt table and BIOS
-/// data) and without the `reserved` ranges (the kernel image). At most
-/// `out.len()` ranges are written; returns how many.
+/// data) and without the `reserved` ranges (the kernel image), however
+/// many and in whatever order. At most `out.len()` ranges are written;
+/// returns how many.
 pub fn usable_ranges(memmap: &[MemEntry], reserved: &[PhysRange], out: &mut [PhysRange]) -> usize {
     const PAGE: u64 = 4096;
-    // The reserved ranges, lowest first, widened to whole pages.
-    let mut holes = [PhysRange::new(0, 0); 8];
-    let count = reserved.len().min(holes.len());
-    for (h, r) in holes.iter_mut().zip(reserved) {
-        *h = PhysRange::new(r.start & !(PAGE - 1), r.end.next_multiple_of(PAGE));
-    }
-    holes[..count].sort_unstable_by_key(|r| r.start);
+    // The reserved ranges widened to whole pages.
+    let holes = || reserved.iter().map(|r| PhysRange::new(r.start & !(PAGE - 1), r.end.next_multiple_of(PAGE)));
     let mut n = 0;
     let mut push = |r: PhysRange| {
         if r.start < r.end && n < out.len() {
@@ -233,11 +229,11 @@ pub fn usable_ranges(memmap: &[MemEntry], reserved: &[PhysRange], out: &mut [Phy
     for e in memmap.iter().filter(|e| e.kind == MEMMAP_RAM) {
         let mut start = e.addr.max(PAGE).next_multiple_of(PAGE);
         let end = e.end() & !(PAGE - 1);
-        for h in &holes[..count] {
-            if h.start < end && h.end > start {
-                push(PhysRange::new(start, h.start));
-                start = h.end.min(end);
-            }
+        // The lowest hole still ahead in [start, end), one at a time
+        // (`start` passes each: the loop ends).
+        while let Some(h) = holes().filter(|h| h.start < end && h.end > start).min_by_key(|h| h.start) {
+            push(PhysRange::new(start, h.start));
+            start = h.end.min(end);
         }
         push(PhysRange::new(start, end));
     }
@@ -408,6 +404,20 @@ mod tests {
                 PhysRange::new(0x30_0000, 0x80_0000),
                 PhysRange::new(0x90_0000, 0x110_0000),
             ]
+        );
+        // Any number of holes: ten of one page each, given backwards.
+        let reserved: Vec<PhysRange> =
+            (0..10u64).rev().map(|i| PhysRange::new(0x20_0000 + i * 0x2000, 0x20_1000 + i * 0x2000)).collect();
+        let mut many = [PhysRange::new(0, 0); 16];
+        let n = usable_ranges(&map, &reserved, &mut many);
+        assert_eq!(n, 11);
+        assert_eq!(
+            (many[0], many[1], many[10]),
+            (
+                PhysRange::new(0x10_0000, 0x20_0000),
+                PhysRange::new(0x20_1000, 0x20_2000),
+                PhysRange::new(0x21_3000, 0x110_0000)
+            )
         );
     }
 }

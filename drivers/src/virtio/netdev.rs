@@ -681,10 +681,9 @@ pub struct TxQueue {
     /// CSUM negotiated and wanted: TCP and UDP frames leave with
     /// NEEDS_CSUM and the device finishes their checksums.
     csum_offload: bool,
-    /// HOST_TSO4/6 (see [`Self::set_tso`]): the large buffers and those
-    /// free, and which IP versions' segments the device cuts.
-    tso: Option<(BufferPool, Vec<Buffer>)>,
-    tso_versions: TxTso,
+    /// HOST_TSO4/6 (see [`Self::set_tso`]): the large buffers, those free,
+    /// and which IP versions' segments the device cuts.
+    tso: Option<(BufferPool, Vec<Buffer>, TxTso)>,
 }
 
 impl TxQueue {
@@ -720,7 +719,6 @@ impl TxQueue {
             unpublished: 0,
             csum_offload: false,
             tso: None,
-            tso_versions: TxTso::NONE,
         })
     }
 
@@ -731,16 +729,19 @@ impl TxQueue {
     /// with `gso_type` TCPV4 or TCPV6 for it to cut into segments. Returns
     /// `false` (TSO stays off) without the DMA memory.
     pub fn set_tso(&mut self, dma: &dyn DmaAlloc, versions: TxTso) -> bool {
-        if self.tso.is_none() && versions.any() {
-            self.tso = BufferPool::new(dma, TSO_BUF_SIZE, TSO_BUFFERS);
+        match &mut self.tso {
+            Some((_, _, v)) => *v = versions,
+            None if versions.any() => {
+                self.tso = BufferPool::new(dma, TSO_BUF_SIZE, TSO_BUFFERS).map(|(pool, free)| (pool, free, versions));
+            }
+            None => {}
         }
-        self.tso_versions = if self.tso.is_some() { versions } else { TxTso::NONE };
         self.tso.is_some()
     }
 
     /// Which large frames can be sent ([`Self::set_tso`]).
     pub fn tso(&self) -> TxTso {
-        self.tso_versions
+        self.tso.as_ref().map_or(TxTso::NONE, |t| t.2)
     }
 
     /// Transmit checksum offload on or off (only with CSUM negotiated). On,
@@ -767,7 +768,7 @@ impl TxQueue {
         let mut progress = false;
         while let Some(Used { token, .. }) = self.queue.pop_used() {
             match self.tso.as_mut() {
-                Some((pool, free)) if pool.owns(&token) => free.push(token),
+                Some((pool, free, _)) if pool.owns(&token) => free.push(token),
                 _ => self.free.push(token),
             }
             progress = true;
@@ -809,7 +810,9 @@ impl TxQueue {
     /// buffer, a free large one with TSO on, and a free descriptor (the
     /// large buffers share the ring's descriptors with the others).
     fn ready(&self) -> bool {
-        !self.free.is_empty() && self.tso.as_ref().is_none_or(|(_, free)| !free.is_empty()) && self.queue.num_free() > 0
+        !self.free.is_empty()
+            && self.tso.as_ref().is_none_or(|(_, free, _)| !free.is_empty())
+            && self.queue.num_free() > 0
     }
 
     /// Frames that can be queued now without reclaiming (free buffers; each
@@ -858,8 +861,9 @@ impl TxQueue {
             return None;
         }
         let hdr_len = self.hdr_len;
+        let versions = self.tso();
         let (pool, free) = match self.tso.as_mut() {
-            Some((pool, free)) if large => (&*pool, free),
+            Some((pool, free, _)) if large => (&*pool, free),
             _ => (&self.pool, &mut self.free),
         };
         let mut buf = free.pop()?;
@@ -881,8 +885,8 @@ impl TxQueue {
             let cut =
                 partial.and(super::csum::tcp_headers_len(&bytes[hdr_len..])).and_then(
                     |(headers, version)| match version {
-                        IpVersion::V4 if self.tso_versions.v4 => Some((headers, hdr::GSO_TCPV4)),
-                        IpVersion::V6 if self.tso_versions.v6 => Some((headers, hdr::GSO_TCPV6)),
+                        IpVersion::V4 if versions.v4 => Some((headers, hdr::GSO_TCPV4)),
+                        IpVersion::V6 if versions.v6 => Some((headers, hdr::GSO_TCPV6)),
                         _ => None,
                     },
                 );

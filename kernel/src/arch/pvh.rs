@@ -238,16 +238,14 @@ pub fn switch_to_direct_map(end: u64) -> u64 {
     // the guard page, which nothing uses (it lies below the stack's end).
     unsafe {
         let tables = &mut *core::ptr::addr_of_mut!(DIRECT_TABLES);
-        for (gib, pd) in tables.pd.iter_mut().enumerate() {
+        for (gib, pd) in tables.pd.iter_mut().enumerate().take(mapped.div_ceil(GIB) as usize) {
             for (i, entry) in pd.iter_mut().enumerate() {
                 let addr = gib as u64 * GIB + i as u64 * (2 << 20);
                 if addr < mapped {
                     *entry = addr | PRESENT_WRITABLE | HUGE | NO_EXECUTE;
                 }
             }
-            if (gib as u64) * GIB < mapped {
-                tables.pdpt[gib] = phys(pd.as_ptr() as u64) | PRESENT_WRITABLE;
-            }
+            tables.pdpt[gib] = phys(pd.as_ptr() as u64) | PRESENT_WRITABLE;
         }
         let pml4 = &mut *core::ptr::addr_of_mut!(mqnet_pvh_pml4);
         pml4[256] = phys(tables.pdpt.as_ptr() as u64) | PRESENT_WRITABLE;
